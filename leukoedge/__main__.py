@@ -1,0 +1,3 @@
+from leukoedge.cli import run
+
+run()

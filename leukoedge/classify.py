@@ -1,0 +1,184 @@
+"""Streaming, batched classification of many files, decoding overlapped with inference.
+
+Decoding runs in a small thread pool (Pillow releases the GIL while decoding and
+resizing) a bounded number of batches ahead of the model, so memory stays flat however many
+files there are, and the model is fed while the next batch decodes. Rows come out in input
+order, one per file; a file that cannot be read becomes a row with an ``error``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .data import Item
+from .errors import ImageError
+from .output import Row, escape_path
+from .preprocess import preprocess_for
+from .session import Model, cores, sigmoid
+
+
+@dataclass
+class Prediction:
+    """One file's result, with the truth when it is known (for ``evaluate``)."""
+
+    item: Item
+    row: Row
+    logit: float | None = None
+
+
+@dataclass
+class RunStats:
+    files: int = 0
+    skipped: int = 0
+    errors: int = 0
+    positives: int = 0
+    seconds: float = 0.0
+    error_examples: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.files / self.seconds if self.seconds > 0 else 0.0
+
+
+def default_workers() -> int:
+    return max(1, min(8, cores()))
+
+
+def _decode(item: Item, spec: object) -> np.ndarray | ImageError:
+    try:
+        return preprocess_for(item.path, spec)
+    except ImageError as exc:
+        return exc
+
+
+def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    batch: list[Item] = []
+    for it in items:
+        batch.append(it)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def predict_stream(
+    model: Model,
+    items: Iterable[Item],
+    batch_size: int = 32,
+    workers: int | None = None,
+    prefetch: int = 2,
+    on_batch: Callable[[list[Prediction]], None] | None = None,
+) -> Iterator[Prediction]:
+    """Yield one :class:`Prediction` per item, in order, with bounded memory.
+
+    ``prefetch`` batches are decoded ahead of the one being run. ``on_batch`` (if given)
+    sees each finished batch before its predictions are yielded.
+    """
+    spec = model.spec
+    threshold = spec.logit_threshold
+    labels = spec.labels
+    s = spec.input_size
+    buf = np.empty((batch_size, s, s, 3), dtype=np.uint8)
+    pending: deque[tuple[list[Item], list[Future[np.ndarray | ImageError]]]] = deque()
+    batches = _batches(items, batch_size)
+    with ThreadPoolExecutor(max_workers=workers or default_workers(),
+                            thread_name_prefix="leukoedge-decode") as pool:
+        try:
+            def submit_next() -> bool:
+                batch = next(batches, None)
+                if batch is None:
+                    return False
+                pending.append((batch, [pool.submit(_decode, it, spec) for it in batch]))
+                return True
+
+            for _ in range(prefetch + 1):
+                if not submit_next():
+                    break
+            while pending:
+                batch, futures = pending.popleft()
+                submit_next()
+                decoded = [f.result() for f in futures]
+                ok = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
+                logits = np.empty(0, dtype=np.float32)
+                if ok:
+                    for j, i in enumerate(ok):
+                        buf[j] = decoded[i]
+                    logits = model.logits(buf[: len(ok)])
+                out: list[Prediction] = []
+                k = 0
+                for it, d in zip(batch, decoded):
+                    patient = it.patient
+                    if isinstance(d, ImageError):
+                        row = Row(escape_path(it.path), patient, None, None, _one_line(d))
+                        out.append(Prediction(it, row))
+                        continue
+                    logit = float(logits[k])
+                    k += 1
+                    prob = float(sigmoid(np.array([logit]))[0])
+                    label = labels[1] if logit >= threshold else labels[0]
+                    row = Row(escape_path(it.path), patient, prob, label, None)
+                    out.append(Prediction(it, row, logit))
+                if on_batch is not None:
+                    on_batch(out)
+                yield from out
+        finally:
+            for _, futures in pending:
+                for f in futures:
+                    f.cancel()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300]
+
+
+def classify_files(
+    model: Model,
+    items: Iterable[Item],
+    writer: object,
+    batch_size: int = 32,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RunStats:
+    """Classify ``items`` and write each batch's rows through ``writer`` as it finishes.
+
+    Items whose path is in ``writer.done`` (a resumed run) are skipped.
+    """
+    stats = RunStats()
+    done: set[str] = writer.done  # type: ignore[attr-defined]
+
+    def todo() -> Iterator[Item]:
+        for it in items:
+            if escape_path(it.path) in done:
+                stats.skipped += 1
+                continue
+            yield it
+
+    def on_batch(preds: list[Prediction]) -> None:
+        writer.write([p.row for p in preds])  # type: ignore[attr-defined]
+        for p in preds:
+            stats.files += 1
+            if p.row.error:
+                stats.errors += 1
+                if len(stats.error_examples) < 5:
+                    stats.error_examples.append(p.row.error)
+            elif p.row.label == model.spec.positive:
+                stats.positives += 1
+        if progress is not None:
+            progress(len(preds))
+
+    t0 = time.perf_counter()
+    try:
+        for _ in predict_stream(model, todo(), batch_size, workers, on_batch=on_batch):
+            pass
+    finally:
+        stats.seconds = time.perf_counter() - t0
+    return stats
+

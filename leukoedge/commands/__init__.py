@@ -1,0 +1,1 @@
+"""One module per command group; ``leukoedge.cli`` assembles them."""

@@ -1,0 +1,58 @@
+"""Helpers the commands share: opening the model, collecting items, the progress bar."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..console import err, note
+from ..session import Model, SessionConfig, load_model, newest_model
+
+EXPORTED = Path("exported")
+
+
+def open_model(model: Path | None, provider: str, threads: int | None,
+               threshold: float | None = None) -> Model:
+    path = model if model is not None else newest_model(EXPORTED)
+    if model is None:
+        note(f"using the newest model in {EXPORTED}/: {path.name}")
+    m = load_model(path, SessionConfig(provider=provider, threads=threads))
+    for n in m.notes:
+        note(n)
+    if threshold is not None:
+        m.spec = m.spec.with_updates(threshold=threshold)
+    return m
+
+
+@contextmanager
+def progress_bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar with images/s on stderr (silent when stderr is no terminal)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    class Rate(TextColumn):
+        def __init__(self) -> None:
+            super().__init__("")
+
+        def render(self, task):  # type: ignore[no-untyped-def]
+            from rich.text import Text
+
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:6.1f} img/s" if speed else "   -- img/s", style="cyan")
+
+    progress = Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), Rate(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
+        disable=not err.is_terminal,
+    )
+    with progress:
+        task = progress.add_task(label, total=total)
+        yield lambda n: progress.advance(task, n)

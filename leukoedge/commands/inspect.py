@@ -1,0 +1,126 @@
+"""``info`` (one model) and ``doctor`` (this machine)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..console import escape, out
+from ..errors import EXIT_CANNOT_RUN, EXIT_OK, MissingExtraError, SpecError
+
+
+def info(
+    model: Annotated[Path, typer.Argument(help="An ONNX model file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> int:
+    """Show a model's spec, inputs and outputs, opset, size and data fingerprint."""
+    from ..inspect_model import describe_model
+
+    d = describe_model(model)
+    if as_json:
+        out.print_json(json.dumps(d))
+    else:
+        t = Table(title=f"model {escape(str(model))}", show_header=False, title_justify="left")
+        t.add_column("what", style="bold")
+        t.add_column("value")
+        t.add_row("size", f"{d['size_bytes'] / 1e6:.2f} MB ({d['parameters']:,} parameters)")
+        t.add_row("sha256", d["sha256"])
+        t.add_row("opsets", ", ".join(f"{k} {v}" for k, v in d["opsets"].items()))
+        t.add_row("ir version / producer", f"{d['ir_version']} / {escape(d['producer'])}")
+        for i in d["inputs"]:
+            t.add_row("input", f"{escape(i['name'])}: {i['type']} {i['shape']}")
+        for o in d["outputs"]:
+            t.add_row("output", f"{escape(o['name'])}: {o['type']} {o['shape']}")
+        spec = d["spec"]
+        if spec:
+            for k in ("architecture", "input_size", "crop_fraction", "interpolation",
+                      "input_layout", "labels", "positive", "threshold", "mean", "std",
+                      "data_fingerprint", "train_images", "created_at", "tool_version",
+                      "schema_version", "metrics", "notes"):
+                t.add_row(f"spec.{k}", escape(str(spec[k])))
+        else:
+            t.add_row("spec", f"[red]{escape(str(d['spec_error']))}[/red]")
+        out.print(t)
+    if d["spec"] is None:
+        raise SpecError(str(d["spec_error"]))
+    return EXIT_OK
+
+
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> int:
+    """Versions, which execution providers really load here (and why not), plugins found."""
+    from importlib import metadata
+
+    from .. import __version__
+    from ..plugins import entry_points
+    from ..session import cores, import_ort, ort_distribution, provider_load_problem
+
+    versions = {"python": sys.version.split()[0], "leukoedge": __version__,
+                "platform": platform.platform(), "cores": str(cores())}
+    for dist in ("numpy", "pillow", "onnx", "typer", "rich", "torch", "torchvision"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    versions["onnxruntime"] = ort_distribution()
+    providers: dict[str, str] = {}
+    ok = True
+    try:
+        ort = import_ort()
+        available = ort.get_available_providers()
+        for p in ("cpu", "cuda", "tensorrt"):
+            problem = provider_load_problem(ort, p)
+            if problem is None and p != "cpu":
+                problem = _probe_session(ort, p)
+            providers[p] = "ok" if problem is None else problem
+        versions["ort_available_providers"] = ", ".join(available)
+    except MissingExtraError as exc:
+        ok = False
+        providers["cpu"] = str(exc)
+    plugins = {e.name: e.value for e in entry_points()}
+    report = {"versions": versions, "providers": providers, "plugins": plugins}
+    if as_json:
+        out.print_json(json.dumps(report))
+    else:
+        t = Table(title="leukoedge doctor", show_header=False, title_justify="left")
+        t.add_column("what", style="bold")
+        t.add_column("value")
+        for k, v in versions.items():
+            t.add_row(k, escape(v))
+        for k, v in providers.items():
+            t.add_row(f"provider {k}", "[green]ok[/green]" if v == "ok" else
+                      f"[yellow]unavailable[/yellow]: {escape(v)}")
+        for k, v in plugins.items() or {"(none)": "no plugin installed"}.items():
+            t.add_row(f"plugin {k}", escape(v))
+        out.print(t)
+    return EXIT_OK if ok else EXIT_CANNOT_RUN
+
+
+def _probe_session(ort: object, provider: str) -> str | None:
+    """Create a tiny session on ``provider``; None when it really runs there."""
+    from onnx import TensorProto, helper
+
+    from ..session import _ORT_NAMES, ort_errors
+
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    name = _ORT_NAMES[provider]
+    try:
+        sess = ort.InferenceSession(  # type: ignore[attr-defined]
+            m.SerializeToString(), providers=[name, "CPUExecutionProvider"])
+    except ort_errors(ort) as exc:  # type: ignore[arg-type]
+        return f"session creation failed: {str(exc)[:200]}"
+    if name not in sess.get_providers():
+        return "the provider's library loads but the session fell back to the CPU " \
+               "(no usable GPU or driver?)"
+    return None

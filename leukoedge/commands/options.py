@@ -1,0 +1,30 @@
+"""Option types shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Paths = Annotated[list[Path], typer.Argument(
+    help="Image files or folders (searched recursively).", show_default=False)]
+ModelOpt = Annotated[Path | None, typer.Option(
+    "--model", "-m", help="ONNX model; default: the newest .onnx in ./exported/.",
+    show_default=False)]
+ProviderOpt = Annotated[str, typer.Option(
+    "--provider", "-p", help="Execution provider: auto, cpu, cuda or tensorrt.")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    "--threads", help="Inference threads (default: the cores present).", show_default=False)]
+WorkersOpt = Annotated[int | None, typer.Option(
+    "--workers", help="Decoding threads (default: the cores present, at most 8).",
+    show_default=False)]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, max=4096,
+                                       help="Images per inference batch.")]
+LabelsOpt = Annotated[Path | None, typer.Option(
+    "--labels", help="C-NMC prelim-test label CSV (Patient_ID,new_names,labels).",
+    show_default=False)]
+ThresholdOpt = Annotated[float | None, typer.Option(
+    "--threshold", min=0.0, max=1.0,
+    help="Decision threshold on P(ALL); default: the one in the model's spec.",
+    show_default=False)]

@@ -1,0 +1,227 @@
+"""``classify`` and ``evaluate``: images in, rows and metrics out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..classify import RunStats, classify_files, predict_stream
+from ..console import err, escape, note, out
+from ..data import LABEL_NAMES, collect
+from ..errors import EXIT_OK, EXIT_SOME_FAILED, DataError
+from ..evaluate import clean, metrics, patient_vote_metrics, per_patient
+from ..output import ResultWriter, atomic_write_text, check_output_location
+from .common import open_model, progress_bar
+from .options import (
+    BatchOpt,
+    LabelsOpt,
+    ModelOpt,
+    Paths,
+    ProviderOpt,
+    ThreadsOpt,
+    ThresholdOpt,
+    WorkersOpt,
+)
+
+OutOpt = Annotated[Path, typer.Option(
+    "--out", "-o", help="Result file: .csv, or .jsonl for JSON Lines.")]
+FormatOpt = Annotated[str | None, typer.Option(
+    "--format", help="csv or jsonl (default: from the --out extension).", show_default=False)]
+
+
+def classify(
+    paths: Paths,
+    model: ModelOpt = None,
+    out_file: OutOpt = Path("predictions.csv"),
+    fmt: FormatOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted run: "
+                                         "skip the files already in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite",
+                                            help="Replace an existing --out.")] = False,
+    provider: ProviderOpt = "auto",
+    batch_size: BatchOpt = 32,
+    threads: ThreadsOpt = None,
+    workers: WorkersOpt = None,
+    labels: LabelsOpt = None,
+    threshold: ThresholdOpt = None,
+) -> int:
+    """Classify every image under PATHS as ALL or HEM; rows go to --out as they come."""
+    items = collect(paths, labels)
+    check_output_location(out_file, paths)
+    m = open_model(model, provider, threads, threshold)
+    with ResultWriter(out_file, fmt, resume=resume, overwrite=overwrite) as writer:
+        if resume and writer.done:
+            note(f"resuming {out_file}: {len(writer.done)} rows already there")
+        todo = len(items) - sum(1 for it in items if _esc(it.path) in writer.done)
+        with progress_bar(todo, "classify") as advance:
+            stats = classify_files(m, items, writer, batch_size, workers, advance)
+    _summary(stats, m, out_file, len(items))
+    return EXIT_SOME_FAILED if stats.errors else EXIT_OK
+
+
+def _esc(p: Path) -> str:
+    from ..output import escape_path
+
+    return escape_path(p)
+
+
+def _summary(stats: RunStats, m: object, out_file: Path, total: int) -> None:
+    t = Table(title="leukoedge classify", show_header=False, title_justify="left")
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    classified = stats.files - stats.errors
+    t.add_row("model", escape(str(m.path)))  # type: ignore[attr-defined]
+    t.add_row("provider", m.provider)  # type: ignore[attr-defined]
+    t.add_row("files found", str(total))
+    if stats.skipped:
+        t.add_row("already done (resume)", str(stats.skipped))
+    t.add_row("classified", str(classified))
+    t.add_row("  ALL", str(stats.positives))
+    t.add_row("  HEM", str(classified - stats.positives))
+    t.add_row("errors", f"[red]{stats.errors}[/red]" if stats.errors else "0")
+    t.add_row("speed", f"{stats.images_per_second:.1f} images/s")
+    t.add_row("results", escape(str(out_file)))
+    out.print(t)
+    for e in stats.error_examples:
+        err.print(f"[red]error:[/red] {escape(e)}")
+    if stats.errors > len(stats.error_examples):
+        err.print(f"... and {stats.errors - len(stats.error_examples)} more error rows "
+                  f"in {escape(str(out_file))}")
+
+
+def evaluate(
+    paths: Paths,
+    model: ModelOpt = None,
+    labels: LabelsOpt = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write the full report as JSON here.", show_default=False)] = None,
+    predictions: Annotated[Path | None, typer.Option(
+        "--predictions", help="Also write the per-image rows here (.csv/.jsonl).",
+        show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite",
+                                            help="Replace existing output files.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    provider: ProviderOpt = "auto",
+    batch_size: BatchOpt = 32,
+    threads: ThreadsOpt = None,
+    workers: WorkersOpt = None,
+    threshold: ThresholdOpt = None,
+) -> int:
+    """Classify labelled images and report accuracy, weighted F1, AUC, per patient..."""
+    items = collect(paths, labels)
+    if not any(it.label is not None for it in items):
+        raise DataError("no labels found for these images",
+                        "put them under all/ and hem/ folders, name them *_all/*_hem, "
+                        "or pass --labels C-NMC_test_prelim_phase_data_labels.csv")
+    for target in (report, predictions):
+        if target is not None:
+            check_output_location(target, paths)
+    if report is not None and report.exists() and not overwrite:
+        from ..errors import OutputExistsError
+
+        raise OutputExistsError(f"report {report} already exists",
+                                "add --overwrite or choose another --report")
+    m = open_model(model, provider, threads, threshold)
+    writer = ResultWriter(predictions, overwrite=overwrite) if predictions else None
+    preds = []
+    try:
+        with progress_bar(len(items), "evaluate") as advance:
+            def on_batch(batch: list) -> None:  # type: ignore[type-arg]
+                if writer is not None:
+                    writer.write([p.row for p in batch])
+                advance(len(batch))
+
+            preds = list(predict_stream(m, items, batch_size, workers, on_batch=on_batch))
+    finally:
+        if writer is not None:
+            writer.close()
+    rep = build_report(preds, m)
+    if report is not None:
+        atomic_write_text(report, json.dumps(clean(rep), indent=2) + "\n")
+    if as_json:
+        out.print_json(json.dumps(clean(rep)))
+    else:
+        print_report(rep)
+        if report is not None:
+            note(f"report written to {report}")
+    return EXIT_SOME_FAILED if rep["errors"] else EXIT_OK
+
+
+def build_report(preds: list, m: object) -> dict:  # type: ignore[type-arg]
+    ok = [p for p in preds if p.row.error is None]
+    labelled = [p for p in ok if p.item.label is not None]
+    y_true = [p.item.label for p in labelled]
+    y_pred = [LABEL_NAMES.index(p.row.label) for p in labelled]
+    prob = [p.row.prob_all for p in labelled]
+    rep: dict = {  # type: ignore[type-arg]
+        "model": str(m.path),  # type: ignore[attr-defined]
+        "architecture": m.spec.architecture,  # type: ignore[attr-defined]
+        "threshold": m.spec.threshold,  # type: ignore[attr-defined]
+        "provider": m.provider,  # type: ignore[attr-defined]
+        "files": len(preds),
+        "errors": len(preds) - len(ok),
+        "error_rows": [{"path": p.row.path, "error": p.row.error}
+                       for p in preds if p.row.error][:1000],
+        "unlabelled": len(ok) - len(labelled),
+        "metrics": metrics(y_true, y_pred, prob) if labelled else None,
+    }
+    rows = per_patient([p.item.patient for p in labelled], y_true, y_pred, prob)
+    rep["patients"] = [r.__dict__ for r in rows]
+    rep["patient_vote"] = patient_vote_metrics(rows)
+    return rep
+
+
+def _f(x: object) -> str:
+    return "-" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def print_report(rep: dict) -> None:  # type: ignore[type-arg]
+    mt = rep["metrics"]
+    head = Table(title="leukoedge evaluate", show_header=False, title_justify="left")
+    head.add_column("what", style="bold")
+    head.add_column("value")
+    head.add_row("model", escape(rep["model"]))
+    head.add_row("files / errors / unlabelled",
+                 f"{rep['files']} / {rep['errors']} / {rep['unlabelled']}")
+    if mt:
+        head.add_row("images scored", str(mt["n"]))
+        for k in ("weighted_f1", "accuracy", "balanced_accuracy", "sensitivity_all",
+                  "specificity_all", "roc_auc", "majority_rate"):
+            head.add_row(k.replace("_", " "), _f(mt[k]))
+    out.print(head)
+    if mt:
+        pc = Table(title="per class", title_justify="left")
+        for c in ("class", "precision", "recall", "F1", "support"):
+            pc.add_column(c, justify="right" if c != "class" else "left")
+        for name, v in mt["per_class"].items():
+            pc.add_row(name.upper(), _f(v["precision"]), _f(v["recall"]), _f(v["f1"]),
+                       str(v["support"]))
+        out.print(pc)
+        cm = Table(title="confusion (rows: true, columns: predicted)", title_justify="left")
+        cm.add_column("")
+        cm.add_column("HEM", justify="right")
+        cm.add_column("ALL", justify="right")
+        for name, row in zip(("HEM", "ALL"), mt["confusion"]["matrix"]):
+            cm.add_row(name, str(row[0]), str(row[1]))
+        out.print(cm)
+    if rep["patients"]:
+        pt = Table(title="per patient", title_justify="left")
+        for c in ("patient", "truth", "cells", "pred ALL", "mean P(ALL)", "accuracy", "vote"):
+            pt.add_column(c)
+        for r in rep["patients"]:
+            pt.add_row(r["patient"], r["true_label"] or "-", str(r["cells"]),
+                       str(r["predicted_all"]), _f(r["mean_prob_all"]), _f(r["accuracy"]),
+                       r["vote"])
+        out.print(pt)
+    pv = rep["patient_vote"]
+    if pv:
+        out.print(f"patient-level vote: {pv['patients']} patients, accuracy "
+                  f"{pv['accuracy']:.4f}, weighted F1 {pv['weighted_f1']:.4f}")
+    if rep["errors"]:
+        err.print(f"[red]{rep['errors']} files could not be read[/red] (not in the metrics):")
+        for e in rep["error_rows"][:5]:
+            err.print(f"  {escape(e['error'])}")

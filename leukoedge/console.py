@@ -1,0 +1,19 @@
+"""The two consoles: results to stdout, messages and progress to stderr."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    """One informational line on stderr."""
+    err.print(f"[dim]leukoedge:[/dim] {message}", markup=True, highlight=False)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as _escape
+
+    return _escape(text)

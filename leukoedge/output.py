@@ -1,0 +1,204 @@
+"""Result files: rows appended and flushed as they come, resumable, never clobbered.
+
+Formats: CSV (default) or JSON Lines (``.jsonl``/``.ndjson``), one row per image with the
+columns :data:`COLUMNS`. A run that is interrupted keeps every complete line; ``resume``
+drops a torn last line (a SIGKILL mid-write) and reports which paths are done, so the
+caller processes each file exactly once. An existing file is never overwritten unless the
+caller asks for it.
+
+Paths that are not valid UTF-8 (Linux allows any bytes) are written escaped, reversibly:
+a backslash becomes ``\\\\``, and each byte that is not part of valid UTF-8, and each
+control character, becomes ``\\xNN``.
+:func:`unescape_path` gives the original bytes back.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import DataError, OutputExistsError, UsageError
+
+COLUMNS = ("path", "patient", "prob_all", "label", "error")
+FORMATS = ("csv", "jsonl")
+
+
+def escape_path(path: str | os.PathLike[str] | bytes) -> str:
+    """Text form of a path: valid UTF-8 kept, other bytes as ``\\xNN``, ``\\`` doubled."""
+    raw = os.fsencode(path)
+    out: list[str] = []
+    for ch in raw.decode("utf-8", "surrogateescape"):
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not valid UTF-8
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F:  # control characters: keep rows on one line
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+_UNESCAPE_RE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
+
+
+def unescape_path(text: str) -> bytes:
+    """Inverse of :func:`escape_path`: the path's original bytes."""
+    parts: list[bytes] = []
+    pos = 0
+    for m in _UNESCAPE_RE.finditer(text):
+        parts.append(text[pos:m.start()].encode("utf-8"))
+        tok = m.group(1)
+        parts.append(b"\\" if tok == "\\" else bytes([int(tok[1:], 16)]))
+        pos = m.end()
+    parts.append(text[pos:].encode("utf-8"))
+    return b"".join(parts)
+
+
+def format_for(path: Path, fmt: str | None) -> str:
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise UsageError(f"unknown output format {fmt!r}", f"choose {' or '.join(FORMATS)}")
+        return fmt
+    return "jsonl" if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else "csv"
+
+
+@dataclass
+class Row:
+    path: str  # escaped text form
+    patient: str | None
+    prob_all: float | None
+    label: str | None
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "patient": self.patient, "prob_all": self.prob_all,
+                "label": self.label, "error": self.error}
+
+
+def check_output_location(out: Path, inputs: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse an output file inside a folder being read (we never write into inputs)."""
+    target = out.resolve()
+    for raw in inputs:
+        src = Path(os.fsdecode(raw))
+        if src.is_dir():
+            root = src.resolve()
+            if target == root or root in target.parents:
+                raise UsageError(f"output {out} lies inside the input folder {src}",
+                                 "write results elsewhere with --out")
+        elif src.exists() and src.resolve() == target:
+            raise UsageError(f"output {out} is one of the input files")
+
+
+def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
+    """Complete rows of an existing result file; truncates a torn last line in place."""
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # torn last line: drop it so the resumed run rewrites it
+            fh.truncate(end)
+            data = data[:end]
+    text = data.decode("utf-8", "replace")
+    rows: list[dict[str, Any]] = []
+    if fmt == "jsonl":
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise DataError(f"{path}: line {n} is not JSON; cannot resume this file",
+                                "use --overwrite to start again") from exc
+            if not isinstance(obj, dict) or "path" not in obj:
+                raise DataError(f"{path}: line {n} is not a leukoedge row")
+            rows.append(obj)
+    else:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if text and (reader.fieldnames is None or "path" not in reader.fieldnames):
+            raise DataError(f"{path}: not a leukoedge result file (no 'path' column)",
+                            "use --overwrite to replace it, or another --out")
+        rows.extend(reader)
+    return rows
+
+
+class ResultWriter:
+    """Appends rows and flushes after each batch; ``done`` holds paths already written."""
+
+    def __init__(self, path: Path, fmt: str | None = None, *, resume: bool = False,
+                 overwrite: bool = False) -> None:
+        if resume and overwrite:
+            raise UsageError("--resume and --overwrite contradict each other",
+                             "pick one")
+        self.path = path
+        self.fmt = format_for(path, fmt)
+        self.done: set[str] = set()
+        self.previous_rows: list[dict[str, Any]] = []
+        exists = path.exists()
+        if exists and path.is_dir():
+            raise UsageError(f"output {path} is a folder", "name a file with --out")
+        if exists and not (resume or overwrite):
+            raise OutputExistsError(
+                f"output {path} already exists",
+                "add --resume to finish it, --overwrite to replace it, or choose --out")
+        if exists and resume:
+            self.previous_rows = _read_rows(path, self.fmt)
+            self.done = {str(r["path"]) for r in self.previous_rows}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = "a" if (exists and resume) else "w"
+        self._fh: IO[str] = open(path, mode, encoding="utf-8", newline="")
+        self._csv = csv.writer(self._fh, lineterminator="\n") if self.fmt == "csv" else None
+        if mode == "w" or (self.fmt == "csv" and path.stat().st_size == 0):
+            if self._csv is not None:
+                self._csv.writerow(COLUMNS)
+                self._fh.flush()
+
+    def write(self, rows: Iterable[Row]) -> None:
+        for r in rows:
+            if self._csv is not None:
+                self._csv.writerow([
+                    r.path, r.patient or "",
+                    "" if r.prob_all is None else f"{r.prob_all:.6f}",
+                    r.label or "", r.error or "",
+                ])
+            else:
+                self._fh.write(json.dumps(r.as_dict(), ensure_ascii=False) + "\n")
+            self.done.add(r.path)
+        self._fh.flush()
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.flush()
+            try:
+                os.fsync(self._fh.fileno())
+            except OSError:
+                pass
+            self._fh.close()
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a whole file so that readers see the old or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,294 @@
+"""onnxruntime sessions: provider choice and verification, the spec check, inference.
+
+``load_model(path, provider)`` returns a :class:`Model` whose spec was read from the
+file and checked against the graph, running on a provider that was verified through the
+created session's own ``get_providers()`` (``get_available_providers()`` lists CUDA on
+CPU-only machines that have the GPU wheel, so it proves nothing).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .errors import MissingExtraError, ModelError, ProviderError, SpecError, UsageError
+from .spec import SPEC_KEY, ModelSpec
+
+PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
+_ORT_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+_PROVIDER_LIBS = {
+    "cuda": "libonnxruntime_providers_cuda.so",
+    "tensorrt": "libonnxruntime_providers_tensorrt.so",
+}
+DEFAULT_TRT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
+    "leukoedge" / "trt"
+
+
+def import_ort() -> ModuleType:
+    """Import onnxruntime, or say which extra installs it."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise MissingExtraError(
+            "onnxruntime is not installed",
+            "pip install 'leukoedge[cpu]' (or 'leukoedge[gpu]' for CUDA; not both)",
+        ) from exc
+    ort.set_default_logger_severity(3)
+    return ort
+
+
+def ort_errors(ort: ModuleType) -> tuple[type[BaseException], ...]:
+    """onnxruntime's own exception types (they derive from ``Exception`` directly)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoModel",
+             "NoSuchFile", "NotFound", "NotImplemented", "RuntimeException", "EPFail",
+             "EngineError", "ModelRequiresCompilation")
+    found = tuple(getattr(state, n) for n in names if isinstance(getattr(state, n, None), type))
+    return found + (RuntimeError, OSError, ValueError)
+
+
+def ort_distribution() -> str:
+    """Which onnxruntime wheel is installed (onnxruntime, onnxruntime-gpu, ...)."""
+    from importlib import metadata
+
+    for dist in ("onnxruntime-gpu", "onnxruntime", "onnxruntime-openvino",
+                 "onnxruntime-directml"):
+        try:
+            return f"{dist} {metadata.version(dist)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return "not installed"
+
+
+def provider_load_problem(ort: ModuleType, provider: str) -> str | None:
+    """Why ``provider`` cannot run here, or None when its library at least loads."""
+    if provider == "cpu":
+        return None
+    name = _ORT_NAMES[provider]
+    if name not in ort.get_available_providers():
+        return (f"this onnxruntime build ({ort_distribution()}) has no {name}; "
+                "install the GPU build: pip uninstall onnxruntime && "
+                "pip install 'leukoedge[gpu]'")
+    lib = Path(ort.__file__).parent / "capi" / _PROVIDER_LIBS[provider]
+    if lib.exists():
+        try:
+            ctypes.CDLL(str(lib))
+        except OSError as exc:
+            first = str(exc).splitlines()[0]
+            return (f"{name} cannot load its libraries ({first}); install the CUDA and "
+                    "cuDNN libraries: pip install 'onnxruntime-gpu[cuda,cudnn]', or add "
+                    "the system CUDA/cuDNN to LD_LIBRARY_PATH")
+    return None
+
+
+@dataclass
+class SessionConfig:
+    """How to run a model; separate from the model itself."""
+
+    provider: str = "auto"
+    threads: int | None = None  # intra-op threads; None = cores present
+    device_id: int = 0
+    trt_cache: Path = DEFAULT_TRT_CACHE
+    trt_fp16: bool = False
+    optimization: str = "all"  # basic | extended | all
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDER_CHOICES:
+            raise UsageError(f"unknown provider {self.provider!r}",
+                             f"choose one of {', '.join(PROVIDER_CHOICES)}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {self.threads}")
+
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _provider_list(cfg: SessionConfig, want: str) -> list[Any]:
+    cuda = ("CUDAExecutionProvider", {
+        "device_id": cfg.device_id,
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "do_copy_in_default_stream": "1",
+    })
+    cpu = "CPUExecutionProvider"
+    if want == "tensorrt":
+        cfg.trt_cache.mkdir(parents=True, exist_ok=True)
+        trt = ("TensorrtExecutionProvider", {
+            "device_id": cfg.device_id,
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(cfg.trt_cache),
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": str(cfg.trt_cache),
+            "trt_fp16_enable": "True" if cfg.trt_fp16 else "False",
+        })
+        return [trt, cuda, cpu]
+    if want == "cuda":
+        return [cuda, cpu]
+    return [cpu]
+
+
+@dataclass
+class Model:
+    """A loaded, verified model: spec, session, provider actually in use."""
+
+    path: Path
+    spec: ModelSpec
+    session: Any
+    provider: str  # cpu | cuda | tensorrt, as verified
+    input_name: str
+    output_name: str
+    notes: list[str] = field(default_factory=list)
+    load_seconds: float = 0.0
+    device_id: int = 0
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Run uint8 ``[N, H, W, 3]`` images; return float32 logits ``[N]``."""
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
+            raise ValueError(f"expected uint8 [N,H,W,3], got {batch.dtype} {batch.shape}")
+        if self.provider in ("cuda", "tensorrt"):
+            io = self.session.io_binding()
+            io.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
+            io.bind_output(self.output_name, "cuda", self.device_id)
+            self.session.run_with_iobinding(io)
+            out = io.copy_outputs_to_cpu()[0]
+        else:
+            out = self.session.run([self.output_name], {self.input_name: batch})[0]
+        return np.asarray(out, dtype=np.float32).reshape(batch.shape[0])
+
+    def warm_up(self, batch_size: int) -> None:
+        s = self.spec.input_size
+        self.logits(np.zeros((batch_size, s, s, 3), dtype=np.uint8))
+
+
+def read_spec_from_metadata(meta: dict[str, str], where: str) -> ModelSpec:
+    raw = meta.get(SPEC_KEY)
+    if raw is None:
+        raise SpecError(f"{where}: not a leukoedge model (no '{SPEC_KEY}' metadata)",
+                        "export it with 'leukoedge export', which embeds the ModelSpec")
+    try:
+        return ModelSpec.from_json(raw)
+    except SpecError as exc:
+        raise SpecError(f"{where}: {exc.message}", exc.hint) from exc
+
+
+def check_graph(spec: ModelSpec, inputs: list[Any], outputs: list[Any], where: str) -> None:
+    """The graph must take what the spec says: uint8 [N, S, S, 3], one logit per image."""
+    if len(inputs) != 1:
+        raise SpecError(f"{where}: model has {len(inputs)} inputs; a leukoedge model has one")
+    if len(outputs) < 1:
+        raise SpecError(f"{where}: model has no output")
+    inp, out = inputs[0], outputs[0]
+    if inp.type != "tensor(uint8)":
+        raise SpecError(f"{where}: input '{inp.name}' is {inp.type}; the spec's layout "
+                        f"{spec.input_layout} needs tensor(uint8)")
+    shape = list(inp.shape)
+    s = spec.input_size
+    if len(shape) != 4 or shape[1:] != [s, s, 3]:
+        raise SpecError(f"{where}: input shape {shape} disagrees with the spec "
+                        f"(expects [N, {s}, {s}, 3])")
+    if isinstance(shape[0], int) and shape[0] != 1:
+        raise SpecError(f"{where}: input batch axis is fixed at {shape[0]}; expected dynamic")
+    oshape = list(out.shape)
+    if not (len(oshape) == 1 or (len(oshape) == 2 and oshape[1] == 1)):
+        raise SpecError(f"{where}: output shape {oshape}; expected [N] (one logit per image)")
+    if out.type not in ("tensor(float)", "tensor(float16)", "tensor(double)"):
+        raise SpecError(f"{where}: output is {out.type}; expected a float logit")
+
+
+def load_model(path: str | os.PathLike[str], config: SessionConfig | None = None) -> Model:
+    """Open ``path`` on the asked-for provider, verified; check its spec against its graph."""
+    cfg = config or SessionConfig()
+    p = Path(path)
+    where = str(p)
+    if not p.exists():
+        raise ModelError(f"{where}: model file not found")
+    if p.is_dir():
+        raise ModelError(f"{where}: is a folder, not an ONNX model file")
+    ort = import_ort()
+    notes: list[str] = []
+    want = cfg.provider
+    if want == "auto":
+        want = "cpu"
+        for cand in ("cuda",):
+            problem = provider_load_problem(ort, cand)
+            if problem is None:
+                want = cand
+                break
+    else:
+        problem = provider_load_problem(ort, want)
+        if problem is not None:
+            raise ProviderError(f"--provider {want} cannot run here: {problem}")
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = cfg.threads or cores()
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[cfg.optimization]
+    so.log_severity_level = 3
+    if want == "tensorrt":
+        notes.append(f"TensorRT builds an engine per input shape on first use (minutes); "
+                     f"cached in {cfg.trt_cache}")
+    t0 = time.perf_counter()
+    try:
+        sess = ort.InferenceSession(str(p), sess_options=so,
+                                    providers=_provider_list(cfg, want))
+    except ort_errors(ort) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ModelError(f"{where}: cannot load as an ONNX model ({first})",
+                         "re-export it with 'leukoedge export'") from exc
+    got = sess.get_providers()
+    active = {v: k for k, v in _ORT_NAMES.items()}.get(got[0], got[0])
+    if cfg.provider in ("cuda", "tensorrt") and _ORT_NAMES[cfg.provider] not in got:
+        raise ProviderError(
+            f"--provider {cfg.provider} was asked for but the session runs on {got[0]}",
+            "run 'leukoedge doctor' to see why the GPU provider does not load")
+    if cfg.provider == "auto" and active == "cpu":
+        reason = provider_load_problem(ort, "cuda") or "the CUDA provider did not start"
+        notes.append(f"provider auto: running on the CPU ({reason.split(';')[0]})")
+    meta = sess.get_modelmeta().custom_metadata_map
+    spec = read_spec_from_metadata(meta, where)
+    check_graph(spec, sess.get_inputs(), sess.get_outputs(), where)
+    return Model(
+        path=p, spec=spec, session=sess, provider=active,
+        input_name=sess.get_inputs()[0].name, output_name=sess.get_outputs()[0].name,
+        notes=notes, load_seconds=time.perf_counter() - t0, device_id=cfg.device_id,
+    )
+
+
+def newest_model(folder: Path) -> Path:
+    """The most recently modified ``.onnx`` file in ``folder``."""
+    models = sorted(folder.glob("*.onnx"), key=lambda q: (q.stat().st_mtime, q.name)) \
+        if folder.is_dir() else []
+    if not models:
+        raise ModelError(f"no model given and none found in {folder}/",
+                         "pass --model FILE.onnx, or train and export one: "
+                         "'leukoedge train scratch DATA' then 'leukoedge export --to onnx'")
+    return models[-1]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty_like(x)
+    pos = x >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+    ex = np.exp(x[~pos])
+    out[~pos] = ex / (1.0 + ex)
+    return out
