@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -20,24 +20,23 @@ def bench(
     provider: ProviderOpt = "auto",
     batch_sizes: Annotated[str, typer.Option("--batch-sizes",
                                              help="Comma-separated batch sizes.")] = "1,8,32",
-    data: Annotated[Optional[Path], typer.Option(
+    data: Annotated[Path | None, typer.Option(
         "--data", help="Folder of real images (default: the cells shipped with leukoedge).",
         show_default=False)] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(
+    checkpoint: Annotated[Path | None, typer.Option(
         "--checkpoint", help="Also time PyTorch eager on these weights (train extra).",
         show_default=False)] = None,
-    seconds: Annotated[float, typer.Option("--seconds", min=0.1,
+    seconds: Annotated[float, typer.Option("--seconds", min=0.01,
                                            help="Minimum time per measurement.")] = 3.0,
     files_limit: Annotated[int, typer.Option("--files", min=1,
                                              help="End-to-end: this many files (cycled).")] = 500,
     threads: ThreadsOpt = None,
     workers: WorkersOpt = None,
-    as_json: Annotated[Optional[Path], typer.Option(
+    as_json: Annotated[Path | None, typer.Option(
         "--json", help="Also write the results as JSON here.", show_default=False)] = None,
 ) -> int:
     """Inference-only, decode, end-to-end (and PyTorch eager) throughput."""
-    from ..bench import (BenchResult, bench_decode, bench_end_to_end, bench_inference,
-                         bench_opencv)
+    from ..bench import BenchResult, bench_decode, bench_end_to_end, bench_inference, bench_opencv
     from ..data import collect, sample_cells_dir
     from ..output import atomic_write_text
 
