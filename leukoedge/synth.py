@@ -33,7 +33,6 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -116,7 +115,7 @@ TRAIT_MODEL: dict[str, TraitDistribution] = {
 #: the range of the real cells.
 _BRIGHTNESS_SD = 0.16
 _TINT_SD = (0.03, 0.15, 0.03)
-_GAIN_RANGE = ((0.89, 1.22), (0.84, 1.45), (0.94, 1.17))
+_GAIN_RANGE = ((0.89, 1.22), (0.84, 1.45), (0.94, 1.15))
 
 #: Trait names in CSV column order.
 TRAIT_NAMES: tuple[str, ...] = tuple(TRAIT_MODEL)
@@ -415,7 +414,7 @@ def render_cell(
 
     # --- texture --------------------------------------------------------- #
     c = traits.chromatin
-    tex = _texture(rng, (2 * h, 2 * h), 9.0 * s, (12.0 + 12.0 * c) * s, 0.25 + 0.6 * c)
+    tex = _texture(rng, (2 * h, 2 * h), 12.0 * s, (18.0 + 14.0 * c) * s, 0.25 + 0.6 * c)
     amp_nuc = np.float32(0.085 + 0.125 * c)
     amp_cyt = np.float32(0.03)
     light = (amp_nuc - amp_cyt) * w_nuc + amp_cyt  # texture amplitude map
@@ -477,25 +476,24 @@ def render_cell(
 # --------------------------------------------------------------------------- #
 # Writing
 # --------------------------------------------------------------------------- #
-def _write_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` for a temporary file beside ``path``, then move it into place.
+
+    ``os.replace`` is atomic, so ``path`` is either absent or complete; the
+    temporary file is removed if writing fails or is interrupted.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def _bmp_bytes(rgb: np.ndarray) -> memoryview:
-    buf = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buf, format="BMP")
-    return buf.getbuffer()
+def _save_bmp(rgb: np.ndarray, path: Path) -> None:
+    """Write ``rgb`` (uint8 HxWx3) as a 24-bit BMP."""
+    Image.fromarray(rgb, mode="RGB").save(path, format="BMP")
 
 
 def _image_ids(rng: np.random.Generator, n_cells: int) -> list[tuple[int, int]]:
@@ -556,7 +554,7 @@ def generate(
             rel = (
                 f"fold_{patient.fold}/{cls}/UID_{patient.patient_id}_{image_no}_{cell_no}_{cls}.bmp"
             )
-            _write_atomic(out / rel, _bmp_bytes(rgb))
+            _write_atomic(out / rel, lambda tmp, rgb=rgb: _save_bmp(rgb, tmp))
             t = asdict(traits)
             rows.append(
                 [rel, patient.label, patient.patient_id, patient.fold, image_no, cell_no]
@@ -572,7 +570,8 @@ def generate(
     writer.writerow(["path", "label", "patient", "fold", "image", "cell", *TRAIT_NAMES])
     writer.writerows(rows)
     traits_csv = out / "traits.csv"
-    _write_atomic(traits_csv, text.getvalue().encode("utf-8"))
+    data = text.getvalue().encode("utf-8")
+    _write_atomic(traits_csv, lambda tmp: tmp.write_bytes(data))
 
     n_all_img = sum(1 for r in rows if r[1] == 1)
     return SynthSummary(

@@ -275,6 +275,27 @@ def test_interrupted_run_leaves_only_complete_images(tmp_path: Path) -> None:
     assert not (out / "traits.csv").exists()
 
 
+def test_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch) -> None:
+    from leukoedge import synth
+
+    real_save = synth._save_bmp
+    calls = {"n": 0}
+
+    def flaky_save(rgb: np.ndarray, path: Path) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            path.write_bytes(b"BM" + b"\0" * 100)  # half-written file
+            raise OSError("disk full")
+        real_save(rgb, path)
+
+    monkeypatch.setattr(synth, "_save_bmp", flaky_save)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="disk full"):
+        generate(out, SynthConfig(patients=2, cells_per_patient=3, size=64, folds=1))
+    files = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert len(files) == 2 and all(NAME_RE.fullmatch(n) for n in files)
+
+
 # --------------------------------------------------------------------------- #
 # realism against the real C-NMC cells
 # --------------------------------------------------------------------------- #
