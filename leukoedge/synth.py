@@ -14,7 +14,7 @@ The two classes differ only through a handful of morphological *traits*
 its own offset on every trait (:class:`PatientStyle`), so cells of one patient
 are correlated -- the patient leak of the real dataset.  The difficulty of the
 task is therefore known: a classifier on the true trait values reaches about
-0.94 accuracy on held-out patients, mean colour alone carries little class
+0.95 accuracy on held-out patients, mean colour alone carries little class
 information, and pixel-level models profit from an image-level split.  See
 ``docs/synthetic.md`` for the measured numbers.
 
