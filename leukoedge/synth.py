@@ -33,6 +33,7 @@ import csv
 import io
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -63,6 +64,7 @@ REFERENCE_SIZE = 450
 # Stream tags for SeedSequence spawn keys (keep stable: they define the output).
 _KEY_PATIENT = 1
 _KEY_CELL = 2
+_KEY_IMAGES = 3
 
 # Resolution of the angular lookup table of an outline r(theta).
 _N_ANGLES = 1024
@@ -208,10 +210,10 @@ class SynthConfig:
         if (
             not isinstance(self.all_fraction, (int, float, np.floating))
             or isinstance(self.all_fraction, bool)
-            or not 0.0 < float(self.all_fraction) < 1.0
+            or not 0.0 <= float(self.all_fraction) <= 1.0
         ):
             raise ValueError(
-                f"all_fraction must be a number strictly between 0 and 1, got {self.all_fraction!r}"
+                f"all_fraction must be a number between 0 and 1, got {self.all_fraction!r}"
             )
         if not is_int(self.folds) or self.folds < 1:
             raise ValueError(f"folds must be an integer >= 1, got {self.folds!r}")
@@ -247,6 +249,10 @@ def _cell_rng(seed: int, patient_index: int, cell_index: int) -> np.random.Gener
     return np.random.default_rng(
         np.random.SeedSequence(seed, spawn_key=(_KEY_CELL, patient_index, cell_index))
     )
+
+
+def _images_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_KEY_IMAGES, index)))
 
 
 def _n_all_patients(patients: int, all_fraction: float) -> int:
@@ -496,6 +502,24 @@ def _save_bmp(rgb: np.ndarray, path: Path) -> None:
     Image.fromarray(rgb, mode="RGB").save(path, format="BMP")
 
 
+def _remove_previous(out: Path) -> None:
+    """Delete a previous synthetic data set in ``out`` (only files this module writes)."""
+    for path in out.glob("fold_*/*/*.bmp"):
+        fold, cls = path.parent.parent.name, path.parent.name
+        if (
+            re.fullmatch(r"fold_\d+", fold)
+            and cls in ("all", "hem")
+            and re.fullmatch(rf"UID_H?\d+_\d+_\d+_{cls}\.bmp", path.name)
+        ):
+            path.unlink()
+    for path in out.glob("fold_*/*/.UID_*.bmp.tmp"):
+        path.unlink()
+    (out / "traits.csv").unlink(missing_ok=True)
+    for d in sorted(out.glob("fold_*/*"), reverse=True) + sorted(out.glob("fold_*")):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+
+
 def _image_ids(rng: np.random.Generator, n_cells: int) -> list[tuple[int, int]]:
     """(image, cell) numbers for a patient's cells: 1-3 cells per smear image."""
     ids: list[tuple[int, int]] = []
@@ -511,6 +535,8 @@ def generate(
     out_dir: Path | str,
     config: SynthConfig,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> SynthSummary:
     """Generate a synthetic C-NMC-like training set into ``out_dir``.
 
@@ -522,17 +548,26 @@ def generate(
     last.
 
     Args:
-        out_dir: destination; created if missing, must be empty if it exists.
+        out_dir: destination; created if missing, must be empty if it exists
+            (unless ``overwrite``).
         config: what to generate (validated first).
         progress: optional callback ``progress(done, total)`` after each image.
+        overwrite: allow a non-empty ``out_dir``: a previous synthetic data set
+            in it (``traits.csv`` and ``fold_<n>/{all,hem}/UID_*.bmp``) is
+            deleted first, so no stale cells remain; other files are kept.
 
     Raises:
-        ValueError: on an invalid ``config`` or a non-empty ``out_dir``.
+        ValueError: on an invalid ``config``, or a non-empty ``out_dir``
+            without ``overwrite``, or an ``out_dir`` that is a file.
     """
     config.validate()
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"output directory {out} exists and is not empty")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"output directory {out} exists and is not empty")
+        _remove_previous(out)
 
     patients = make_patients(config)
     total = config.patients * config.cells_per_patient
@@ -546,7 +581,7 @@ def generate(
     done = 0
     for pindex, patient in enumerate(patients):
         cls = "all" if patient.label == 1 else "hem"
-        ids = _image_ids(_patient_rng(config.seed, pindex), config.cells_per_patient)
+        ids = _image_ids(_images_rng(config.seed, pindex), config.cells_per_patient)
         for cindex, (image_no, cell_no) in enumerate(ids):
             rng = _cell_rng(config.seed, pindex, cindex)
             traits = sample_traits(rng, patient)

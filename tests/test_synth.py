@@ -211,6 +211,10 @@ def test_class_balance(full: Path) -> None:
     for patients, fraction, expect_all in [
         (2, 0.99, 1),
         (2, 0.01, 1),
+        (2, 1.0, 1),
+        (3, 0.0, 1),
+        (1, 0.67, 1),
+        (1, 0.2, 0),
         (3, 0.67, 2),
         (10, 0.5, 5),
         (12, 0.25, 3),
@@ -241,8 +245,8 @@ def test_folds_get_both_classes() -> None:
         {"cells_per_patient": 0},
         {"seed": -1},
         {"size": 8},
-        {"all_fraction": 0.0},
-        {"all_fraction": 1.0},
+        {"all_fraction": -0.1},
+        {"all_fraction": 1.5},
         {"all_fraction": float("nan")},
         {"folds": 0},
         {"patients": 2, "folds": 3},
@@ -258,6 +262,22 @@ def test_non_empty_output_dir_raises(tmp_path: Path) -> None:
     (tmp_path / "keep.txt").write_text("x")
     with pytest.raises(ValueError, match="not empty"):
         generate(tmp_path, SynthConfig(patients=2, cells_per_patient=1, folds=1))
+
+
+def test_overwrite_replaces_previous_dataset_only(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    generate(out, SynthConfig(patients=4, cells_per_patient=3, size=64, folds=2))
+    (out / "notes.txt").write_text("keep me")
+    small = SynthConfig(patients=2, cells_per_patient=2, size=64, folds=1, seed=5)
+    generate(out, small, overwrite=True)
+    bmps = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.bmp"))
+    assert len(bmps) == 4 and all(b.startswith("fold_0/") for b in bmps)
+    assert sorted(r["path"] for r in read_rows(out)) == bmps
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert not (out / "fold_1").exists()
+    fresh = tmp_path / "fresh"
+    generate(fresh, small)
+    assert {k: v for k, v in tree_hashes(out).items() if k != "notes.txt"} == tree_hashes(fresh)
 
 
 def test_interrupted_run_leaves_only_complete_images(tmp_path: Path) -> None:
