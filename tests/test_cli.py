@@ -226,3 +226,15 @@ def test_bench_measures_every_stage(tiny_model: Path, shared_cells: Path, tmp_pa
     assert d["decode_per_s"] > 0 and d["end_to_end_per_s"] > 0 and d["files"] == 43
     r = invoke("bench", tiny_model, "--batch-sizes", "x")
     assert r.exit_code == 2
+
+
+def test_synth_command(tmp_path: Path) -> None:
+    out = tmp_path / "syn"
+    r = invoke("synth", out, "--patients", "4", "--cells-per-patient", "3", "--size", "64")
+    assert r.exit_code == 0, r.output
+    assert len(list(out.glob("fold_*/*/UID_*.bmp"))) == 12
+    r = invoke("synth", out, "--patients", "4")
+    assert r.exit_code == 2 and "not empty" in r.output
+    r = invoke("synth", out, "--patients", "4", "--cells-per-patient", "2", "--size", "64",
+               "--overwrite")
+    assert r.exit_code == 0 and len(list(out.glob("fold_*/*/UID_*.bmp"))) == 8
