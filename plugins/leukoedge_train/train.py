@@ -260,8 +260,13 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
 
 
 def _progress(total_batches: int, label: str) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-        TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
@@ -320,16 +325,6 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
          f"{d['val_images']} validation ({d['val_all']} ALL, {d['val_hem']} HEM, "
          f"{len(d['val_patients'])} patients), split by {split.method}")
 
-    t0 = time.perf_counter()
-    x_train, x_val = _load(split, c.input_size, info.interpolation, c.workers)
-    note(f"decoded {len(x_train) + len(x_val)} images at {c.input_size} px in "
-         f"{time.perf_counter() - t0:.1f} s ({(x_train.nbytes + x_val.nbytes) / 1e6:.0f} MB "
-         "in memory)")
-    y_train = torch.from_numpy(labels_of(split.train))
-    y_val = torch.from_numpy(labels_of(split.val))
-    xt = torch.from_numpy(x_train)
-    xv = torch.from_numpy(x_val)
-
     torch.manual_seed(c.seed)
     arch_kwargs: dict[str, Any] = {}
     if c.arch == "scratch":
@@ -343,6 +338,16 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
     else:
         model.load_state_dict(state["model"])
     model.to(device)
+
+    t0 = time.perf_counter()
+    x_train, x_val = _load(split, c.input_size, info.interpolation, c.workers)
+    note(f"decoded {len(x_train) + len(x_val)} images at {c.input_size} px in "
+         f"{time.perf_counter() - t0:.1f} s ({(x_train.nbytes + x_val.nbytes) / 1e6:.0f} MB "
+         "in memory)")
+    y_train = torch.from_numpy(labels_of(split.train))
+    y_val = torch.from_numpy(labels_of(split.val))
+    xt = torch.from_numpy(x_train)
+    xv = torch.from_numpy(x_val)
 
     n_pos = float(y_train.sum())
     n_neg = float(len(y_train) - n_pos)
