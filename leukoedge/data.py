@@ -265,3 +265,10 @@ def split_by_patient(
     train = [it for it in items if (it.patient or f"path:{it.path}") not in val_patients]
     val = [it for it in items if (it.patient or f"path:{it.path}") in val_patients]
     return train, val
+
+
+def sample_cells_dir() -> Path:
+    """The real C-NMC cells shipped with the package (see its README for attribution)."""
+    from importlib.resources import files
+
+    return Path(str(files("leukoedge") / "sample_cells"))

@@ -48,3 +48,26 @@ def save(model: onnx.ModelProto, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def slow_model(size: int = 96, channels: int = 48, kernel: int = 7) -> onnx.ModelProto:
+    """A deliberately slow classifier (one wide convolution), for interrupt tests."""
+    rng = np.random.default_rng(0)
+    inp = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", size, size, 3])
+    out = helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["N"])
+    w = (rng.standard_normal((channels, 3, kernel, kernel)) * 0.01).astype(np.float32)
+    nodes = [
+        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["f"], ["x"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["x", "w"], ["y"], pads=[3, 3, 3, 3]),
+        helper.make_node("ReduceMean", ["y", "axes"], ["logit"], keepdims=0),
+    ]
+    inits = [numpy_helper.from_array(w, "w"),
+             numpy_helper.from_array(np.array([1, 2, 3], dtype=np.int64), "axes")]
+    graph = helper.make_graph(nodes, "slow", [inp], [out], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    spec = ModelSpec(architecture="test-slow", input_size=size)
+    helper.set_model_props(model, {SPEC_KEY: spec.to_json()})
+    onnx.checker.check_model(model)
+    return model

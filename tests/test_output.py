@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from leukoedge.errors import OutputExistsError, UsageError
+from leukoedge.output import (
+    ResultWriter,
+    Row,
+    atomic_write_text,
+    check_output_location,
+    escape_path,
+    unescape_path,
+)
+
+
+@given(st.binary(min_size=1, max_size=60).filter(lambda b: b"\0" not in b))
+def test_path_escaping_is_reversible_and_printable(raw: bytes) -> None:
+    text = escape_path(raw)
+    assert unescape_path(text) == raw
+    text.encode("utf-8")  # always valid UTF-8
+    assert "\n" not in text and "\r" not in text
+
+
+def test_valid_utf8_paths_are_unchanged() -> None:
+    assert escape_path("/data/zellen/größe_UID_1_all.bmp") == "/data/zellen/größe_UID_1_all.bmp"
+    assert escape_path(b"/d/\xff.bmp") == "/d/\\xff.bmp"
+
+
+def rows(n: int, start: int = 0) -> list[Row]:
+    return [Row(f"/x/{i}.bmp", "UID_1", 0.25, "hem", None) for i in range(start, start + n)]
+
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl"])
+def test_resume_drops_a_torn_line_and_knows_what_is_done(tmp_path: Path, ext: str) -> None:
+    out = tmp_path / f"r.{ext}"
+    with ResultWriter(out) as w:
+        w.write(rows(3))
+    with open(out, "ab") as fh:
+        fh.write(b"/x/3.bmp,UID_1,0.2")  # a SIGKILL in the middle of a line
+    w = ResultWriter(out, resume=True)
+    assert w.done == {"/x/0.bmp", "/x/1.bmp", "/x/2.bmp"}
+    w.write(rows(2, start=3))
+    w.close()
+    text = out.read_text()
+    assert text.endswith("\n")
+    if ext == "csv":
+        lines = text.splitlines()
+        assert lines[0] == "path,patient,prob_all,label,error" and len(lines) == 6
+    else:
+        assert [json.loads(line)["path"] for line in text.splitlines()] == [
+            f"/x/{i}.bmp" for i in range(5)]
+
+
+def test_never_overwrites_without_permission(tmp_path: Path) -> None:
+    out = tmp_path / "r.csv"
+    out.write_text("precious\n")
+    with pytest.raises(OutputExistsError):
+        ResultWriter(out)
+    assert out.read_text() == "precious\n"
+    with pytest.raises(UsageError):
+        ResultWriter(out, resume=True, overwrite=True)
+    ResultWriter(out, overwrite=True).close()
+    assert out.read_text().startswith("path,")
+
+
+def test_output_inside_input_folder_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    with pytest.raises(UsageError, match="inside the input folder"):
+        check_output_location(tmp_path / "in" / "sub" / "p.csv", [tmp_path / "in"])
+    check_output_location(tmp_path / "p.csv", [tmp_path / "in"])
+
+
+def test_atomic_write_leaves_no_temp(tmp_path: Path) -> None:
+    p = tmp_path / "a.json"
+    atomic_write_text(p, "{}")
+    atomic_write_text(p, "[]")
+    assert p.read_text() == "[]" and os.listdir(tmp_path) == ["a.json"]
