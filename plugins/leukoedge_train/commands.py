@@ -157,6 +157,8 @@ def export(
 
     res = export_onnx(run, out, opset, exporter, data, overwrite)
     print_parity(res.parity)
+    if res.opset != opset:
+        note(f"asked for opset {opset}; the exporter produced opset {res.opset}")
     note(f"from {res.checkpoint} ({res.spec.architecture}, {res.spec.input_size} px, "
          f"opset {res.opset}, {res.exporter} exporter)")
     stdout.print(f"exported {res.path} ({res.size_bytes / 1e6:.1f} MB)")

@@ -17,6 +17,7 @@ on any failure nothing is left at the output path.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -61,6 +62,9 @@ def _torch_export(model: torch.nn.Module, size: int, path: Path, opset: int,
     err_cls = getattr(getattr(torch.onnx, "errors", None), "OnnxExporterError", None)
     if isinstance(err_cls, type):
         onnx_errors += (err_cls,)
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its opset-conversion notice; we report the result
     try:
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -82,6 +86,8 @@ def _torch_export(model: torch.nn.Module, size: int, path: Path, opset: int,
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
         raise ExportError(f"torch.onnx.export ({exporter}) failed: {first}",
                           "try --exporter legacy or another --opset") from exc
+    finally:
+        logger.setLevel(level)
 
 
 def _finish(path: Path, spec: ModelSpec, final: Path) -> int:
