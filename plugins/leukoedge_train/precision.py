@@ -345,6 +345,7 @@ def convert(precision: str, fp32: Path, out: Path, spec: ModelSpec, ckpt: dict[s
         rep = compare(fp32, out, spec, precision, report_data, work, minimum,
                       provider="auto" if precision == "fp16" else "cpu")
         rep.calibration, rep.calibration_images = calib_src, n_calib
+        rep.min_agreement = MIN_AGREEMENT
         return rep
     finally:
         shutil.rmtree(work, ignore_errors=True)
