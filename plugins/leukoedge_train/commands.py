@@ -191,6 +191,9 @@ def parity(
         "--data", help="Real images (default: synthetic cells).", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", min=2, max=1024, help="The larger batch compared (with 1).")] = 16,
+    provider: Annotated[str, typer.Option(
+        "--provider", "-p", help="Where the ONNX side runs: cpu, cuda, tensorrt or auto "
+        "(PyTorch stays on the CPU, fp32).")] = "cpu",
 ) -> int:
     """Compare an ONNX file with its PyTorch checkpoint on the same images."""
     from leukoedge.plugins import require_torch
@@ -199,7 +202,7 @@ def parity(
     from . import checkpoint as ckpt_io
     from .parity import check_checkpoint
 
-    res = check_checkpoint(model, ckpt_io.resolve(run), data, batch_size)
+    res = check_checkpoint(model, ckpt_io.resolve(run), data, batch_size, provider)
     print_parity(res)
     return EXIT_OK if res.passed else EXIT_CANNOT_RUN
 
@@ -210,7 +213,8 @@ def print_parity(res: ParityResult) -> None:
     from leukoedge.console import escape, note
     from leukoedge.console import out as stdout
 
-    t = Table(title="parity: onnxruntime (CPU) vs PyTorch (fp32, CPU)", show_header=False,
+    t = Table(title=f"parity: onnxruntime ({res.provider.upper()}) vs PyTorch (fp32, CPU)",
+              show_header=False,
               title_justify="left")
     t.add_column("what", style="bold")
     t.add_column("value")
