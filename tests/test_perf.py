@@ -97,21 +97,37 @@ def test_export_below_98_percent_agreement_is_refused_and_leaves_no_file(
     assert not [p for p in run["work"].iterdir() if p.name.startswith(".refused")]
 
 
-def test_fp16_keeps_the_uint8_input(run: dict[str, Path]) -> None:
-    out, res = _export(run, "fp16.onnx", "fp16")
+@pytest.fixture(scope="module")
+def fp32(run: dict[str, Path]) -> Path:
+    from leukoedge_train.export import export_onnx
+
+    out = run["work"] / "fp32.onnx"
+    export_onnx(run["run"], out)
+    return out
+
+
+def test_fp16_keeps_the_uint8_input(run: dict[str, Path], fp32: Path) -> None:
+    from leukoedge_train import checkpoint as ckpt_io
+    from leukoedge_train import precision
+
+    ckpt = ckpt_io.load(ckpt_io.resolve(run["run"]))
+    out = run["work"] / "fp16.onnx"
+    rep = precision.convert("fp16", fp32, out, ckpt_io.spec_of(ckpt), ckpt, None, run["data"],
+                            minimum=len(collect([run["data"]])))
     g = onnx.load(str(out)).graph
     assert g.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert g.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     inits = {i.data_type for i in g.initializer}
     assert onnx.TensorProto.FLOAT16 in inits
-    assert res.report is not None
-    if res.report.agreement is not None:  # the CPU ran it
-        assert res.report.pearson is not None
+    if rep.agreement is not None:  # the CPU ran it
+        assert rep.pearson is not None
         m = load_model(out, SessionConfig(provider="cpu"))
         assert m.spec.precision == "fp16" and m.input_name == g.input[0].name
+    else:
+        assert rep.problem
 
 
-def test_bench_checkpoint_returns_torch_numbers(run: dict[str, Path],
+def test_bench_checkpoint_returns_torch_numbers(run: dict[str, Path], fp32: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     from leukoedge_train.bench import torch_throughput
 
@@ -121,9 +137,8 @@ def test_bench_checkpoint_returns_torch_numbers(run: dict[str, Path],
     assert "inference_mode" in setting and ("channels_last" in setting
                                             or "contiguous" in setting)
 
-    model, _ = _export_fp32(run)
     js = run["work"] / "bench.json"
-    code = cli.main(["bench", str(model), "--checkpoint", str(run["run"]), "--batch-sizes",
+    code = cli.main(["bench", str(fp32), "--checkpoint", str(run["run"]), "--batch-sizes",
                      "1,2", "--seconds", "0.02", "--files", "4", "--data", str(run["data"]),
                      "--json", str(js)])
     assert code == 0
@@ -134,20 +149,10 @@ def test_bench_checkpoint_returns_torch_numbers(run: dict[str, Path],
     assert "onnxruntime/PyTorch" in capsys.readouterr().out
 
 
-def _export_fp32(run: dict[str, Path]):  # type: ignore[no-untyped-def]
-    out = run["work"] / "fp32.onnx"
-    if out.exists():
-        return out, None
-    from leukoedge_train.export import export_onnx
-
-    return out, export_onnx(run["run"], out)
-
-
-def test_bench_versus_shows_the_ratio(run: dict[str, Path]) -> None:
+def test_bench_versus_shows_the_ratio(run: dict[str, Path], fp32: Path) -> None:
     int8 = run["work"] / "int8.onnx"
     if not int8.exists():
         pytest.skip("needs the int8 export of the first test")
-    fp32, _ = _export_fp32(run)
     js = run["work"] / "versus.json"
     code = cli.main(["bench", str(int8), "--versus", str(fp32), "--batch-sizes", "2",
                      "--seconds", "0.02", "--files", "4", "--data", str(run["data"]),
