@@ -68,6 +68,7 @@ def test_int8_export_is_a_model_classify_accepts(run: dict[str, Path],
     assert rep.calibration_images > 0
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert "BatchNormalization" in ops  # the input normalisation, kept in float, exact
     m = load_model(out, SessionConfig(provider="cpu"))  # the runtime's own checks
     assert m.spec.precision == "int8"
     items = collect([run["data"]])[:10]

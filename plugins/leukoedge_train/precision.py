@@ -175,19 +175,23 @@ def _normalize_as_batchnorm(proto: Any) -> bool:
     first_conv = next((i for i, n in enumerate(nodes) if n.op_type == "Conv"), None)
     if first_conv is None:
         return False
-    head = nodes[:first_conv]
-    mul = next((n for n in head if n.op_type == "Mul"), None)
-    add = next((n for n in head if n.op_type == "Add"), None)
-    if mul is None or add is None or add.input[0] != mul.output[0] \
-            or mul.input[1] not in init or add.input[1] not in init:
+    def channel_const(n: Any) -> bool:  # a [1, 3, 1, 1] initializer as second input
+        return len(n.input) == 2 and n.input[1] in init \
+            and list(init[n.input[1]].dims) == [1, 3, 1, 1]
+
+    head = nodes[:first_conv]  # the graph may also compute shapes here (Mul/Add on ints)
+    pair = None
+    for mul in (n for n in head if n.op_type == "Mul" and channel_const(n)):
+        consumers = [n for n in nodes if mul.output[0] in n.input]
+        if len(consumers) == 1 and consumers[0].op_type == "Add" \
+                and consumers[0].input[0] == mul.output[0] and channel_const(consumers[0]):
+            pair = (mul, consumers[0])
+            break
+    if pair is None:
         return False
+    mul, add = pair
     scale = numpy_helper.to_array(init[mul.input[1]])
     shift = numpy_helper.to_array(init[add.input[1]])
-    if scale.shape != (1, 3, 1, 1) or shift.shape != (1, 3, 1, 1):
-        return False
-    consumers = [n for n in nodes if mul.output[0] in n.input]
-    if consumers != [add]:
-        return False
     values = {"normalize_scale": scale.reshape(3), "normalize_bias": shift.reshape(3),
               "normalize_mean": np.zeros(3), "normalize_var": np.ones(3)}
     for name, v in values.items():
