@@ -160,15 +160,25 @@ class Model:
         """Run uint8 ``[N, H, W, 3]`` images; return float32 logits ``[N]``."""
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
             raise ValueError(f"expected uint8 [N,H,W,3], got {batch.dtype} {batch.shape}")
-        if self.provider in ("cuda", "tensorrt"):
-            io = self.session.io_binding()
-            io.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
-            io.bind_output(self.output_name, "cuda", self.device_id)
-            self.session.run_with_iobinding(io)
-            out = io.copy_outputs_to_cpu()[0]
-        else:
-            out = self.session.run([self.output_name], {self.input_name: batch})[0]
-        return np.asarray(out, dtype=np.float32).reshape(batch.shape[0])
+        try:
+            if self.provider in ("cuda", "tensorrt"):
+                io = self.session.io_binding()
+                io.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
+                io.bind_output(self.output_name, "cuda", self.device_id)
+                self.session.run_with_iobinding(io)
+                out = io.copy_outputs_to_cpu()[0]
+            else:
+                out = self.session.run([self.output_name], {self.input_name: batch})[0]
+            logits = np.asarray(out, dtype=np.float32)
+        except ort_errors(import_ort()) as exc:
+            raise ModelError(f"{self.path}: the model failed while running "
+                             f"({_first_line(exc)})",
+                             "the graph does not run on a valid input; re-export it") from exc
+        if logits.size != batch.shape[0]:
+            raise ModelError(f"{self.path}: the model returned {logits.size} values for "
+                             f"{batch.shape[0]} images; a leukoedge model returns one logit "
+                             "per image", "re-export it with 'leukoedge export'")
+        return logits.reshape(batch.shape[0])
 
     def warm_up(self, batch_size: int) -> None:
         s = self.spec.input_size
@@ -219,6 +229,8 @@ def load_model(path: str | os.PathLike[str], config: SessionConfig | None = None
         raise ModelError(f"{where}: model file not found")
     if p.is_dir():
         raise ModelError(f"{where}: is a folder, not an ONNX model file")
+    if not p.is_file():  # a FIFO would block onnxruntime's read forever
+        raise ModelError(f"{where}: not a regular file, not an ONNX model file")
     ort = import_ort()
     notes: list[str] = []
     want = cfg.provider
@@ -251,8 +263,7 @@ def load_model(path: str | os.PathLike[str], config: SessionConfig | None = None
         sess = ort.InferenceSession(str(p), sess_options=so,
                                     providers=_provider_list(cfg, want))
     except ort_errors(ort) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise ModelError(f"{where}: cannot load as an ONNX model ({first})",
+        raise ModelError(f"{where}: cannot load as an ONNX model ({_first_line(exc)})",
                          "re-export it with 'leukoedge export'") from exc
     got = sess.get_providers()
     active = {v: k for k, v in _ORT_NAMES.items()}.get(got[0], got[0])
@@ -271,6 +282,11 @@ def load_model(path: str | os.PathLike[str], config: SessionConfig | None = None
         input_name=sess.get_inputs()[0].name, output_name=sess.get_outputs()[0].name,
         notes=notes, load_seconds=time.perf_counter() - t0, device_id=cfg.device_id,
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def newest_model(folder: Path) -> Path:
