@@ -260,8 +260,11 @@ def load_model(path: str | os.PathLike[str], config: SessionConfig | None = None
                      f"cached in {cfg.trt_cache}")
     t0 = time.perf_counter()
     try:
+        # onnxruntime retries a failed session on the CPU and prints 4 lines to stdout;
+        # on the CPU already, a retry is pointless and the lines are noise before our error
         sess = ort.InferenceSession(str(p), sess_options=so,
-                                    providers=_provider_list(cfg, want))
+                                    providers=_provider_list(cfg, want),
+                                    enable_fallback=0 if want == "cpu" else 1)
     except ort_errors(ort) as exc:
         raise ModelError(f"{where}: cannot load as an ONNX model ({_first_line(exc)})",
                          "re-export it with 'leukoedge export'") from exc
@@ -274,12 +277,21 @@ def load_model(path: str | os.PathLike[str], config: SessionConfig | None = None
     if cfg.provider == "auto" and active == "cpu":
         reason = provider_load_problem(ort, "cuda") or "the CUDA provider did not start"
         notes.append(f"provider auto: running on the CPU ({reason.split(';')[0]})")
-    meta = sess.get_modelmeta().custom_metadata_map
-    spec = read_spec_from_metadata(meta, where)
-    check_graph(spec, sess.get_inputs(), sess.get_outputs(), where)
+    # Metadata, names, types and shapes are decoded lazily: invalid UTF-8 in any of them
+    # raises UnicodeDecodeError here, not when the session is created.
+    try:
+        meta = sess.get_modelmeta().custom_metadata_map
+        spec = read_spec_from_metadata(meta, where)
+        inputs, outputs = sess.get_inputs(), sess.get_outputs()
+        check_graph(spec, inputs, outputs, where)
+        input_name, output_name = inputs[0].name, outputs[0].name
+    except ort_errors(ort) as exc:
+        raise ModelError(f"{where}: cannot read the model's metadata or interface "
+                         f"({_first_line(exc)})", "re-export it with 'leukoedge export'") \
+            from exc
     return Model(
         path=p, spec=spec, session=sess, provider=active,
-        input_name=sess.get_inputs()[0].name, output_name=sess.get_outputs()[0].name,
+        input_name=input_name, output_name=output_name,
         notes=notes, load_seconds=time.perf_counter() - t0, device_id=cfg.device_id,
     )
 
