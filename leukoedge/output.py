@@ -188,7 +188,11 @@ class ResultWriter:
         self._csv = csv.writer(self._fh, lineterminator="\n") if self.fmt == "csv" else None
         if mode == "w" or (self.fmt == "csv" and path.stat().st_size == 0):
             if self._csv is not None:
-                self._write(lambda: self._csv.writerow(COLUMNS))  # type: ignore[union-attr]
+                try:
+                    self._write(lambda: self._csv.writerow(COLUMNS))  # type: ignore[union-attr]
+                except DataError:
+                    self._discard()
+                    raise
 
     def write(self, rows: Iterable[Row]) -> None:
         rows = list(rows)
@@ -217,19 +221,34 @@ class ResultWriter:
                             "free some space, then rerun with --resume") from exc
 
     def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.flush()
+        """Flush, fsync and close; a failed flush is a DataError, and the file is closed
+        whatever happens."""
+        if self._fh.closed:
+            return
+        try:
+            self._write(lambda: None)
             try:
                 os.fsync(self._fh.fileno())
             except OSError:
                 pass
+        finally:
+            self._discard()
+
+    def _discard(self) -> None:
+        try:
             self._fh.close()
+        except OSError:  # the buffer could not be written: already reported
+            pass
 
     def __enter__(self) -> ResultWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            self.close()
+        except DataError:
+            if exc_type is None:  # else keep the error already on its way (the first one)
+                raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
