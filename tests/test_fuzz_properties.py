@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -318,3 +319,28 @@ def test_invalid_utf8_in_a_model_is_a_model_error(model_bytes: bytes, tmp_path: 
         with pytest.raises(ModelError):
             load_model(tmp_path / "m.onnx")
 
+
+
+# -- the atheris harnesses (fuzz/) run here on their seed corpora, without atheris -----
+
+FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
+
+
+@pytest.mark.parametrize("harness,corpus", [("fuzz_image_loader", "image"),
+                                            ("fuzz_spec", "spec")])
+def test_fuzz_harnesses_accept_their_seed_corpus(harness: str, corpus: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    monkeypatch.setitem(sys.modules, "atheris", None)  # import atheris -> ImportError
+    monkeypatch.setattr(pp, "MAX_PIXELS", pp.MAX_PIXELS)  # the harness lowers it: restore
+    monkeypatch.syspath_prepend(str(FUZZ))
+    for name in ("_common", harness):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    mod = importlib.import_module(harness)
+    seeds = sorted((FUZZ / "corpus" / corpus).iterdir())
+    assert len(seeds) >= 3
+    for seed in seeds:
+        mod.TestOneInput(seed.read_bytes())
+    if corpus == "image":  # the seeds are valid images, every one
+        assert all(pp.preprocess(s.read_bytes(), 8).shape == (8, 8, 3) for s in seeds)
