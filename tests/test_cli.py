@@ -127,7 +127,8 @@ def test_no_images_and_missing_path(tmp_path: Path, tiny_model: Path) -> None:
 
 
 def test_default_model_is_newest_in_exported(real_cells: Path, tiny_model: Path,
-                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+                                             tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     r = invoke("classify", real_cells, "--out", "p.csv")
     assert r.exit_code == 3 and "no model given" in r.output

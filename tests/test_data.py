@@ -5,9 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from leukoedge.data import (collect, discover, fingerprint, iter_image_paths, label_of,
-                            patient_of, read_prelim_labels, sample_cells_dir,
-                            split_by_patient)
+from leukoedge.data import (
+    collect,
+    discover,
+    fingerprint,
+    iter_image_paths,
+    label_of,
+    patient_of,
+    read_prelim_labels,
+    sample_cells_dir,
+    split_by_patient,
+)
 from leukoedge.errors import DataError, NoImagesError
 
 

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import (balanced_accuracy_score, confusion_matrix, f1_score,
-                             roc_auc_score)
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
 from leukoedge.evaluate import metrics, patient_vote_metrics, per_patient, roc_auc
 

@@ -9,8 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from leukoedge.errors import OutputExistsError, UsageError
-from leukoedge.output import (ResultWriter, Row, atomic_write_text, check_output_location,
-                              escape_path, unescape_path)
+from leukoedge.output import (
+    ResultWriter,
+    Row,
+    atomic_write_text,
+    check_output_location,
+    escape_path,
+    unescape_path,
+)
 
 
 @given(st.binary(min_size=1, max_size=60).filter(lambda b: b"\0" not in b))
