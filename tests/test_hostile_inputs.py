@@ -336,7 +336,8 @@ def test_each_file_gets_the_documented_row(hostile_run, case: FileCase) -> None:
 class ModelCase:
     name: str
     what: str
-    make: Callable[[Path, Path], None]  # (path to create, a good tiny model)
+    make: Callable[[Path, Path], Path | None]  # (path to create, a good model) -> the
+    # model path, when it is not the one given
     expect: str  # the start of the one error line after "<model path>: "
     code: int = EXIT_CANNOT_RUN
 
@@ -402,6 +403,33 @@ def graph_model(kind: str) -> Callable[[Path, Path], None]:
     return make
 
 
+def external_data(location: str) -> Callable[[Path, Path], None]:
+    """A model whose initializer 'c' is read from ``location`` (ONNX external data): the
+    one file path a model can name. onnxruntime must refuse paths outside its folder."""
+
+    def make(path: Path, good: Path) -> Path:
+        import onnx_models as om
+        from onnx import TensorProto
+
+        model = path.parent / "models" / path.name  # tmp/models/x.onnx
+        secret = path.parent / "outside" / "secret.bin"  # tmp/outside/secret.bin exists
+        for d in (model.parent, secret.parent, model.parent / "inside"):
+            d.mkdir(exist_ok=True)
+        secret.write_bytes(b"\0\0\x80\x3f")  # 1.0 as float32
+        (model.parent / "inside" / "c.bin").write_bytes(b"\0\0\x80\x3f")
+        m = om.mean_brightness_model(32)
+        t = next(i for i in m.graph.initializer if i.name == "c")
+        t.ClearField("raw_data")
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", location.format(secret=secret)), ("length", "4")):
+            entry = t.external_data.add()
+            entry.key, entry.value = k, v
+        model.write_bytes(m.SerializeToString())
+        return model
+
+    return make
+
+
 MODEL_CASES: list[ModelCase] = [
     ModelCase("missing.onnx", "a model path that does not exist", lambda p, g: None,
               "model file not found"),
@@ -415,6 +443,10 @@ MODEL_CASES: list[ModelCase] = [
               "is a folder, not an ONNX model file"),
     ModelCase("fifo.onnx", "a FIFO named `.onnx`", lambda p, g: os.mkfifo(p),
               "not a regular file"),
+    ModelCase("ext_abs.onnx", "external data at an absolute path (`/…/secret.bin`)",
+              external_data("{secret}"), "cannot load as an ONNX model ("),
+    ModelCase("ext_up.onnx", "external data escaping the model's folder (`../…`)",
+              external_data("../outside/secret.bin"), "cannot load as an ONNX model ("),
     ModelCase("nospec.onnx", "an ONNX model without the spec", built(spec=None),
               "not a leukoedge model (no 'leukoedge.spec' metadata)"),
     ModelCase("notjson.onnx", "a spec that is not JSON", built(spec="{'python': 1}"),
@@ -441,6 +473,14 @@ MODEL_CASES: list[ModelCase] = [
 ]
 
 
+def test_external_data_inside_the_model_folder_loads(tmp_path: Path, tiny_model: Path) -> None:
+    """The refusals above are about where the data lies, not about external data as such."""
+    from leukoedge.session import load_model
+
+    model = external_data("inside/c.bin")(tmp_path / "ok.onnx", tiny_model)
+    assert load_model(model).logits(np.zeros((1, 32, 32, 3), np.uint8)).shape == (1,)
+
+
 @pytest.fixture(scope="module")
 def two_cells(tmp_path_factory: pytest.TempPathFactory, shared_cells: Path) -> Path:
     d = tmp_path_factory.mktemp("two")
@@ -460,8 +500,7 @@ def invoke(*args: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("case", MODEL_CASES, ids=lambda c: c.name)
 def test_each_broken_model_gets_one_clear_line(case: ModelCase, tmp_path: Path,
                                                tiny_model: Path, two_cells: Path) -> None:
-    path = tmp_path / case.name
-    case.make(path, tiny_model)
+    path = case.make(tmp_path / case.name, tiny_model) or tmp_path / case.name
     out = tmp_path / "rows.csv"
     r = invoke("classify", two_cells, "--model", path, "--out", out)
     assert r.exit_code == case.code, r.output
