@@ -28,6 +28,10 @@ import leukoedge.preprocess as pp
 from leukoedge.errors import DataError, ImageError, ModelError, SpecError
 from leukoedge.spec import ModelSpec
 
+# Pillow warns about the damaged metadata these tests feed it; the CLI silences those
+# warnings (preprocess._quiet_bomb_warning), pytest resets filters per test.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
 # -- images --------------------------------------------------------------------------
 
 
