@@ -62,12 +62,13 @@ def command(fn: Callable[..., int | None], name: str | None = None, **kw: Any) -
 
 
 def _register_builtin() -> None:
-    from .commands import inspect, predict, synth
+    from .commands import bench, inspect, predict, synth
 
     command(predict.classify, "classify")
     command(predict.evaluate, "evaluate")
     command(inspect.info, "info")
     command(inspect.doctor, "doctor")
+    command(bench.bench, "bench")
     command(synth.synth, "synth")
     if hasattr(synth, "demo"):
         command(synth.demo, "demo")

@@ -126,9 +126,9 @@ def test_no_images_and_missing_path(tmp_path: Path, tiny_model: Path) -> None:
     assert r.exit_code == 3 and "no such file" in r.output
 
 
-def test_default_model_is_newest_in_exported(real_cells: Path, tiny_model: Path,
-                                             tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_model_is_newest_in_exported(
+        real_cells: Path, tiny_model: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     r = invoke("classify", real_cells, "--out", "p.csv")
     assert r.exit_code == 3 and "no model given" in r.output
@@ -213,3 +213,28 @@ def test_bad_flag_is_usage_error(real_cells: Path, tiny_model: Path) -> None:
     r = invoke("classify", real_cells, "--model", tiny_model, "--provider", "tpu",
                "--out", "/tmp/never.csv")
     assert r.exit_code == 2 and "unknown provider" in r.output
+
+
+def test_bench_measures_every_stage(tiny_model: Path, shared_cells: Path, tmp_path: Path) -> None:
+    j = tmp_path / "b.json"
+    r = invoke("bench", tiny_model, "--batch-sizes", "1,4", "--seconds", "0.05", "--files",
+               "20", "--data", shared_cells, "--json", j)
+    assert r.exit_code == 0, r.output
+    d = json.loads(j.read_text())
+    assert set(d["inference"]) == {"1", "4"} and all(v > 0 for v in d["inference"].values())
+    assert d["latency_ms"]["p95"] >= d["latency_ms"]["p50"] > 0
+    assert d["decode_per_s"] > 0 and d["end_to_end_per_s"] > 0 and d["files"] == 43
+    r = invoke("bench", tiny_model, "--batch-sizes", "x")
+    assert r.exit_code == 2
+
+
+def test_synth_command(tmp_path: Path) -> None:
+    out = tmp_path / "syn"
+    r = invoke("synth", out, "--patients", "4", "--cells-per-patient", "3", "--size", "64")
+    assert r.exit_code == 0, r.output
+    assert len(list(out.glob("fold_*/*/UID_*.bmp"))) == 12
+    r = invoke("synth", out, "--patients", "4")
+    assert r.exit_code == 2 and "not empty" in r.output
+    r = invoke("synth", out, "--patients", "4", "--cells-per-patient", "2", "--size", "64",
+               "--overwrite")
+    assert r.exit_code == 0 and len(list(out.glob("fold_*/*/UID_*.bmp"))) == 8

@@ -27,18 +27,22 @@ def synth(
     """Write synthetic cells (fold_i/all|hem/UID_*.bmp) and their traits.csv."""
     from ..synth import SynthConfig, generate
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir} exists and is not a folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise OutputExistsError(f"{out_dir} is not empty",
-                                "choose an empty folder or add --overwrite")
+                                "choose an empty folder, or add --overwrite to replace a "
+                                "previous synthetic set there (other files are kept)")
     try:
         cfg = SynthConfig(patients=patients, cells_per_patient=cells_per_patient, seed=seed,
                           size=size, all_fraction=all_fraction)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-    try:
-        summary = generate(out_dir, cfg)
+        cfg.validate()
+        summary = generate(out_dir, cfg, overwrite=overwrite)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     note(f"synthetic cells written to {out_dir}")
-    out.print(summary)
+    out.print(f"{summary.images} images ({summary.all_images} ALL from "
+              f"{len(summary.all_patients)} patients, {summary.hem_images} HEM from "
+              f"{len(summary.hem_patients)} patients) in {out_dir}; traits in "
+              f"{summary.traits_csv}")
     return EXIT_OK

@@ -1,10 +1,226 @@
-"""CLI commands of the training plugin (filled in by the training work)."""
+"""CLI commands of the training plugin: ``train``, ``export``, ``parity``.
+
+Thin: each validates its flags, calls :func:`leukoedge.plugins.require_torch` before any
+torch-using module is imported, calls the library, prints a small table. Options left at
+``None`` take the architecture's defaults (see ``docs/training.md``).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from leukoedge.errors import EXIT_CANNOT_RUN, EXIT_OK, UsageError
+
+if TYPE_CHECKING:
+    from .parity import ParityResult
+
+RunArg = Annotated[Path | None, typer.Argument(
+    help="Run folder (its best.pt), or a .pt checkpoint; default: the newest run in runs/.",
+    show_default=False)]
+
+
+def train(
+    arch: Annotated[str, typer.Argument(help="Architecture: scratch or resnet50.")],
+    data: Annotated[Path, typer.Argument(help="Training images (C-NMC layout or all/ hem/ "
+                                         "folders).")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Run folder; default runs/<arch>-<timestamp>.",
+        show_default=False)] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out from its last.pt.")] = False,
+    input_size: Annotated[int | None, typer.Option(
+        "--input-size", min=16, max=1024, help="Image side in px [scratch 128, resnet50 224].",
+        show_default=False)] = None,
+    epochs: Annotated[int | None, typer.Option(
+        "--epochs", min=1, help="Epochs in all [scratch 30, resnet50 12].",
+        show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", "-b", min=2, max=4096, help="Batch size [32].",
+        show_default=False)] = None,
+    lr: Annotated[float | None, typer.Option(
+        "--lr", min=0.0, help="Peak learning rate (resnet50: of the head stage) [1e-3].",
+        show_default=False)] = None,
+    finetune_lr: Annotated[float | None, typer.Option(
+        "--finetune-lr", min=0.0, help="resnet50: peak lr after unfreezing [lr/10].",
+        show_default=False)] = None,
+    weight_decay: Annotated[float | None, typer.Option(
+        "--weight-decay", min=0.0, help="AdamW weight decay [1e-4].",
+        show_default=False)] = None,
+    schedule: Annotated[str | None, typer.Option(
+        "--schedule", help="cosine (with linear warm-up) or constant [cosine].",
+        show_default=False)] = None,
+    warmup_epochs: Annotated[float | None, typer.Option(
+        "--warmup-epochs", min=0.0, help="Linear warm-up length, per stage [1].",
+        show_default=False)] = None,
+    augment: Annotated[bool | None, typer.Option(
+        "--augment/--no-augment", help="Flips, 90-degree rotations, mild colour and "
+        "brightness jitter [on].", show_default=False)] = None,
+    batchnorm: Annotated[bool | None, typer.Option(
+        "--batchnorm/--no-batchnorm", help="scratch: batch norm after each conv [on].",
+        show_default=False)] = None,
+    dropout: Annotated[float | None, typer.Option(
+        "--dropout", min=0.0, max=0.95, help="scratch: dropout after each dense layer [0.5].",
+        show_default=False)] = None,
+    class_weights: Annotated[bool | None, typer.Option(
+        "--class-weights/--no-class-weights", help="pos_weight = HEM/ALL in the loss [on].",
+        show_default=False)] = None,
+    val: Annotated[Path | None, typer.Option(
+        "--val", help="Validation images in a separate folder.", show_default=False)] = None,
+    val_fold: Annotated[str | None, typer.Option(
+        "--val-fold", help="Validate on this C-NMC fold (e.g. fold_2).",
+        show_default=False)] = None,
+    val_fraction: Annotated[float | None, typer.Option(
+        "--val-fraction", min=0.01, max=0.9, help="Share of images held out, by patient "
+        "[0.2].", show_default=False)] = None,
+    split_by_image: Annotated[bool, typer.Option(
+        "--split-by-image", help="Split images, not patients (leaks patients; a warning "
+        "says so).")] = False,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", help="Seed of split, init, shuffling, augmentation [0].",
+        show_default=False)] = None,
+    patience: Annotated[int | None, typer.Option(
+        "--patience", min=0, help="Stop after this many epochs without a better validation "
+        "weighted F1; 0 = never [8].", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="auto, cpu or cuda [auto].", show_default=False)] = None,
+    amp: Annotated[bool | None, typer.Option(
+        "--amp/--no-amp", help="Mixed precision on CUDA [on].", show_default=False)] = None,
+    weights: Annotated[str | None, typer.Option(
+        "--weights", help="resnet50: imagenet, none, or a state-dict FILE [imagenet].",
+        show_default=False)] = None,
+    head_epochs: Annotated[int | None, typer.Option(
+        "--head-epochs", min=0, help="resnet50: epochs training the head on a frozen base "
+        "[2 pretrained, 0 from scratch].", show_default=False)] = None,
+    unfreeze: Annotated[str | None, typer.Option(
+        "--unfreeze", help="resnet50: first stage trained after the head epochs: layer1.."
+        "layer4, fc or all [layer3 = layer3+layer4+fc].", show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="Decoding threads.", show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", min=1, help="torch threads [cores].", show_default=False)] = None,
+) -> int:
+    """Train a model on labelled cells; checkpoints, history and curves go to --out."""
+    from leukoedge.plugins import require_torch
+
+    require_torch("train")
+    from .models import known
+    from .train import TrainConfig
+    from .train import train as run_training
+
+    if arch not in known():
+        raise UsageError(f"unknown architecture {arch!r}", f"known: {', '.join(known())}")
+    cfg = TrainConfig(
+        arch=arch, data=data, out=out, resume=resume, input_size=input_size, epochs=epochs,
+        batch_size=batch_size, lr=lr, finetune_lr=finetune_lr, weight_decay=weight_decay,
+        schedule=schedule, warmup_epochs=warmup_epochs, augment=augment, batchnorm=batchnorm,
+        dropout=dropout, class_weights=class_weights, val=val, val_fold=val_fold,
+        val_fraction=val_fraction, split_by_image=split_by_image, seed=seed,
+        patience=patience, device=device, amp=amp, weights=weights, head_epochs=head_epochs,
+        unfreeze=unfreeze, workers=workers, threads=threads)
+    result = run_training(cfg)
+    from leukoedge.console import out as stdout
+
+    stdout.print(f"run {result.run_dir}: {result.epochs_done} epochs, best validation "
+                 f"weighted F1 {result.best_f1:.4f} at epoch {result.best_epoch}"
+                 f"{' (early stop)' if result.stopped_early else ''}")
+    return EXIT_OK
+
+
+def export(
+    run: RunArg = None,
+    to: Annotated[str, typer.Option("--to", help="Format: onnx.")] = "onnx",
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Output file; default exported/<run name>.onnx.",
+        show_default=False)] = None,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
+    exporter: Annotated[str, typer.Option(
+        "--exporter", help="dynamo (torch.export) or legacy (TorchScript).")] = "dynamo",
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Real images for the parity check (default: synthetic cells).",
+        show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite",
+                                            help="Replace an existing --out.")] = False,
+) -> int:
+    """Export a run to one self-contained ONNX file with its ModelSpec; parity-checked."""
+    from leukoedge.plugins import require_torch
+
+    require_torch("export")
+    if to.lower() != "onnx":
+        raise UsageError(f"--to {to}: only onnx is supported")
+    from leukoedge.console import note
+    from leukoedge.console import out as stdout
+
+    from .export import export_onnx
+
+    res = export_onnx(run, out, opset, exporter, data, overwrite)
+    print_parity(res.parity)
+    if res.opset != opset:
+        note(f"asked for opset {opset}; the exporter produced opset {res.opset}")
+    note(f"from {res.checkpoint} ({res.spec.architecture}, {res.spec.input_size} px, "
+         f"opset {res.opset}, {res.exporter} exporter)")
+    stdout.print(f"exported {res.path} ({res.size_bytes / 1e6:.1f} MB)")
+    return EXIT_OK
+
+
+def parity(
+    model: Annotated[Path, typer.Argument(help="The exported .onnx file.")],
+    run: Annotated[Path, typer.Argument(help="Run folder or .pt checkpoint it came from.")],
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Real images (default: synthetic cells).", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", min=2, max=1024, help="The larger batch compared (with 1).")] = 16,
+) -> int:
+    """Compare an ONNX file with its PyTorch checkpoint on the same images."""
+    from leukoedge.plugins import require_torch
+
+    require_torch("parity")
+    from . import checkpoint as ckpt_io
+    from .parity import check_checkpoint
+
+    res = check_checkpoint(model, ckpt_io.resolve(run), data, batch_size)
+    print_parity(res)
+    return EXIT_OK if res.passed else EXIT_CANNOT_RUN
+
+
+def print_parity(res: ParityResult) -> None:
+    from rich.table import Table
+
+    from leukoedge.console import escape, note
+    from leukoedge.console import out as stdout
+
+    t = Table(title="parity: onnxruntime (CPU) vs PyTorch (fp32, CPU)", show_header=False,
+              title_justify="left")
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    rows: list[tuple[str, Any]] = [
+        ("result", "[green]pass[/green]" if res.passed else "[red]FAIL[/red]"),
+        ("images", f"{res.images} ({escape(res.source)})"),
+        ("batch sizes", " and ".join(map(str, res.batch_sizes))),
+        ("max |diff|", f"{res.max_abs_diff:.3g}"),
+        ("mean |diff|", f"{res.mean_abs_diff:.3g}"),
+        ("max |logit|", f"{res.max_abs_logit:.3g}"),
+        ("tolerance", f"{res.atol:g} + {res.rtol:g} * |logit|"),
+        ("outside tolerance", str(len(res.failures))),
+        ("label flips", str(len(res.label_flips))),
+    ]
+    for k, v in rows:
+        t.add_row(k, v)
+    stdout.print(t)
+    for name in res.near_threshold:
+        note(f"near the threshold (a label may flip by rounding): {name}")
+    for name in (res.failures + res.label_flips)[:10]:
+        note(f"differs: {name}")
+    for s in res.skipped:
+        note(f"skipped: {s}")
 
 
 def register(app: Any) -> None:
-    """Add train/export/parity; until they exist, the runtime's placeholders stay."""
-    return None
+    """Add train/export/parity to the leukoedge CLI (no torch import here)."""
+    from leukoedge.cli import guarded
+
+    app.command(name="train")(guarded(train))
+    app.command(name="export")(guarded(export))
+    app.command(name="parity")(guarded(parity))

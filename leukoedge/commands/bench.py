@@ -1,0 +1,97 @@
+"""``bench``: throughput and latency of each stage, one run, one machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..console import note, out
+from ..errors import EXIT_OK, UsageError
+from .common import open_model
+from .options import ProviderOpt, ThreadsOpt, WorkersOpt
+
+
+def bench(
+    model: Annotated[Path, typer.Argument(help="ONNX model to measure.")],
+    provider: ProviderOpt = "auto",
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes",
+                                             help="Comma-separated batch sizes.")] = "1,8,32",
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Folder of real images (default: the cells shipped with leukoedge).",
+        show_default=False)] = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        "--checkpoint", help="Also time PyTorch eager on these weights (train extra).",
+        show_default=False)] = None,
+    seconds: Annotated[float, typer.Option("--seconds", min=0.01,
+                                           help="Minimum time per measurement.")] = 3.0,
+    files_limit: Annotated[int, typer.Option("--files", min=1,
+                                             help="End-to-end: this many files (cycled).")] = 500,
+    threads: ThreadsOpt = None,
+    workers: WorkersOpt = None,
+    as_json: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the results as JSON here.", show_default=False)] = None,
+) -> int:
+    """Inference-only, decode, end-to-end (and PyTorch eager) throughput."""
+    from ..bench import BenchResult, bench_decode, bench_end_to_end, bench_inference, bench_opencv
+    from ..data import collect, sample_cells_dir
+    from ..output import atomic_write_text
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError as exc:
+        raise UsageError(f"--batch-sizes must be integers, got {batch_sizes!r}") from exc
+    if not sizes or min(sizes) < 1:
+        raise UsageError("--batch-sizes needs at least one size >= 1")
+    files = [it.path for it in collect([data or sample_cells_dir()])]
+    m = open_model(model, provider, threads)
+    res = BenchResult(str(model), m.provider, m.spec.input_size, threads, files=len(files))
+    note(f"inference at batch sizes {sizes} ...")
+    res.inference, res.latency_ms = bench_inference(m, sizes, files, seconds)
+    note("decode + preprocess, one thread ...")
+    res.decode_per_s = bench_decode(m, files, seconds)
+    res.opencv_per_s = bench_opencv(m, files, seconds)
+    cycled = [files[i % len(files)] for i in range(files_limit)]
+    note(f"end to end over {len(cycled)} files ...")
+    res.end_to_end_per_s = bench_end_to_end(m, cycled, max(sizes), workers)
+    if checkpoint is not None:
+        from ..plugins import require_torch
+
+        require_torch("bench --checkpoint")
+        from leukoedge_train.bench import torch_throughput
+
+        note("PyTorch eager on the same weights ...")
+        res.torch, res.torch_setting = torch_throughput(checkpoint, sizes, files, seconds,
+                                                        threads)
+    _table(res)
+    if as_json is not None:
+        atomic_write_text(as_json, json.dumps(res.as_dict(), indent=2) + "\n")
+    return EXIT_OK
+
+
+def _table(r: object) -> None:
+    t = Table(title=f"leukoedge bench: {r.model} on {r.provider}",  # type: ignore[attr-defined]
+              title_justify="left")
+    t.add_column("stage")
+    t.add_column("images/s", justify="right")
+    t.add_column("note")
+    for b, v in r.inference.items():  # type: ignore[attr-defined]
+        extra = ""
+        if b in r.torch:  # type: ignore[attr-defined]
+            extra = f"PyTorch eager {r.torch[b]:.1f}/s -> x{v / r.torch[b]:.2f}"  # type: ignore[attr-defined]
+        t.add_row(f"onnxruntime, batch {b}", f"{v:.1f}", extra)
+    if r.latency_ms:  # type: ignore[attr-defined]
+        lat = r.latency_ms  # type: ignore[attr-defined]
+        t.add_row("latency, batch 1", "", f"p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms")
+    t.add_row("decode + preprocess (1 thread)", f"{r.decode_per_s:.1f}",  # type: ignore[attr-defined]
+              f"OpenCV {r.opencv_per_s:.1f}/s -> x{r.decode_per_s / r.opencv_per_s:.2f}"  # type: ignore[attr-defined]
+              if r.opencv_per_s else "OpenCV not installed")  # type: ignore[attr-defined]
+    best = max(r.inference.values())  # type: ignore[attr-defined]
+    t.add_row("end to end (classify pipeline)", f"{r.end_to_end_per_s:.1f}",  # type: ignore[attr-defined]
+              f"x{r.end_to_end_per_s / best:.2f} of best inference-only")  # type: ignore[attr-defined]
+    if r.torch_setting:  # type: ignore[attr-defined]
+        t.add_row("PyTorch setting", "", r.torch_setting)  # type: ignore[attr-defined]
+    out.print(t)

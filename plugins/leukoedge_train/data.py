@@ -1,0 +1,183 @@
+"""Training data: the split, the in-memory uint8 cache, augmentation on tensors.
+
+Every image goes through :func:`leukoedge.preprocess.preprocess` once (the one pipeline
+deployment uses) and is kept in memory as uint8 ``[N, S, S, 3]``: 15,000 cells at 128 px
+take 15k x 128 x 128 x 3 B = 0.74 GB (2.3 GB at 224 px), fine for C-NMC. Augmentation
+works on the uint8 batch and returns uint8, so the model's own ``Normalize`` is the only
+place where pixels become floats, in training as in the exported graph.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from leukoedge.data import Item, collect, fold_of, split_by_patient
+from leukoedge.errors import DataError, ImageError, TrainingError, UsageError
+from leukoedge.preprocess import preprocess
+
+
+@dataclass
+class Split:
+    """Training and validation items and how they were chosen."""
+
+    train: list[Item]
+    val: list[Item]
+    method: str  # patient | image | folder | fold
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        def patients(items: Sequence[Item]) -> list[str]:
+            return sorted({it.patient for it in items if it.patient})
+
+        def count(items: Sequence[Item], label: int) -> int:
+            return sum(1 for it in items if it.label == label)
+
+        return {
+            "method": self.method,
+            "train_images": len(self.train), "val_images": len(self.val),
+            "train_all": count(self.train, 1), "train_hem": count(self.train, 0),
+            "val_all": count(self.val, 1), "val_hem": count(self.val, 0),
+            "train_patients": patients(self.train), "val_patients": patients(self.val),
+        }
+
+
+def labelled(items: list[Item], where: str) -> list[Item]:
+    out = [it for it in items if it.label is not None]
+    if not out:
+        raise DataError(f"{where}: no image has a label",
+                        "put images under all/ and hem/ folders or name them *_all / *_hem")
+    classes = {it.label for it in out}
+    if len(classes) < 2:
+        raise DataError(f"{where}: only one class present; training needs ALL and HEM")
+    return out
+
+
+def make_split(data: Path, val: Path | None = None, val_fold: str | None = None,
+               val_fraction: float = 0.2, seed: int = 0,
+               by_image: bool = False) -> Split:
+    """Choose validation data: a folder, a C-NMC fold, or (default) held-out patients."""
+    chosen = [x for x, on in (("--val", val is not None), ("--val-fold", val_fold is not None),
+                              ("--split-by-image", by_image)) if on]
+    if len(chosen) > 1:
+        raise UsageError(f"{' and '.join(chosen)} contradict each other", "pick one")
+    items = collect([data])
+    n_all = len(items)
+    items = labelled(items, str(data))
+    notes = []
+    if len(items) < n_all:
+        notes.append(f"{n_all - len(items)} images without a label are left out")
+    if val is not None:
+        train, valid = items, labelled(collect([val]), str(val))
+        method = "folder"
+        overlap = ({i.patient for i in train} & {i.patient for i in valid}) - {None}
+        if overlap:
+            notes.append(f"warning: {len(overlap)} patients appear in both DATA and --val "
+                         f"(e.g. {sorted(overlap)[0]}); validation is optimistic")
+    elif val_fold is not None:
+        fold = val_fold.lower()
+        valid = [it for it in items if fold_of(it.path) == fold]
+        train = [it for it in items if fold_of(it.path) != fold]
+        if not valid:
+            folds = sorted({f for it in items if (f := fold_of(it.path))})
+            raise UsageError(f"--val-fold {val_fold}: no image lies in a folder of that name",
+                             f"folds found: {', '.join(folds) or 'none'}")
+        method = "fold"
+    elif by_image:
+        train, valid = _split_by_image(items, val_fraction, seed)
+        method = "image"
+        notes.append("warning: --split-by-image puts cells of one patient on both sides; "
+                     "validation scores will be optimistic (patient leak)")
+    else:
+        train, valid = split_by_patient(items, val_fraction, seed)
+        method = "patient"
+        overlap = ({i.patient for i in train} & {i.patient for i in valid}) - {None}
+        assert not overlap, overlap  # split_by_patient's promise
+    if not train or not valid:
+        raise DataError(f"{data}: the split leaves {len(train)} training and {len(valid)} "
+                        "validation images",
+                        "add patients, change --val-fraction, or give --val")
+    if len({it.label for it in train}) < 2:
+        raise DataError("the training side of the split has only one class",
+                        "add patients of both classes")
+    return Split(train, valid, method, notes)
+
+
+def _split_by_image(items: list[Item], fraction: float,
+                    seed: int) -> tuple[list[Item], list[Item]]:
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"validation fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    val_idx: set[int] = set()
+    for label in (0, 1):
+        idx = [i for i, it in enumerate(items) if it.label == label]
+        k = int(round(fraction * len(idx)))
+        val_idx.update(int(i) for i in rng.permutation(idx)[:k])
+    return ([it for i, it in enumerate(items) if i not in val_idx],
+            [it for i, it in enumerate(items) if i in val_idx])
+
+
+def load_images(items: Sequence[Item], size: int, crop_fraction: float = 1.0,
+                interpolation: str = "bilinear", workers: int | None = None,
+                progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Decode and resize every item once: uint8 ``[N, size, size, 3]``.
+
+    Threads, because Pillow releases the GIL while decoding and resizing. A file that
+    cannot be read stops training with a :class:`TrainingError` naming it.
+    """
+    out = np.empty((len(items), size, size, 3), dtype=np.uint8)
+    n_workers = workers or min(8, len(os.sched_getaffinity(0)))
+
+    def one(i: int) -> None:
+        out[i] = preprocess(items[i].path, size, crop_fraction, interpolation)
+
+    try:
+        with ThreadPoolExecutor(max_workers=n_workers) as pool:
+            for _ in pool.map(one, range(len(items))):
+                if progress is not None:
+                    progress(1)
+    except ImageError as exc:
+        raise TrainingError(f"cannot train on an unreadable image: {exc.message}",
+                            "remove or replace the file") from exc
+    return out
+
+
+def labels_of(items: Sequence[Item]) -> np.ndarray:
+    return np.array([it.label for it in items], dtype=np.float32)
+
+
+# -- augmentation ------------------------------------------------------------------------
+
+def augment(batch: torch.Tensor, gen: torch.Generator, colour: float = 0.1,
+            brightness: float = 0.15) -> torch.Tensor:
+    """Cell-friendly augmentation of a uint8 ``[N, H, W, 3]`` batch; returns uint8.
+
+    - one of the 8 symmetries of the square per image (flips and 90-degree rotations:
+      a cell has no up or left);
+    - a brightness gain in ``1 +- brightness`` and a per-channel (stain) gain in
+      ``1 +- colour``, both multiplicative, so the black background stays black.
+    """
+    n = batch.shape[0]
+    out = batch.clone()
+    sym = torch.randint(0, 8, (n,), generator=gen)
+    for s in range(1, 8):
+        idx = (sym == s).nonzero(as_tuple=True)[0]
+        if idx.numel() == 0:
+            continue
+        x = out[idx]
+        if s >= 4:
+            x = x.flip(2)  # mirror left-right
+        k = s % 4
+        if k:
+            x = torch.rot90(x, k, dims=(1, 2))
+        out[idx] = x
+    gain = 1.0 + (torch.rand((n, 1, 1, 1), generator=gen) * 2 - 1) * brightness
+    gain = gain * (1.0 + (torch.rand((n, 1, 1, 3), generator=gen) * 2 - 1) * colour)
+    return (out.to(torch.float32) * gain).round_().clamp_(0, 255).to(torch.uint8)

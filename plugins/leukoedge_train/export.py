@@ -1,0 +1,164 @@
+"""Export a checkpoint to ONE self-contained ONNX file, with the ModelSpec inside.
+
+Graph interface: input ``image`` uint8 ``[N, S, S, 3]`` (N dynamic), output ``logit``
+float ``[N]``; the ModelSpec JSON under the metadata key ``leukoedge.spec``.
+
+Exporter: ``torch.onnx.export(dynamo=True)`` (torch.export + onnxscript), the default of
+current torch; the TorchScript exporter (``--exporter legacy``) is deprecated and warns on
+every call. Both give a truly dynamic batch axis for these models (checked by the parity
+run at batch 1 and 16). Weights are stored inline (``save_as_external_data=False``).
+
+Order of work, all on a temporary file in the output's folder: export, embed the spec,
+``onnx.checker.check_model``, parity check (which loads the file with the runtime's own
+loader). Only when all of that passed is the file moved into place with ``os.replace``;
+on any failure nothing is left at the output path.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from leukoedge.errors import ExportError, OutputExistsError, ParityError, UsageError
+from leukoedge.spec import SPEC_KEY, ModelSpec
+
+from . import checkpoint as ckpt_io
+from . import parity
+
+EXPORTERS = ("dynamo", "legacy")
+DEFAULT_OPSET = 18
+EXPORTED = Path("exported")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    checkpoint: Path
+    spec: ModelSpec
+    opset: int
+    exporter: str
+    size_bytes: int
+    parity: parity.ParityResult
+
+
+def default_out(ckpt_path: Path) -> Path:
+    return EXPORTED / f"{ckpt_io.run_name(ckpt_path)}.onnx"
+
+
+def _torch_export(model: torch.nn.Module, size: int, path: Path, opset: int,
+                  exporter: str) -> None:
+    example = (torch.zeros((2, size, size, 3), dtype=torch.uint8),)
+    onnx_errors: tuple[type[BaseException], ...] = (RuntimeError, ValueError, TypeError,
+                                                    AssertionError, NotImplementedError)
+    err_cls = getattr(getattr(torch.onnx, "errors", None), "OnnxExporterError", None)
+    if isinstance(err_cls, type):
+        onnx_errors += (err_cls,)
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its opset-conversion notice; we report the result
+    try:
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            if exporter == "dynamo":
+                from torch.export import Dim
+
+                torch.onnx.export(
+                    model, example, str(path), dynamo=True, opset_version=opset,
+                    input_names=["image"], output_names=["logit"],
+                    dynamic_shapes={"image": {0: Dim("N", min=1, max=65536)}},
+                    external_data=False, verbose=False)
+            else:
+                torch.onnx.export(
+                    model, example, str(path), dynamo=False, opset_version=opset,
+                    input_names=["image"], output_names=["logit"],
+                    dynamic_axes={"image": {0: "N"}, "logit": {0: "N"}},
+                    do_constant_folding=True)
+    except onnx_errors as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
+        raise ExportError(f"torch.onnx.export ({exporter}) failed: {first}",
+                          "try --exporter legacy or another --opset") from exc
+    finally:
+        logger.setLevel(level)
+
+
+def _finish(path: Path, spec: ModelSpec, final: Path) -> int:
+    """Embed the spec, check names/shapes, save inline to ``final``; return the opset."""
+    import onnx
+
+    proto = onnx.load(str(path))  # pulls in external data, if the exporter wrote any
+    g = proto.graph
+    inits = {i.name for i in g.initializer}
+    inputs = [i for i in g.input if i.name not in inits]
+    if len(inputs) != 1 or inputs[0].name != "image" or len(g.output) != 1 \
+            or g.output[0].name != "logit":
+        raise ExportError(f"exported graph has inputs {[i.name for i in inputs]} and outputs "
+                          f"{[o.name for o in g.output]}; expected image -> logit")
+    dim0 = inputs[0].type.tensor_type.shape.dim[0]
+    if not dim0.dim_param:
+        raise ExportError(f"exported graph has a fixed batch axis ({dim0.dim_value})",
+                          "try the other --exporter")
+    dim0.dim_param = "N"
+    odim = g.output[0].type.tensor_type.shape.dim
+    if odim:
+        odim[0].dim_param = "N"
+    keep = [p for p in proto.metadata_props if p.key != SPEC_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    proto.metadata_props.add(key=SPEC_KEY, value=spec.to_json())
+    proto.producer_name = proto.producer_name or "pytorch"
+    onnx.save(proto, str(final), save_as_external_data=False)
+    try:
+        onnx.checker.check_model(str(final), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"onnx.checker rejects the exported model: "
+                          f"{str(exc).splitlines()[0][:300]}") from exc
+    with open(final, "rb") as fh:
+        os.fsync(fh.fileno())
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAULT_OPSET,
+                exporter: str = "dynamo", parity_data: Path | None = None,
+                overwrite: bool = False, parity_batch: int = 16) -> ExportResult:
+    """Export a run's best checkpoint (or the one named) and check it; see module doc."""
+    if exporter not in EXPORTERS:
+        raise UsageError(f"--exporter {exporter!r} is unknown",
+                         f"choose {' or '.join(EXPORTERS)}")
+    if not 7 <= opset <= 23:
+        raise UsageError(f"--opset {opset} is out of range", "use 17..21; default 18")
+    ckpt_path = ckpt_io.resolve(target)
+    out = out or default_out(ckpt_path)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder", "name the .onnx file")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} already exists", "add --overwrite or choose --out")
+    ckpt = ckpt_io.load(ckpt_path)
+    spec = ckpt_io.spec_of(ckpt)
+    model = ckpt_io.model_of(ckpt).float().to("cpu")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        raw = work / "raw.onnx"
+        final = work / out.name
+        _torch_export(model, spec.input_size, raw, opset, exporter)
+        got_opset = _finish(raw, spec, final)
+        result = parity.check(final, model, spec, parity_data, parity_batch)
+        if not result.passed:
+            which = result.failures or result.label_flips
+            raise ParityError(f"export rejected, {result.summary()}; differing: "
+                              f"{', '.join(Path(n).name for n in which[:5])}",
+                              "nothing was written; try --exporter legacy")
+        size = final.stat().st_size
+        os.replace(final, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return ExportResult(out, ckpt_path, spec, got_opset, exporter, size, result)

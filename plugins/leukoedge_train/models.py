@@ -1,0 +1,315 @@
+"""Model registry: architecture name -> builder, and the uint8-in, logit-out wrapper.
+
+Every model leukoedge trains is a :class:`Normalize` around a backbone: it takes the
+deployment input (uint8 ``[N, H, W, 3]`` RGB) and does the cast, ``/255``, mean/std
+normalisation and NHWC -> NCHW transpose inside ``forward``, so the exported ONNX graph
+does exactly what training did. It returns one logit per image, ``[N]``.
+
+``create_model(name, ...)`` is the only way in; an unknown name fails with the list of
+known ones (the timm habit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from leukoedge.errors import TrainingError, UsageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalize(nn.Module):
+    """uint8 NHWC RGB -> float NCHW ``(x/255 - mean)/std`` -> backbone -> logit ``[N]``.
+
+    Scale and shift are folded into two buffers (one Mul and one Add in the graph).
+    """
+
+    def __init__(self, net: nn.Module, mean: tuple[float, float, float],
+                 std: tuple[float, float, float]) -> None:
+        super().__init__()
+        self.net = net
+        m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * s))
+        self.register_buffer("shift", -m / s)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.shift
+        return self.net(x).reshape(-1)
+
+
+def _conv_block(c_in: int, c_out: int, convs: int, batchnorm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for k in range(convs):
+        layers.append(nn.Conv2d(c_in if k == 0 else c_out, c_out, 3, padding=1,
+                                bias=not batchnorm))
+        if batchnorm:
+            layers.append(nn.BatchNorm2d(c_out))
+        layers.append(nn.ReLU(inplace=True))
+    layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class ScratchNet(nn.Module):
+    """The seed's CNN, made sound: four conv blocks (32; 64, 64; 128, 128; 256, 256 filters
+    of 3x3, 'same' padding), each followed by a 2x2 max-pool; flatten; three dense layers
+    (``dense`` widths) each with ReLU and dropout; one logit.
+
+    ``batchnorm`` puts a BatchNorm after every conv (convs then have no bias); without it
+    the network is the seed's plain conv + ReLU stack.
+    """
+
+    FILTERS = (32, 64, 128, 256)
+    CONVS = (1, 2, 2, 2)
+
+    def __init__(self, input_size: int, dense: tuple[int, int, int] = (256, 128, 64),
+                 dropout: float = 0.5, batchnorm: bool = True) -> None:
+        super().__init__()
+        if input_size < 16:
+            raise UsageError(f"scratch needs an input size of at least 16, got {input_size}",
+                             "four 2x2 max-pools halve the image four times")
+        blocks = []
+        c_in = 3
+        for c_out, n in zip(self.FILTERS, self.CONVS):
+            blocks.append(_conv_block(c_in, c_out, n, batchnorm))
+            c_in = c_out
+        self.features = nn.Sequential(*blocks)
+        side = input_size
+        for _ in self.FILTERS:
+            side //= 2
+        flat = self.FILTERS[-1] * side * side
+        head: list[nn.Module] = [nn.Flatten()]
+        width = flat
+        for w in dense:
+            head += [nn.Linear(width, w), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = w
+        head.append(nn.Linear(width, 1))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    """What an architecture needs besides its weights: the data side of the contract."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+    description: str = ""
+
+
+def _build_scratch(input_size: int, dense: tuple[int, int, int] = (256, 128, 64),
+                   dropout: float = 0.5, batchnorm: bool = True, **_: Any) -> nn.Module:
+    return ScratchNet(input_size, tuple(dense), dropout, batchnorm)  # type: ignore[arg-type]
+
+
+def _build_resnet50(input_size: int, **_: Any) -> nn.Module:
+    from torchvision.models import resnet50
+
+    if input_size < 32:
+        raise UsageError(f"resnet50 needs an input size of at least 32, got {input_size}")
+    net = resnet50(weights=None)
+    net.fc = nn.Linear(net.fc.in_features, 1)
+    return net
+
+
+_REGISTRY: dict[str, ArchInfo] = {}
+
+
+def register(info: ArchInfo) -> None:
+    _REGISTRY[info.name] = info
+
+
+register(ArchInfo("scratch", _build_scratch, 128, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0),
+                  description="the seed's 4-block CNN with batch norm"))
+register(ArchInfo("resnet50", _build_resnet50, 224, IMAGENET_MEAN, IMAGENET_STD,
+                  description="torchvision ResNet50, one-logit head"))
+
+
+def known() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def arch_info(name: str) -> ArchInfo:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown architecture {name!r}",
+                         f"known: {', '.join(known())}") from None
+
+
+def create_model(name: str, input_size: int | None = None, **kwargs: Any) -> Normalize:
+    """The wrapped model (uint8 NHWC in, logit out) for architecture ``name``."""
+    info = arch_info(name)
+    net = info.build(input_size or info.input_size, **kwargs)
+    return Normalize(net, info.mean, info.std)
+
+
+# -- pretrained weights ------------------------------------------------------------------
+
+def _resnet50_imagenet() -> Any:
+    from torchvision.models import ResNet50_Weights
+
+    return ResNet50_Weights.IMAGENET1K_V2
+
+
+def imagenet_cache_path(weights: Any) -> Path:
+    """Where torch's hub cache keeps ``weights``' file: ``$TORCH_HOME/hub/checkpoints``."""
+    from torch.hub import get_dir
+
+    return Path(get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+def _network_problem(url: str, timeout: float = 5.0) -> str | None:
+    """Why ``url``'s host cannot be reached right now (DNS, connect), or None."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    host = u.hostname or ""
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"{host} is unreachable: {exc.strerror or exc}"
+
+
+def _download_state_dict(weights: Any, dest: Path) -> dict[str, torch.Tensor]:
+    import socket
+    import urllib.error
+
+    problem = _network_problem(weights.url)
+    if problem is None:
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(60.0)
+        try:
+            return weights.get_state_dict(progress=False)  # type: ignore[no-any-return]
+        except (urllib.error.URLError, OSError) as exc:  # URLError is an OSError too
+            problem = f"download failed: {exc}"
+        finally:
+            socket.setdefaulttimeout(old)
+    raise TrainingError(
+        f"ImageNet weights for resnet50 are not in the torch cache ({dest}) and cannot be "
+        f"downloaded ({problem})",
+        f"download {weights.url} where there is network and put it at {dest} "
+        "(the folder follows $TORCH_HOME), or pass --weights FILE or --weights none")
+
+
+def load_backbone_weights(model: Normalize, name: str, weights: str) -> str:
+    """Put ``weights`` (``imagenet``, ``none`` or a state-dict file) into ``model``'s
+    backbone; return a one-line description of what was loaded."""
+    if weights == "none":
+        return "random initialisation"
+    if name != "resnet50":
+        raise UsageError(f"--weights {weights} is only for resnet50; scratch starts from "
+                         "random weights")
+    net = model.net
+    if weights == "imagenet":
+        w = _resnet50_imagenet()
+        dest = imagenet_cache_path(w)
+        if dest.is_file():
+            state = _load_state_file(dest)
+        else:
+            state = _download_state_dict(w, dest)
+        source = f"ImageNet ({w.name}, {dest.name})"
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise UsageError(f"--weights {weights}: no such file",
+                             "use imagenet, none, or a state-dict file")
+        state = _load_state_file(path)
+        source = str(path)
+    state = _unwrap_state(state)
+    own = net.state_dict()
+    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    state = {k: v for k, v in state.items() if k not in skipped}
+    result = net.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
+    if missing or result.unexpected_keys:
+        raise TrainingError(
+            f"{source} does not fit resnet50: {len(missing)} missing and "
+            f"{len(result.unexpected_keys)} unexpected tensors (e.g. "
+            f"{(missing + list(result.unexpected_keys))[0]})",
+            "pass a torchvision resnet50 state dict")
+    return source + (f"; new head ({', '.join(skipped)} not loaded)" if skipped else "")
+
+
+def _load_state_file(path: Path) -> Any:
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+        raise TrainingError(f"{path}: cannot read as a weights-only state dict "
+                            f"({str(exc).splitlines()[0][:200]})") from exc
+
+
+def _unwrap_state(state: Any) -> dict[str, torch.Tensor]:
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise TrainingError("weights file does not hold a state dict")
+    out = {}
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        for prefix in ("module.", "net."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+# -- freezing (two-stage fine-tuning) ----------------------------------------------------
+
+RESNET_STAGES = ("conv1", "layer1", "layer2", "layer3", "layer4", "fc")
+UNFREEZE_CHOICES = ("all", "layer1", "layer2", "layer3", "layer4", "fc")
+
+
+def trainable_prefixes(name: str, unfreeze: str) -> tuple[str, ...] | None:
+    """Backbone module prefixes trained in the fine-tuning stage; None means all.
+
+    ``layer3`` trains ``layer3``, ``layer4`` and ``fc``: Keras' "top 125 of ResNet50's 175
+    layers" starts at ``conv4_block1``, which is torchvision's ``layer3``.
+    """
+    if name != "resnet50" or unfreeze == "all":
+        return None
+    if unfreeze not in UNFREEZE_CHOICES:
+        raise UsageError(f"--unfreeze {unfreeze!r} is unknown",
+                         f"choose one of {', '.join(UNFREEZE_CHOICES)}")
+    start = RESNET_STAGES.index(unfreeze)
+    return RESNET_STAGES[start:]
+
+
+def head_prefixes(name: str) -> tuple[str, ...]:
+    return ("fc",) if name == "resnet50" else ("head",)
+
+
+def set_trainable(model: Normalize, prefixes: tuple[str, ...] | None) -> list[nn.Module]:
+    """Freeze every backbone parameter outside ``prefixes`` (None = train all); return
+    the frozen BatchNorm layers, which must stay in eval mode while training."""
+    frozen_bn: list[nn.Module] = []
+    for mod_name, module in model.net.named_modules():
+        if not mod_name:
+            continue
+        inside = prefixes is None or any(
+            mod_name == p or mod_name.startswith(p + ".") for p in prefixes)
+        for p in module.parameters(recurse=False):
+            p.requires_grad_(inside)
+        if not inside and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            frozen_bn.append(module)
+    return frozen_bn

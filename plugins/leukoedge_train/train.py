@@ -1,0 +1,578 @@
+"""The training loop: split, cache, stages, schedule, validation, checkpoints, curves.
+
+One entry point, :func:`train`, driven by a :class:`TrainConfig`. The run folder gets
+``best.pt`` and ``last.pt`` (see :mod:`.checkpoint`), ``history.csv``, ``curves.png`` and
+``config.json`` (settings, the split with its patients, environment).
+
+Determinism: the shuffling, augmentation and dropout of epoch ``e`` are seeded from
+``(seed, e)``, so a run resumed after epoch ``e`` continues exactly as an uninterrupted
+one would on the same machine (CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from leukoedge import __version__
+from leukoedge.console import err, note
+from leukoedge.data import fingerprint
+from leukoedge.errors import OutputExistsError, TrainingError, UsageError
+from leukoedge.evaluate import metrics as score
+from leukoedge.output import atomic_write_text
+from leukoedge.session import cores
+from leukoedge.spec import ModelSpec
+
+from . import checkpoint as ckpt_io
+from .data import Split, augment, labels_of, load_images, make_split
+from .models import (
+    arch_info,
+    create_model,
+    head_prefixes,
+    load_backbone_weights,
+    set_trainable,
+    trainable_prefixes,
+)
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc",
+                   "val_weighted_f1", "lr", "seconds")
+SCHEDULES = ("cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+#: Settings a resumed run may change; every other setting comes from the checkpoint.
+RESUMABLE = ("epochs", "patience", "device", "threads", "workers", "amp")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on. ``None`` means "the architecture's default"."""
+
+    arch: str
+    data: Path
+    out: Path | None = None
+    resume: bool = False
+    input_size: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    finetune_lr: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    warmup_epochs: float | None = None
+    augment: bool | None = None
+    batchnorm: bool | None = None
+    dropout: float | None = None
+    class_weights: bool | None = None
+    val: Path | None = None
+    val_fold: str | None = None
+    val_fraction: float | None = None
+    split_by_image: bool = False
+    seed: int | None = None
+    patience: int | None = None
+    device: str | None = None
+    amp: bool | None = None
+    weights: str | None = None
+    head_epochs: int | None = None
+    unfreeze: str | None = None
+    workers: int | None = None
+    threads: int | None = None
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` replaced by the architecture's default."""
+        info = arch_info(self.arch)
+        c = TrainConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
+        resnet = self.arch == "resnet50"
+        defaults: dict[str, Any] = {
+            "input_size": info.input_size, "epochs": 12 if resnet else 30,
+            "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine",
+            "warmup_epochs": 1.0, "augment": True, "batchnorm": True, "dropout": 0.5,
+            "class_weights": True, "val_fraction": 0.2, "seed": 0, "patience": 8,
+            "device": "auto", "amp": True, "weights": "imagenet" if resnet else "none",
+        }
+        for k, v in defaults.items():
+            if getattr(c, k) is None:
+                setattr(c, k, v)
+        pretrained = resnet and c.weights != "none"
+        if c.head_epochs is None:
+            c.head_epochs = 2 if pretrained else 0
+        if c.unfreeze is None:
+            c.unfreeze = "layer3" if pretrained else "all"
+        if c.finetune_lr is None:
+            c.finetune_lr = c.lr / 10 if c.head_epochs else c.lr
+        c.validate()
+        return c
+
+    def validate(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"--schedule {self.schedule!r} is unknown",
+                             f"choose {' or '.join(SCHEDULES)}")
+        if self.device not in DEVICES:
+            raise UsageError(f"--device {self.device!r} is unknown",
+                             f"choose one of {', '.join(DEVICES)}")
+        if self.arch != "resnet50" and (self.head_epochs or self.unfreeze != "all"):
+            raise UsageError("--head-epochs and --unfreeze are for resnet50")
+        assert self.epochs is not None and self.head_epochs is not None
+        if self.head_epochs >= self.epochs and self.unfreeze != "all" and self.head_epochs:
+            note(f"--head-epochs {self.head_epochs} >= --epochs {self.epochs}: "
+                 "only the head is trained")
+        if not 0.0 <= (self.dropout or 0.0) < 1.0:
+            raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+    def to_json_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, Path):
+                d[k] = str(v)
+        return d
+
+    @classmethod
+    def from_json_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        for k in ("data", "out", "val"):
+            if kw.get(k) is not None:
+                kw[k] = Path(kw[k])
+        return cls(**kw)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    best_epoch: int
+    best_f1: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+def pick_device(want: str) -> torch.device:
+    if want == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for but torch sees no CUDA device",
+                            f"torch {torch.__version__}; install a CUDA build of torch or "
+                            "use --device cpu")
+    if want == "cpu" or (want == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 1% of ``peak``."""
+    if schedule == "constant":
+        return peak
+    if warmup > 0 and step < warmup:
+        return peak * (step + 1) / warmup
+    span = max(1, total - warmup)
+    t = min(1.0, (step - warmup) / span)
+    return peak * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+@dataclass
+class Stage:
+    name: str
+    first: int  # first epoch (1-based) of this stage
+    last: int
+    prefixes: tuple[str, ...] | None  # trainable backbone modules; None = all
+    lr: float
+
+
+def stages_of(c: TrainConfig) -> list[Stage]:
+    assert c.epochs is not None and c.head_epochs is not None and c.unfreeze is not None
+    assert c.lr is not None and c.finetune_lr is not None
+    out = []
+    if c.head_epochs:
+        out.append(Stage("head", 1, min(c.head_epochs, c.epochs), head_prefixes(c.arch), c.lr))
+    if c.epochs > c.head_epochs:
+        lr = c.finetune_lr if c.head_epochs else c.lr
+        out.append(Stage("finetune" if c.head_epochs else "train", c.head_epochs + 1, c.epochs,
+                         trainable_prefixes(c.arch, c.unfreeze), lr))
+    return out
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def default_run_dir(arch: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return ckpt_io.RUNS / f"{arch}-{stamp}"
+
+
+def write_history(history: list[dict[str, float]], path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(HISTORY_COLUMNS)
+    for row in history:
+        w.writerow([int(row["epoch"])] + [f"{row[k]:.6g}" for k in HISTORY_COLUMNS[1:]])
+    atomic_write_text(path, buf.getvalue())
+
+
+_plot_warned = False
+
+
+def plot_curves(history: list[dict[str, float]], path: Path) -> None:
+    """Loss, and accuracy / weighted F1, per epoch, train vs validation (matplotlib Agg)."""
+    global _plot_warned
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        if not _plot_warned:
+            note("matplotlib is not installed: no curves.png (pip install matplotlib)")
+            _plot_warned = True
+        return
+    ep = [r["epoch"] for r in history]
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    a, b = fig.subplots(1, 2)
+    a.plot(ep, [r["train_loss"] for r in history], "o-", label="train")
+    a.plot(ep, [r["val_loss"] for r in history], "o-", label="validation")
+    a.set_xlabel("epoch")
+    a.set_ylabel("BCE loss")
+    a.legend()
+    b.plot(ep, [r["train_acc"] for r in history], "o-", label="train accuracy")
+    b.plot(ep, [r["val_acc"] for r in history], "o-", label="validation accuracy")
+    b.plot(ep, [r["val_weighted_f1"] for r in history], "s--", label="validation weighted F1")
+    b.set_xlabel("epoch")
+    b.set_ylim(0, 1.02)
+    b.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _progress(total_batches: int, label: str) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                    console=err, transient=True, disable=not err.is_terminal)
+
+
+# -- the loop ------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None = None
+          ) -> TrainResult:
+    """Train (or resume) one run; return where it is and how it went."""
+    run_dir = cfg.out or default_run_dir(cfg.arch)
+    state: dict[str, Any] | None = None
+    if cfg.resume:
+        if cfg.out is None:
+            raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
+        state = ckpt_io.load(run_dir / "last.pt")
+        saved = TrainConfig.from_json_dict(state["config"])
+        given = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+        ignored = [k for k, v in given.items() if v is not None and v is not False
+                   and k not in RESUMABLE + ("arch", "data", "out", "resume")
+                   and v != getattr(saved, k)]
+        if ignored:
+            note(f"--resume uses the run's own settings; ignoring {', '.join(ignored)}")
+        if cfg.arch != saved.arch:
+            raise UsageError(f"{run_dir} is a {saved.arch} run, not {cfg.arch}")
+        for k in RESUMABLE:
+            if given[k] is not None:
+                setattr(saved, k, given[k])
+        saved.data, saved.out, saved.resume = cfg.data, cfg.out, True
+        c = saved.resolved()
+    else:
+        c = cfg.resolved()
+        if (run_dir / "last.pt").exists():
+            raise OutputExistsError(f"{run_dir} already holds a run",
+                                    "add --resume to continue it, or choose another --out")
+    assert c.input_size and c.epochs and c.batch_size and c.seed is not None
+
+    torch.set_num_threads(c.threads or cores())
+    device = pick_device(c.device or "auto")
+    info = arch_info(c.arch)
+
+    split = make_split(c.data, c.val, c.val_fold, c.val_fraction or 0.2, c.seed,
+                       c.split_by_image)
+    for n in split.notes:
+        note(n)
+    data_root = c.data if c.data.is_dir() else c.data.parent
+    fp = fingerprint(split.train, data_root)
+    if state is not None and ckpt_io.spec_of(state).data_fingerprint != fp:
+        raise TrainingError(f"{c.data} is not the data {run_dir} was trained on "
+                            "(the training-set fingerprint differs)",
+                            "resume with the same DATA and split options")
+    d = split.describe()
+    note(f"{c.arch}: {d['train_images']} training images ({d['train_all']} ALL, "
+         f"{d['train_hem']} HEM, {len(d['train_patients'])} patients), "
+         f"{d['val_images']} validation ({d['val_all']} ALL, {d['val_hem']} HEM, "
+         f"{len(d['val_patients'])} patients), split by {split.method}")
+
+    torch.manual_seed(c.seed)
+    arch_kwargs: dict[str, Any] = {}
+    if c.arch == "scratch":
+        arch_kwargs = {"dropout": float(c.dropout or 0.0), "batchnorm": bool(c.batchnorm),
+                       "dense": [256, 128, 64]}
+    model = create_model(c.arch, c.input_size, **arch_kwargs)
+    weights_source = "checkpoint"
+    if state is None:
+        weights_source = load_backbone_weights(model, c.arch, c.weights or "none")
+        note(f"weights: {weights_source}")
+    else:
+        model.load_state_dict(state["model"])
+    model.to(device)
+
+    t0 = time.perf_counter()
+    x_train, x_val = _load(split, c.input_size, info.interpolation, c.workers)
+    note(f"decoded {len(x_train) + len(x_val)} images at {c.input_size} px in "
+         f"{time.perf_counter() - t0:.1f} s ({(x_train.nbytes + x_val.nbytes) / 1e6:.0f} MB "
+         "in memory)")
+    y_train = torch.from_numpy(labels_of(split.train))
+    y_val = torch.from_numpy(labels_of(split.val))
+    xt = torch.from_numpy(x_train)
+    xv = torch.from_numpy(x_val)
+
+    n_pos = float(y_train.sum())
+    n_neg = float(len(y_train) - n_pos)
+    pos_weight = torch.tensor([n_neg / n_pos if c.class_weights and n_pos else 1.0],
+                              device=device)
+    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    val_criterion = nn.BCEWithLogitsLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr or 1e-3,
+                                  weight_decay=c.weight_decay or 0.0)
+    use_amp = bool(c.amp) and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    history: list[dict[str, float]] = []
+    best_epoch, best_f1, best_acc = 0, -1.0, 0.0
+    start = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        history = [dict(r) for r in state["history"]]
+        start = int(state["epoch"])
+        best_epoch = int(state["best"]["epoch"])
+        best_f1 = float(state["best"]["val_weighted_f1"])
+        best_acc = float(state["best"]["val_accuracy"])
+        note(f"resuming {run_dir} after epoch {start} (best weighted F1 {best_f1:.4f} at "
+             f"epoch {best_epoch})")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_doc = {
+        "config": c.to_json_dict(), "split": d, "weights": weights_source,
+        "pos_weight": float(pos_weight.item()), "device": str(device), "amp": use_amp,
+        "torch": torch.__version__, "leukoedge": __version__,
+        "data_fingerprint": fp, "started_at": utc_now(),
+        "interpolation": info.interpolation, "mean": list(info.mean), "std": list(info.std),
+    }
+    if state is None or not (run_dir / "config.json").exists():
+        atomic_write_text(run_dir / "config.json", json.dumps(config_doc, indent=2) + "\n")
+
+    def spec_now(f1: float, acc: float, epoch: int) -> ModelSpec:
+        return ModelSpec(
+            architecture=c.arch, input_size=c.input_size, crop_fraction=1.0,
+            interpolation=info.interpolation, mean=info.mean, std=info.std, threshold=0.5,
+            data_fingerprint=fp, train_images=len(split.train), created_at=utc_now(),
+            tool_version=__version__,
+            metrics={"val_weighted_f1": round(max(f1, 0.0), 6),
+                     "val_accuracy": round(acc, 6), "epoch": float(epoch)},
+            notes=f"validation: split by {split.method}, {len(split.val)} images",
+        )
+
+    stages = stages_of(c)
+    steps_per_epoch = max(1, len(xt) // c.batch_size + (1 if len(xt) % c.batch_size > 1
+                                                      else 0))
+    stopped_early = False
+    epoch = start
+    patience = c.patience or 0
+    if patience and start - best_epoch >= patience and start < c.epochs:
+        note(f"no improvement for {start - best_epoch} epochs already (patience {patience})")
+        stopped_early = True
+    for epoch in range(start + 1, c.epochs + 1) if not stopped_early else []:
+        stage = next(s for s in stages if s.first <= epoch <= s.last)
+        frozen_bn = set_trainable(model, stage.prefixes)
+        t_epoch = time.perf_counter()
+        torch.manual_seed(c.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(c.seed * 7_919 + epoch)
+        perm = torch.randperm(len(xt), generator=gen)
+        if len(perm) % c.batch_size == 1 and len(perm) > 1:
+            perm = perm[:-1]  # a batch of one breaks batch norm; the cell is back next epoch
+        model.train()
+        for m in frozen_bn:
+            m.eval()
+        total_stage = (stage.last - stage.first + 1) * steps_per_epoch
+        warm = int(round((c.warmup_epochs or 0.0) * steps_per_epoch))
+        warm = min(warm, total_stage // 2)
+        loss_sum, correct, seen = 0.0, 0, 0
+        lr = 0.0
+        with _progress(steps_per_epoch, f"epoch {epoch}/{c.epochs}") as bar:
+            task = bar.add_task("train", total=steps_per_epoch, stats="")
+            for b, i0 in enumerate(range(0, len(perm), c.batch_size)):
+                idx = perm[i0:i0 + c.batch_size]
+                xb = xt[idx]
+                if c.augment:
+                    xb = augment(xb, gen)
+                xb = xb.to(device, non_blocking=True)
+                yb = y_train[idx].to(device)
+                step = (epoch - stage.first) * steps_per_epoch + b
+                lr = lr_at(step, total_stage, stage.lr, warm, c.schedule or "cosine")
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits = model(xb)
+                loss = criterion(logits.float(), yb)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"the loss became {loss.item()} at epoch {epoch}",
+                                        "lower --lr")
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                n = len(idx)
+                loss_sum += float(loss.item()) * n
+                correct += int(((logits.detach() >= 0).float() == yb).sum())
+                seen += n
+                bar.update(task, advance=1, stats=f"loss {loss_sum / seen:.4f} "
+                                                  f"acc {correct / seen:.3f}")
+        recalibrate_bn(model, xt, frozen_bn, device, 2 * c.batch_size)
+        v_logits, v_loss = evaluate(model, xv, y_val, val_criterion, device, 2 * c.batch_size,
+                                    use_amp, amp_dtype)
+        y_pred = (v_logits >= 0).astype(np.int64)
+        m = score(y_val.numpy().astype(np.int64), y_pred)
+        row = {"epoch": float(epoch), "train_loss": loss_sum / max(seen, 1),
+               "train_acc": correct / max(seen, 1), "val_loss": v_loss,
+               "val_acc": float(m["accuracy"]), "val_weighted_f1": float(m["weighted_f1"]),
+               "lr": lr, "seconds": time.perf_counter() - t_epoch}
+        history.append(row)
+        improved = row["val_weighted_f1"] > best_f1
+        if improved:
+            best_epoch, best_f1, best_acc = epoch, row["val_weighted_f1"], row["val_acc"]
+        spec = spec_now(best_f1, best_acc, best_epoch)
+        blob = {
+            "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "architecture": c.arch,
+            "arch_kwargs": arch_kwargs, "model": _cpu_state(model),
+            "spec": spec.to_json(), "optimizer": optimizer.state_dict(),
+            "scheduler": {"kind": c.schedule, "steps_per_epoch": steps_per_epoch,
+                          "stages": [asdict(s) | {"prefixes": list(s.prefixes or [])}
+                                     for s in stages]},
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "epoch": epoch, "history": history,
+            "best": {"epoch": best_epoch, "val_weighted_f1": best_f1,
+                     "val_accuracy": best_acc},
+            "config": c.to_json_dict(), "split": d,
+            "rng": {"torch": torch.get_rng_state()},
+        }
+        if improved:  # best.pt is for export: no optimiser state (a third of the size)
+            ckpt_io.save({k: v for k, v in blob.items() if k not in ("optimizer", "scaler")},
+                         run_dir / "best.pt")
+        ckpt_io.save(blob, run_dir / "last.pt")
+        write_history(history, run_dir / "history.csv")
+        plot_curves(history, run_dir / "curves.png")
+        note(f"epoch {epoch}/{c.epochs} ({stage.name}) loss {row['train_loss']:.4f} "
+             f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.4f} "
+             f"acc {row['val_acc']:.3f} wF1 {row['val_weighted_f1']:.4f}"
+             f"{' *' if improved else ''} | lr {lr:.2e} | {row['seconds']:.1f} s")
+        if on_epoch is not None:
+            on_epoch(row)
+        if patience and epoch - best_epoch >= patience:
+            note(f"early stop: no better validation weighted F1 for {patience} epochs")
+            stopped_early = True
+            break
+    return TrainResult(run_dir, epoch if history else 0, best_epoch, best_f1, history,
+                       stopped_early)
+
+
+def _load(split: Split, size: int, interpolation: str,
+          workers: int | None) -> tuple[np.ndarray, np.ndarray]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    total = len(split.train) + len(split.val)
+    with Progress(TextColumn("decode"), BarColumn(), MofNCompleteColumn(), console=err,
+                  transient=True, disable=not err.is_terminal) as p:
+        task = p.add_task("decode", total=total)
+
+        def adv(n: int) -> None:
+            p.advance(task, n)
+
+        xt = load_images(split.train, size, 1.0, interpolation, workers, adv)
+        xv = load_images(split.val, size, 1.0, interpolation, workers, adv)
+    return xt, xv
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+#: Images used to re-estimate batch-norm statistics after each epoch ("precise BN").
+BN_CALIBRATION_IMAGES = 1024
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, frozen: list[nn.Module],
+                   device: torch.device, batch_size: int,
+                   limit: int = BN_CALIBRATION_IMAGES) -> None:
+    """Re-estimate the running mean/var of every trained BatchNorm layer as a plain
+    average over up to ``limit`` training images (unaugmented), with the final weights.
+
+    The running averages kept during the epoch (momentum 0.1) mix statistics of weights
+    from many steps ago; with few steps per epoch (small data sets, early epochs) they lag
+    so far behind that eval-mode predictions collapse to one class although train-mode ones
+    are right. Frozen BatchNorm layers keep their (ImageNet) statistics.
+    """
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m not in frozen]
+    if not bns or len(x) < 2:
+        return
+    model.eval()
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+        m.train()
+    # a fixed random subset: the cache is in folder order (all ALL cells, then HEM)
+    pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:limit]
+    n = len(pick)
+    step = max(2, batch_size)
+    for i in range(0, n, step):
+        xb = x[pick[i:min(i + step, n)]]
+        if len(xb) < 2:
+            break
+        model(xb.to(device, non_blocking=True))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module,
+             device: torch.device, batch_size: int, use_amp: bool = False,
+             amp_dtype: torch.dtype = torch.float16) -> tuple[np.ndarray, float]:
+    """Logits of every image (eval mode) and the mean loss."""
+    model.eval()
+    outs = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            outs.append(model(xb).float().cpu())
+    logits = torch.cat(outs) if outs else torch.zeros(0)
+    loss = float(criterion(logits, y)) if len(y) else 0.0
+    return logits.numpy(), loss

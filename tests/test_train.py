@@ -1,0 +1,454 @@
+"""Training plugin: train -> checkpoint -> export -> parity, resume, weights, plugins.
+
+Training runs once per session (session-scoped fixtures) on a small synthetic set; the
+exported models are checked against the real C-NMC sample cells.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+pytest.importorskip("onnxruntime")
+
+import torch  # noqa: E402
+import typer  # noqa: E402
+
+import leukoedge.cli as cli  # noqa: E402
+import leukoedge.plugins as plugins_mod  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_data import write_dataset  # noqa: E402
+
+pytestmark = pytest.mark.train
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cnmc-sample"
+needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} not present")
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def history(run: Path) -> list[dict[str, str]]:
+    with open(run / "history.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# -- session fixtures: train once --------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("train")
+
+
+@pytest.fixture(scope="session")
+def synth(work: Path) -> Path:
+    return write_dataset(work / "synth", patients=8, cells=16, size=64, seed=1)
+
+
+@pytest.fixture(scope="session")
+def scratch_run(work: Path, synth: Path) -> dict[str, object]:
+    """Scratch CNN: 2 epochs, then --resume to 3 epochs (one run serves both checks)."""
+    run = work / "runs" / "scratch-test"
+    common = ["train", "scratch", synth, "--input-size", "48", "--batch-size", "16",
+              "--out", run, "--patience", "0"]
+    code1 = cli.main([str(a) for a in common + ["--epochs", "2"]])
+    first = history(run) if code1 == 0 else []
+    last_after_2 = torch.load(run / "last.pt", weights_only=True) if code1 == 0 else {}
+    code2 = cli.main([str(a) for a in common + ["--epochs", "3", "--resume"]])
+    return {"run": run, "codes": (code1, code2), "first": first,
+            "epoch_after_2": last_after_2.get("epoch")}
+
+
+@pytest.fixture(scope="session")
+def scratch_onnx(scratch_run: dict[str, object], work: Path) -> tuple[Path, int, str]:
+    """Export with the defaults (newest run under runs/, exported/<run>.onnx)."""
+    import contextlib
+    import io
+    import os
+
+    out, err = io.StringIO(), io.StringIO()
+    old = Path.cwd()
+    os.chdir(work)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = ["export", "--to", "onnx"] + (["--data", str(REAL)] if REAL.is_dir() else [])
+            code = cli.main(args)
+    finally:
+        os.chdir(old)
+    return work / "exported" / "scratch-test.onnx", code, out.getvalue() + err.getvalue()
+
+
+@pytest.fixture(scope="session")
+def resnet_run(work: Path) -> tuple[Path, int]:
+    data = write_dataset(work / "tiny", patients=4, cells=8, size=64, seed=3)
+    run = work / "runs-r" / "resnet"
+    code = cli.main(["train", "resnet50", str(data), "--weights", "none", "--epochs", "1",
+                     "--input-size", "64", "--batch-size", "16", "--out", str(run)])
+    return run, code
+
+
+# -- training ----------------------------------------------------------------------------
+
+def test_scratch_trains_above_majority(scratch_run: dict[str, object]) -> None:
+    assert scratch_run["codes"] == (0, 0)
+    run = scratch_run["run"]
+    assert isinstance(run, Path)
+    for name in ("best.pt", "last.pt", "history.csv", "curves.png", "config.json"):
+        assert (run / name).is_file(), name
+    rows = history(run)
+    cfg = json.loads((run / "config.json").read_text())
+    split = cfg["split"]
+    majority = max(split["val_all"], split["val_hem"]) / split["val_images"]
+    best = max(float(r["val_acc"]) for r in rows)
+    assert best >= majority + 0.15, (best, majority, rows)
+    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc",
+                             "val_weighted_f1", "lr", "seconds"]
+
+
+def test_split_is_by_patient(scratch_run: dict[str, object]) -> None:
+    run = scratch_run["run"]
+    assert isinstance(run, Path)
+    split = json.loads((run / "config.json").read_text())["split"]
+    assert split["method"] == "patient"
+    assert split["train_patients"] and split["val_patients"]
+    assert not set(split["train_patients"]) & set(split["val_patients"])
+
+
+def test_resume_continues_with_same_history(scratch_run: dict[str, object]) -> None:
+    assert scratch_run["epoch_after_2"] == 2
+    run = scratch_run["run"]
+    assert isinstance(run, Path)
+    rows = history(run)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert rows[:2] == scratch_run["first"]
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["epoch"] == 3 and len(last["history"]) == 3
+
+
+def test_checkpoints_load_weights_only(scratch_run: dict[str, object]) -> None:
+    from leukoedge.spec import ModelSpec
+
+    run = scratch_run["run"]
+    assert isinstance(run, Path)
+    for name in ("best.pt", "last.pt"):
+        ck = torch.load(run / name, weights_only=True)
+        spec = ModelSpec.from_json(ck["spec"])
+        assert spec.architecture == "scratch" and spec.input_size == 48
+        assert spec.data_fingerprint.startswith("sha256:") and spec.train_images > 0
+        assert "val_weighted_f1" in spec.metrics
+        assert isinstance(ck["model"], dict) and ck["history"]
+    assert "optimizer" in torch.load(run / "last.pt", weights_only=True)
+    assert not list(run.glob(".*tmp*")), "temporary checkpoint files left behind"
+
+
+def test_same_seed_same_run(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_dataset(work / "det", patients=4, cells=6, size=40, seed=5)
+    rows = []
+    for k in range(2):
+        code, _, err = run_cli(capsys, "train", "scratch", data, "--input-size", "32",
+                               "--epochs", "1", "--batch-size", "8", "--seed", "7",
+                               "--out", work / f"det-run{k}")
+        assert code == 0, err
+        rows.append({k: v for k, v in history(work / f"det-run{k}")[0].items()
+                     if k != "seconds"})
+    assert rows[0] == rows[1]
+
+
+def test_existing_run_is_not_overwritten(scratch_run: dict[str, object], synth: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "train", "scratch", synth, "--out", scratch_run["run"])
+    assert code == 2 and "already holds a run" in err and "--resume" in err
+
+
+# -- export and parity -------------------------------------------------------------------
+
+@needs_real
+def test_scratch_export_default_paths_and_parity(scratch_onnx: tuple[Path, int, str]) -> None:
+    from leukoedge.session import SessionConfig, load_model
+
+    path, code, text = scratch_onnx
+    assert code == 0, text
+    assert path.is_file()
+    assert "pass" in text and "43" in text
+    m = load_model(path, SessionConfig(provider="cpu"))
+    assert m.spec.architecture == "scratch" and m.spec.input_size == 48
+    assert m.input_name == "image" and m.output_name == "logit"
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_onnx_is_self_contained(scratch_onnx: tuple[Path, int, str]) -> None:
+    import onnx
+
+    from leukoedge.spec import SPEC_KEY
+
+    path, code, text = scratch_onnx
+    assert code == 0, text
+    model = onnx.load(str(path), load_external_data=False)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL
+                   for t in model.graph.initializer)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta[SPEC_KEY])["architecture"] == "scratch"
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    assert list(path.parent.iterdir()) == [path]
+
+
+@needs_real
+def test_parity_command_on_real_cells(scratch_onnx: tuple[Path, int, str],
+                                      scratch_run: dict[str, object],
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    path, code, _ = scratch_onnx
+    assert code == 0
+    code, out, err = run_cli(capsys, "parity", path, scratch_run["run"], "--data", REAL)
+    assert code == 0, err
+    assert "pass" in out and "max |diff|" in out
+
+
+def test_parity_library_synthetic(scratch_onnx: tuple[Path, int, str],
+                                  scratch_run: dict[str, object]) -> None:
+    from leukoedge_train import checkpoint as ckpt_io
+    from leukoedge_train.parity import check_checkpoint
+
+    path, code, _ = scratch_onnx
+    assert code == 0
+    run = scratch_run["run"]
+    assert isinstance(run, Path)
+    res = check_checkpoint(path, ckpt_io.resolve(run))
+    assert res.passed and res.source == "synthetic" and res.batch_sizes == (1, 16)
+    assert res.max_abs_diff <= 1e-4
+
+
+def test_failed_parity_leaves_no_file(scratch_run: dict[str, object], work: Path,
+                                      monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from leukoedge_train import parity
+
+    real_check = parity.check
+
+    def broken(*a: object, **kw: object) -> parity.ParityResult:
+        res = real_check(*a, **kw)  # type: ignore[arg-type]
+        res.passed, res.failures = False, ["cell-x.bmp"]
+        return res
+
+    monkeypatch.setattr(parity, "check", broken)
+    out_dir = work / "fail-export"
+    target = out_dir / "m.onnx"
+    code, _, err = run_cli(capsys, "export", scratch_run["run"], "--out", target,
+                           "--exporter", "legacy")
+    assert code == 3, err
+    assert "export rejected" in err and "cell-x.bmp" in err
+    assert not target.exists()
+    assert list(out_dir.iterdir()) == []
+
+
+def test_resnet50_weights_none_export_parity(resnet_run: tuple[Path, int], work: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from leukoedge.session import SessionConfig, load_model
+
+    run, code = resnet_run
+    assert code == 0
+    assert len(history(run)) == 1
+    target = work / "exported-r" / "resnet.onnx"
+    args: list[object] = ["export", run, "--out", target]
+    if REAL.is_dir():
+        args += ["--data", REAL]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, out + err
+    m = load_model(target, SessionConfig(provider="cpu"))
+    assert m.spec.architecture == "resnet50" and m.spec.input_size == 64
+    assert m.spec.mean == pytest.approx((0.485, 0.456, 0.406))
+
+
+# -- weights -----------------------------------------------------------------------------
+
+def test_imagenet_offline_names_the_file(synth: Path, work: Path,
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+    import urllib.error
+
+    import torch.hub
+
+    home = work / "empty-torch-home"
+    home.mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(home))
+
+    def no_network(*a: object, **kw: object) -> None:
+        raise OSError(101, "Network is unreachable")
+
+    def no_download(*a: object, **kw: object) -> None:
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    code, _, err = run_cli(capsys, "train", "resnet50", synth, "--weights", "imagenet",
+                           "--epochs", "1", "--input-size", "64", "--out", work / "r-offline")
+    assert code == 3
+    expected = home / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
+    flat = " ".join(err.split())
+    assert str(expected) in flat
+    assert "https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in flat
+    assert len([ln for ln in err.splitlines() if ln.startswith("error:")]) == 1
+    assert not (work / "r-offline" / "last.pt").exists()
+
+
+def test_weights_file_is_loaded(tmp_path: Path) -> None:
+    from leukoedge_train.models import create_model, load_backbone_weights
+
+    src = create_model("resnet50", 32)
+    state = {k: v for k, v in src.net.state_dict().items() if not k.startswith("fc.")}
+    torch.save({"state_dict": state}, tmp_path / "w.pth")
+    dst = create_model("resnet50", 32)
+    desc = load_backbone_weights(dst, "resnet50", str(tmp_path / "w.pth"))
+    assert "w.pth" in desc
+    assert torch.equal(dst.net.conv1.weight, src.net.conv1.weight)
+
+
+def test_unknown_architecture_lists_known(synth: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from leukoedge_train.models import create_model
+
+    from leukoedge.errors import UsageError
+
+    with pytest.raises(UsageError, match="resnet50, scratch"):
+        create_model("vgg")
+    code, _, err = run_cli(capsys, "train", "vgg", synth)
+    assert code == 2 and "scratch" in err
+
+
+# -- small parts -------------------------------------------------------------------------
+
+def test_scratch_shape_and_freezing() -> None:
+    from leukoedge_train.models import ScratchNet, create_model, set_trainable, trainable_prefixes
+
+    net = ScratchNet(45, batchnorm=False)
+    convs = [m for m in net.features.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 64, 128, 128, 256, 256]
+    linears = [m for m in net.head.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 4 and linears[0].in_features == 256 * 2 * 2
+    assert linears[-1].out_features == 1
+    model = create_model("scratch", 45)
+    x = torch.randint(0, 256, (3, 45, 45, 3), dtype=torch.uint8)
+    assert model.eval()(x).shape == (3,)
+
+    r = create_model("resnet50", 32)
+    frozen_bn = set_trainable(r, trainable_prefixes("resnet50", "layer3"))
+    trainable = {n.split(".")[1] for n, p in r.named_parameters() if p.requires_grad}
+    assert trainable == {"layer3", "layer4", "fc"}
+    assert frozen_bn and all(not p.requires_grad for m in frozen_bn for p in m.parameters())
+
+
+def test_augment_keeps_dtype_and_black_background() -> None:
+    from leukoedge_train.data import augment
+
+    x = torch.zeros((8, 16, 16, 3), dtype=torch.uint8)
+    x[:, 4:12, 4:12] = 120
+    y = augment(x, torch.Generator().manual_seed(0))
+    assert y.dtype == torch.uint8 and y.shape == x.shape
+    assert int(y[:, :4].max()) == 0
+    assert torch.equal(augment(x, torch.Generator().manual_seed(1)),
+                       augment(x, torch.Generator().manual_seed(1)))
+
+
+def test_split_options(synth: Path) -> None:
+    from leukoedge_train.data import make_split
+
+    from leukoedge.errors import UsageError
+
+    s = make_split(synth, val_fraction=0.3, seed=2)
+    assert not {i.patient for i in s.train} & {i.patient for i in s.val}
+    img = make_split(synth, by_image=True)
+    assert img.method == "image" and any("leak" in n for n in img.notes)
+    with pytest.raises(UsageError):
+        make_split(synth, val_fold="fold_1")
+    with pytest.raises(UsageError):
+        make_split(synth, val=synth, by_image=True)
+
+
+def test_lr_schedule_warmup_then_cosine() -> None:
+    from leukoedge_train.train import lr_at
+
+    lrs = [lr_at(s, 100, 1.0, 10, "cosine") for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] < 0.05
+    assert lr_at(50, 100, 0.3, 10, "constant") == 0.3
+
+
+# -- plugin discovery and the missing extra ----------------------------------------------
+
+def test_fake_plugin_is_discovered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    dist = tmp_path / "fakeplug-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[leukoedge.plugins]\nhello = fakeplug_mod:register\n")
+    (tmp_path / "fakeplug_mod.py").write_text(
+        "def register(app):\n"
+        "    @app.command(name='hello')\n"
+        "    def hello() -> None:\n"
+        "        print('hello from fakeplug')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = typer.Typer()
+
+    @app.command(name="noop")
+    def noop() -> None:  # a second command so typer keeps subcommand names
+        pass
+
+    infos = plugins_mod.load_plugins(app)
+    hello = [i for i in infos if i.name == "hello"]
+    assert hello and hello[0].loaded and hello[0].distribution == "fakeplug"
+    assert "hello" in {c.name for c in app.registered_commands}
+    result = CliRunner().invoke(app, ["hello"])
+    assert result.exit_code == 0 and "hello from fakeplug" in result.output
+
+
+def test_missing_plugin_names_the_extra(monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    fresh = typer.Typer(name="leukoedge", no_args_is_help=True, add_completion=False,
+                        pretty_exceptions_enable=False)
+    monkeypatch.setattr(cli, "app", fresh)
+    monkeypatch.setattr(cli, "_assembled", False)
+    monkeypatch.setattr(plugins_mod, "entry_points", lambda: [])
+    code, _, err = run_cli(capsys, "train", "scratch", "somewhere")
+    assert code == 3
+    assert "needs the training plugin" in err and "leukoedge[train" in err
+
+
+def test_missing_torch_names_the_extra(synth: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *a: object, **kw: object) -> object:
+        return None if name == "torch" else real(name, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    for command in (["train", "scratch", synth], ["export"], ["parity", "m.onnx", "run"]):
+        code, _, err = run_cli(capsys, *command)
+        assert code == 3, err
+        assert "needs torch" in err and "leukoedge[train" in err
+
+
+def test_plugin_import_does_not_import_torch() -> None:
+    import subprocess
+
+    code = ("import sys, leukoedge_train.plugin, leukoedge_train.commands; "
+            "print('torch' in sys.modules)")
+    env_path = ":".join(p for p in sys.path if p)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={"PYTHONPATH": env_path}, check=True)
+    assert out.stdout.strip() == "False"
