@@ -2,6 +2,9 @@
 
 A bare ``except:``, ``except Exception`` or ``except BaseException`` (alone or in a tuple)
 would turn a bug of ours into a misleading message or a silent skip. Allow-list: none.
+The one shape accepted is cleanup on the failure path that re-raises the same exception
+unchanged (the handler ends in a bare ``raise`` and has no other raise, return, break or
+continue): it catches nothing, it is a ``finally`` for failures only.
 """
 
 from __future__ import annotations
@@ -20,10 +23,20 @@ SOURCES = sorted([*(REPO / "leukoedge").rglob("*.py"), *(REPO / "plugins").rglob
 BROAD = {"Exception", "BaseException"}
 
 
+def reraises_unchanged(handler: ast.ExceptHandler) -> bool:
+    """The handler ends in a bare ``raise`` and cannot leave any other way."""
+    if not handler.body or not (isinstance(handler.body[-1], ast.Raise)
+                                and handler.body[-1].exc is None):
+        return False
+    exits = (ast.Raise, ast.Return, ast.Break, ast.Continue)
+    inner = [n for stmt in handler.body[:-1] for n in ast.walk(stmt)]
+    return not any(isinstance(n, exits) for n in inner)
+
+
 def broad_handlers(tree: ast.AST) -> list[tuple[int, str]]:
     found = []
     for node in ast.walk(tree):
-        if not isinstance(node, ast.ExceptHandler):
+        if not isinstance(node, ast.ExceptHandler) or reraises_unchanged(node):
             continue
         if node.type is None:
             found.append((node.lineno, "bare except:"))
@@ -49,9 +62,13 @@ def test_no_catch_all_handlers(path: Path) -> None:
 
 def test_the_checker_catches_what_it_should() -> None:
     code = ("try: pass\nexcept: pass\ntry: pass\nexcept (ValueError, Exception): pass\n"
-            "try: pass\nexcept builtins.BaseException: pass\ntry: pass\nexcept OSError: pass\n")
+            "try: pass\nexcept builtins.BaseException: pass\ntry: pass\nexcept OSError: pass\n"
+            "try: pass\nexcept BaseException:\n    cleanup()\n    raise\n"  # allowed
+            "try: pass\nexcept Exception as e:\n    raise Other() from e\n"  # relabels
+            "try: pass\nexcept Exception:\n    if x:\n        return\n    raise\n")  # swallows
     assert [k for _, k in broad_handlers(ast.parse(code))] == [
-        "bare except:", "except Exception", "except BaseException"]
+        "bare except:", "except Exception", "except BaseException", "except Exception",
+        "except Exception"]
 
 
 def test_every_declared_error_derives_from_leukoedge_error() -> None:
