@@ -106,10 +106,8 @@ def run_demo(workdir: Path, cfg: DemoConfig = DemoConfig(),
     res.facts["provider"] = model.provider
     held = collect([workdir / "synthetic-heldout"])
     with ResultWriter(workdir / "heldout-predictions.csv") as w:
-        preds = []
-        for batch_preds in _batched(predict_stream(model, held, 32)):
-            w.write([p.row for p in batch_preds])
-            preds.extend(batch_preds)
+        preds = list(predict_stream(model, held, 32,
+                                    on_batch=lambda b: w.write([p.row for p in b])))
     rep = build_report(preds, model)
     atomic_write_text(workdir / "heldout-report.json", json.dumps(rep, indent=2,
                                                                    default=str) + "\n")
@@ -127,13 +125,3 @@ def run_demo(workdir: Path, cfg: DemoConfig = DemoConfig(),
     step("real cells", t)
     return res
 
-
-def _batched(preds: Any, n: int = 32) -> Any:
-    batch: list[Any] = []
-    for p in preds:
-        batch.append(p)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
