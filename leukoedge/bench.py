@@ -37,11 +37,27 @@ class BenchResult:
     torch: dict[int, float] = field(default_factory=dict)
     torch_setting: str | None = None
     files: int = 0
+    versus: str | None = None  # a second ONNX model timed in the same run (e.g. fp32)
+    versus_inference: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def torch_ratio(self) -> dict[int, float]:
+        """onnxruntime / PyTorch eager images/s per batch size (same weights, same run)."""
+        return {b: self.inference[b] / v for b, v in self.torch.items()
+                if b in self.inference and v > 0}
+
+    @property
+    def versus_ratio(self) -> dict[int, float]:
+        """This model / the ``versus`` model, images/s per batch size."""
+        return {b: self.inference[b] / v for b, v in self.versus_inference.items()
+                if b in self.inference and v > 0}
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
-        d["inference"] = {str(k): v for k, v in self.inference.items()}
-        d["torch"] = {str(k): v for k, v in self.torch.items()}
+        for k in ("inference", "torch", "versus_inference"):
+            d[k] = {str(b): v for b, v in getattr(self, k).items()}
+        d["onnxruntime_over_torch"] = {str(b): v for b, v in self.torch_ratio.items()}
+        d["over_versus"] = {str(b): v for b, v in self.versus_ratio.items()}
         return d
 
 
@@ -86,6 +102,26 @@ def bench_inference(model: Model, batch_sizes: Sequence[int], files: Sequence[Pa
     return per_s, latency
 
 
+def bench_pair(a: Model, b: Model, batch_sizes: Sequence[int], files: Sequence[Path],
+               seconds: float, rounds: int = 3) -> tuple[dict[int, float], dict[int, float]]:
+    """Inference-only images/s of two models, interleaved (a, b, a, b, ...) so that a
+    change in the machine's load hits both alike; the median over the rounds."""
+    ra: dict[int, list[float]] = {}
+    rb: dict[int, list[float]] = {}
+    for bs in batch_sizes:
+        xa = sample_batch(a, files, bs)
+        xb = sample_batch(b, files, bs)
+        a.logits(xa)
+        b.logits(xb)
+        for _ in range(rounds):
+            ta = timed(lambda xa=xa: a.logits(xa), seconds / rounds)
+            tb = timed(lambda xb=xb: b.logits(xb), seconds / rounds)
+            ra.setdefault(bs, []).append(bs / float(np.median(ta)))
+            rb.setdefault(bs, []).append(bs / float(np.median(tb)))
+    return ({k: float(np.median(v)) for k, v in ra.items()},
+            {k: float(np.median(v)) for k, v in rb.items()})
+
+
 def bench_decode(model: Model, files: Sequence[Path], seconds: float) -> float:
     """Images/s of the shared decode + preprocess function, one thread."""
     i = 0
@@ -114,6 +150,37 @@ def bench_opencv(model: Model, files: Sequence[Path], seconds: float) -> float |
         cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
         n += 1
     return n / (time.perf_counter() - t0)
+
+
+def bench_decode_pair(model: Model, files: Sequence[Path],
+                      seconds: float) -> tuple[float, float | None]:
+    """The shared decode + preprocess and OpenCV's ``imread`` + ``cvtColor`` +
+    ``resize(INTER_AREA)``, one thread, alternating file by file (the same file through
+    both, back to back), so that the ratio holds on a machine whose load changes.
+    OpenCV's figure is None when it is not installed (then only ours is timed)."""
+    try:
+        import cv2
+    except ImportError:
+        return bench_decode(model, files, seconds), None
+    cv2.setNumThreads(1)
+    s = model.spec.input_size
+    clock = time.perf_counter
+    ours = theirs = 0.0
+    n = 0
+    start = clock()
+    while n < len(files) or clock() - start < 2 * seconds:
+        f = files[n % len(files)]
+        t0 = clock()
+        preprocess_for(f, model.spec)
+        t1 = clock()
+        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
+        t2 = clock()
+        ours += t1 - t0
+        theirs += t2 - t1
+        n += 1
+    return n / ours, n / theirs
 
 
 def bench_end_to_end(model: Model, files: Sequence[Path], batch_size: int,

@@ -89,6 +89,10 @@ def predict_stream(
     buf = np.empty((batch_size, s, s, 3), dtype=np.uint8)
     pending: deque[tuple[list[Item], list[Future[np.ndarray | ImageError]]]] = deque()
     batches = _batches(items, batch_size)
+    if model.provider in ("cuda", "tensorrt"):
+        # the first run at a shape picks kernels (cuDNN) or builds an engine (TensorRT):
+        # do it before the clock and the progress bar start, at the batch size used
+        model.warm_up(batch_size)
     with ThreadPoolExecutor(max_workers=workers or default_workers(),
                             thread_name_prefix="leukoedge-decode") as pool:
         try:
@@ -112,6 +116,7 @@ def predict_stream(
                     for j, i in enumerate(ok):
                         buf[j] = decoded[i]
                     logits = model.logits(buf[: len(ok)])
+                probs = sigmoid(logits)  # once per batch, not per image
                 out: list[Prediction] = []
                 k = 0
                 for it, d in zip(batch, decoded):
@@ -121,13 +126,13 @@ def predict_stream(
                         out.append(Prediction(it, row))
                         continue
                     logit = float(logits[k])
+                    prob = float(probs[k])
                     k += 1
                     if math.isnan(logit):  # NaN >= threshold is False: it would read "hem"
                         row = Row(escape_path(it.path), patient, None, None,
                                   "the model returned NaN for this image")
                         out.append(Prediction(it, row))
                         continue
-                    prob = float(sigmoid(np.array([logit]))[0])
                     label = labels[1] if logit >= threshold else labels[0]
                     row = Row(escape_path(it.path), patient, prob, label, None)
                     out.append(Prediction(it, row, logit))

@@ -22,6 +22,8 @@ MAX_SPEC_BYTES = 64 * 1024
 LABELS = ("hem", "all")  # index = class id; 1 = ALL (positive)
 INTERPOLATIONS = ("bilinear", "bicubic", "box", "lanczos", "nearest")
 INPUT_LAYOUT = "NHWC-uint8-RGB"
+#: Numeric precision of the graph's weights and arithmetic (the uint8 input is the same).
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class ModelSpec:
     tool_version: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     notes: str = ""
+    #: fp32 (export default), fp16 (for GPUs) or int8 (static QDQ). Omitted from the JSON
+    #: when fp32, so an fp32 model stays readable by a leukoedge that predates the field.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -85,6 +90,8 @@ class ModelSpec:
         d["labels"] = list(self.labels)
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
+        if self.precision == "fp32":
+            del d["precision"]
         return d
 
     def to_json(self) -> str:
@@ -162,7 +169,7 @@ def _coerce(name: str, value: Any) -> Any:
 def _problems(s: ModelSpec) -> list[str]:
     p: list[str] = []
     str_fields = ("architecture", "positive", "interpolation", "input_layout",
-                  "data_fingerprint", "created_at", "tool_version", "notes")
+                  "data_fingerprint", "created_at", "tool_version", "notes", "precision")
     for n in str_fields:
         if not isinstance(getattr(s, n), str):
             p.append(f"{n} must be a string")
@@ -184,6 +191,8 @@ def _problems(s: ModelSpec) -> list[str]:
         p.append("crop_fraction must be a number in 0.05..1")
     if s.interpolation not in INTERPOLATIONS:
         p.append(f"interpolation must be one of {', '.join(INTERPOLATIONS)}")
+    if isinstance(s.precision, str) and s.precision not in PRECISIONS:
+        p.append(f"precision must be one of {', '.join(PRECISIONS)}")
     if s.input_layout != INPUT_LAYOUT:
         p.append(f"input_layout must be {INPUT_LAYOUT}")
     for n in ("mean", "std"):

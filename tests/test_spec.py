@@ -101,3 +101,13 @@ def test_arbitrary_bytes_give_spec_or_spec_error(raw: bytes) -> None:
         ModelSpec.from_json(raw)
     except SpecError:
         pass
+
+
+def test_precision_round_trips_and_fp32_is_omitted_for_old_readers() -> None:
+    assert "precision" not in json.loads(make().to_json())
+    assert ModelSpec.from_json(make().to_json()).precision == "fp32"
+    s = make(precision="int8")
+    assert json.loads(s.to_json())["precision"] == "int8"
+    assert ModelSpec.from_json(s.to_json()) == s
+    with pytest.raises(SpecError, match="precision"):
+        make(precision="int4")

@@ -30,13 +30,22 @@ def bench(
                                            help="Minimum time per measurement.")] = 3.0,
     files_limit: Annotated[int, typer.Option("--files", min=1,
                                              help="End-to-end: this many files (cycled).")] = 500,
+    versus: Annotated[Path | None, typer.Option(
+        "--versus", help="Also time this ONNX model (e.g. the fp32 export of an int8 one), "
+        "interleaved with MODEL, and show the ratio.", show_default=False)] = None,
     threads: ThreadsOpt = None,
     workers: WorkersOpt = None,
     as_json: Annotated[Path | None, typer.Option(
         "--json", help="Also write the results as JSON here.", show_default=False)] = None,
 ) -> int:
     """Inference-only, decode, end-to-end (and PyTorch eager) throughput."""
-    from ..bench import BenchResult, bench_decode, bench_end_to_end, bench_inference, bench_opencv
+    from ..bench import (
+        BenchResult,
+        bench_decode_pair,
+        bench_end_to_end,
+        bench_inference,
+        bench_pair,
+    )
     from ..data import collect, sample_cells_dir
     from ..output import atomic_write_text
 
@@ -51,9 +60,17 @@ def bench(
     res = BenchResult(str(model), m.provider, m.spec.input_size, threads, files=len(files))
     note(f"inference at batch sizes {sizes} ...")
     res.inference, res.latency_ms = bench_inference(m, sizes, files, seconds)
-    note("decode + preprocess, one thread ...")
-    res.decode_per_s = bench_decode(m, files, seconds)
-    res.opencv_per_s = bench_opencv(m, files, seconds)
+    if versus is not None:
+        v = open_model(versus, provider, threads)
+        if v.spec.input_size != m.spec.input_size:
+            raise UsageError(f"--versus {versus} takes {v.spec.input_size} px images; "
+                             f"{model} takes {m.spec.input_size} px")
+        note(f"inference, interleaved with {versus} ...")
+        res.versus = str(versus)
+        res.inference, res.versus_inference = bench_pair(m, v, sizes, files, seconds)
+        del v
+    note("decode + preprocess, one thread (alternating with OpenCV when installed) ...")
+    res.decode_per_s, res.opencv_per_s = bench_decode_pair(m, files, seconds)
     cycled = [files[i % len(files)] for i in range(files_limit)]
     note(f"end to end over {len(cycled)} files ...")
     res.end_to_end_per_s = bench_end_to_end(m, cycled, max(sizes), workers)
@@ -66,6 +83,11 @@ def bench(
         note("PyTorch eager on the same weights ...")
         res.torch, res.torch_setting = torch_throughput(checkpoint, sizes, files, seconds,
                                                         threads)
+        # onnxruntime again, after PyTorch: the ratio uses the mean of before and after,
+        # so a change in the machine's load during the run does not favour either side
+        note("onnxruntime again, after PyTorch ...")
+        again, _ = bench_inference(m, sizes, files, seconds)
+        res.inference = {b: (res.inference[b] + again[b]) / 2.0 for b in sizes}
     _table(res)
     if as_json is not None:
         atomic_write_text(as_json, json.dumps(res.as_dict(), indent=2) + "\n")
@@ -79,10 +101,14 @@ def _table(r: object) -> None:
     t.add_column("images/s", justify="right")
     t.add_column("note")
     for b, v in r.inference.items():  # type: ignore[attr-defined]
-        extra = ""
+        extra = []
         if b in r.torch:  # type: ignore[attr-defined]
-            extra = f"PyTorch eager {r.torch[b]:.1f}/s -> x{v / r.torch[b]:.2f}"  # type: ignore[attr-defined]
-        t.add_row(f"onnxruntime, batch {b}", f"{v:.1f}", extra)
+            extra.append(f"PyTorch eager {r.torch[b]:.1f}/s -> onnxruntime/PyTorch "  # type: ignore[attr-defined]
+                         f"x{r.torch_ratio[b]:.2f}")  # type: ignore[attr-defined]
+        if b in r.versus_inference:  # type: ignore[attr-defined]
+            extra.append(f"versus {r.versus_inference[b]:.1f}/s -> "  # type: ignore[attr-defined]
+                         f"x{r.versus_ratio[b]:.2f}")  # type: ignore[attr-defined]
+        t.add_row(f"onnxruntime, batch {b}", f"{v:.1f}", "; ".join(extra))
     if r.latency_ms:  # type: ignore[attr-defined]
         lat = r.latency_ms  # type: ignore[attr-defined]
         t.add_row("latency, batch 1", "", f"p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms")
@@ -92,6 +118,8 @@ def _table(r: object) -> None:
     best = max(r.inference.values())  # type: ignore[attr-defined]
     t.add_row("end to end (classify pipeline)", f"{r.end_to_end_per_s:.1f}",  # type: ignore[attr-defined]
               f"x{r.end_to_end_per_s / best:.2f} of best inference-only")  # type: ignore[attr-defined]
+    if r.versus:  # type: ignore[attr-defined]
+        t.add_row("versus", "", r.versus)  # type: ignore[attr-defined]
     if r.torch_setting:  # type: ignore[attr-defined]
         t.add_row("PyTorch setting", "", r.torch_setting)  # type: ignore[attr-defined]
     out.print(t)

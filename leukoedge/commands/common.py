@@ -5,15 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..console import err, note
-from ..session import Model, SessionConfig, load_model, newest_model
+
+if TYPE_CHECKING:  # session imports numpy: loaded when a command runs, not for --help
+    from ..session import Model
 
 EXPORTED = Path("exported")
 
 
 def open_model(model: Path | None, provider: str, threads: int | None,
                threshold: float | None = None) -> Model:
+    from ..session import SessionConfig, load_model, newest_model
+
     path = model if model is not None else newest_model(EXPORTED)
     if model is None:
         note(f"using the newest model in {EXPORTED}/: {path.name}")

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from ..classify import RunStats, classify_files, predict_stream
 from ..console import err, escape, note, out
-from ..data import LABEL_NAMES, collect
 from ..errors import EXIT_OK, EXIT_SOME_FAILED, DataError
-from ..evaluate import clean, metrics, patient_vote_metrics, per_patient
 from ..output import ResultWriter, atomic_write_text, check_output_location
 from .common import open_model, progress_bar
+
+# numpy-using modules (classify, data, evaluate) are imported inside the commands, so
+# that ``leukoedge --help`` stays fast (docs/performance.md).
+if TYPE_CHECKING:
+    from ..classify import RunStats
+
 from .options import (
     BatchOpt,
     LabelsOpt,
@@ -50,6 +53,9 @@ def classify(
     threshold: ThresholdOpt = None,
 ) -> int:
     """Classify every image under PATHS as ALL or HEM; rows go to --out as they come."""
+    from ..classify import classify_files
+    from ..data import collect
+
     items = collect(paths, labels)
     check_output_location(out_file, paths)
     m = open_model(model, provider, threads, threshold)
@@ -112,6 +118,10 @@ def evaluate(
     threshold: ThresholdOpt = None,
 ) -> int:
     """Classify labelled images and report accuracy, weighted F1, AUC, per patient..."""
+    from ..classify import predict_stream
+    from ..data import collect
+    from ..evaluate import clean
+
     items = collect(paths, labels)
     if not any(it.label is not None for it in items):
         raise DataError("no labels found for these images",
@@ -158,6 +168,9 @@ def evaluate(
 
 
 def build_report(preds: list, m: object) -> dict:  # type: ignore[type-arg]
+    from ..data import LABEL_NAMES
+    from ..evaluate import metrics, patient_vote_metrics, per_patient
+
     ok = [p for p in preds if p.row.error is None]
     labelled = [p for p in ok if p.item.label is not None]
     y_true = [p.item.label for p in labelled]

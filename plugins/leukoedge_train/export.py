@@ -33,8 +33,10 @@ from leukoedge.spec import SPEC_KEY, ModelSpec
 
 from . import checkpoint as ckpt_io
 from . import parity
+from .precision import PrecisionReport
 
 EXPORTERS = ("dynamo", "legacy")
+PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 18
 EXPORTED = Path("exported")
 
@@ -48,6 +50,8 @@ class ExportResult:
     exporter: str
     size_bytes: int
     parity: parity.ParityResult
+    precision: str = "fp32"
+    report: PrecisionReport | None = None  # fp16/int8: agreement with the fp32 export
 
 
 def default_out(ckpt_path: Path) -> Path:
@@ -128,8 +132,18 @@ def _finish(path: Path, spec: ModelSpec, final: Path) -> int:
 
 def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAULT_OPSET,
                 exporter: str = "dynamo", parity_data: Path | None = None,
-                overwrite: bool = False, parity_batch: int = 16) -> ExportResult:
-    """Export a run's best checkpoint (or the one named) and check it; see module doc."""
+                overwrite: bool = False, parity_batch: int = 16, precision: str = "fp32",
+                calibration: Path | None = None, report_data: Path | None = None,
+                report_images: int | None = None) -> ExportResult:
+    """Export a run's best checkpoint (or the one named) and check it; see module doc.
+
+    ``precision`` fp16/int8: the fp32 export (parity-checked against PyTorch) is converted
+    (see :mod:`.precision`), compared with itself on at least ``report_images`` cells and
+    refused below 98% label agreement; only the converted model is written.
+    """
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r} is unknown",
+                         f"choose one of {', '.join(PRECISIONS)}")
     if exporter not in EXPORTERS:
         raise UsageError(f"--exporter {exporter!r} is unknown",
                          f"choose {' or '.join(EXPORTERS)}")
@@ -157,8 +171,39 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
             raise ParityError(f"export rejected, {result.summary()}; differing: "
                               f"{', '.join(Path(n).name for n in which[:5])}",
                               "nothing was written; try --exporter legacy")
+        report = None
+        if precision != "fp32":
+            from . import precision as prec
+
+            fp32 = final.rename(work / "fp32.onnx")
+            report = prec.convert(precision, fp32, final, spec, ckpt, calibration,
+                                  report_data, report_images or prec.REPORT_IMAGES)
+            _gate(report)
         size = final.stat().st_size
+        with open(final, "rb") as fh:
+            os.fsync(fh.fileno())
         os.replace(final, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return ExportResult(out, ckpt_path, spec, got_opset, exporter, size, result)
+    return ExportResult(out, ckpt_path, spec, got_opset, exporter, size, result, precision,
+                        report)
+
+
+def _gate(report: PrecisionReport) -> None:
+    """Refuse a reduced-precision model that disagrees with fp32 (or cannot be checked)."""
+    if report.passed:
+        return
+    if report.agreement is None:
+        if report.precision == "fp16":
+            return  # fp16 is for GPUs; the CPU may lack its kernels: the report says so
+        exc = ExportError(f"{report.precision} export rejected: the converted model does not "
+                          f"run here ({report.problem})", "nothing was written")
+        exc.report = report  # type: ignore[attr-defined]
+        raise exc
+    exc = ExportError(
+        f"{report.precision} export rejected: label agreement with fp32 "
+        f"{report.agreement:.2%} < {report.min_agreement:.0%} on {report.images} cells "
+        f"({report.source})",
+        "nothing was written; calibrate on more typical cells (--calibration) or use fp32")
+    exc.report = report  # type: ignore[attr-defined]  # so the CLI can show the table
+    raise exc

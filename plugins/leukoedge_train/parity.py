@@ -47,6 +47,7 @@ class ParityResult:
     skipped: list[str] = field(default_factory=list)  # unreadable files
     atol: float = ATOL
     rtol: float = RTOL
+    provider: str = "cpu"  # where the ONNX side ran
 
     def summary(self) -> str:
         verdict = "pass" if self.passed else "FAIL"
@@ -93,12 +94,16 @@ def torch_logits(model: torch.nn.Module, x: np.ndarray, batch: int) -> np.ndarra
 
 
 def check(onnx_path: Path, model: torch.nn.Module, spec: ModelSpec,
-          data: Path | None = None, batch: int = 16, limit: int = 256) -> ParityResult:
-    """Compare ``model`` (PyTorch) with the ONNX file on the same images."""
+          data: Path | None = None, batch: int = 16, limit: int = 256,
+          provider: str = "cpu") -> ParityResult:
+    """Compare ``model`` (PyTorch) with the ONNX file on the same images.
+
+    ``provider`` runs the ONNX side elsewhere (``cuda`` on a GPU machine); the PyTorch
+    side stays on the CPU in fp32, the reference."""
     torch.set_num_threads(cores())
     x, names, source, skipped = images_for(spec, data, limit)
     ref = torch_logits(model, x, batch).astype(np.float64)
-    m = load_model(onnx_path, SessionConfig(provider="cpu"))
+    m = load_model(onnx_path, SessionConfig(provider=provider))
     runs = []
     for bs in sorted({1, batch}):
         got = np.concatenate([m.logits(x[i:i + bs]) for i in range(0, len(x), bs)])
@@ -120,13 +125,15 @@ def check(onnx_path: Path, model: torch.nn.Module, spec: ModelSpec,
         failures=[names[i] for i in np.flatnonzero(bad)],
         label_flips=[names[i] for i in np.flatnonzero(flips)],
         near_threshold=[names[i] for i in np.flatnonzero(near)], skipped=skipped,
+        provider=m.provider,
     )
 
 
 def check_checkpoint(onnx_path: Path, ckpt_path: Path, data: Path | None = None,
-                     batch: int = 16) -> ParityResult:
+                     batch: int = 16, provider: str = "cpu") -> ParityResult:
     """Parity of an ONNX file against a checkpoint (its own spec decides preprocessing)."""
     from . import checkpoint as ckpt_io
 
     ckpt = ckpt_io.load(ckpt_path)
-    return check(onnx_path, ckpt_io.model_of(ckpt), ckpt_io.spec_of(ckpt), data, batch)
+    return check(onnx_path, ckpt_io.model_of(ckpt), ckpt_io.spec_of(ckpt), data, batch,
+                 provider=provider)

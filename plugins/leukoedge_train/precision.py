@@ -1,0 +1,351 @@
+"""Reduced-precision exports and the agreement report that gates them.
+
+``int8``: onnxruntime static quantisation in the QDQ format, per-channel int8 weights and
+uint8 activations, calibrated (MinMax) on real images: the ones named with
+``--calibration``, else a sample of the run's own training data (the checkpoint records
+the data folder and the training patients). ``quant_pre_process`` (shape inference and
+graph optimisation) runs first. Left in float: the input's Cast, Transpose and
+normalisation (quantised, QLinearMul/QLinearAdd cost more than they save); the
+normalisation is rewritten as one BatchNormalization, the same arithmetic, which keeps
+it on the fast NCHW path (see :func:`_normalize_as_batchnorm`). Everything from the first
+convolution on is int8, max-pools included. Measured on 2 cores (AVX2): see
+docs/performance.md. Dynamic quantisation is not offered: it made these conv
+nets 3-5x *slower*.
+
+``fp16``: for GPUs. ``convert_float_to_float16(keep_io_types=True)``: weights and
+arithmetic in half precision, the uint8 image input and the float32 logit output unchanged
+(the input Cast becomes uint8 -> float16, exact for 0..255).
+
+Every reduced-precision export is compared with the fp32 export it came from on at least
+:data:`REPORT_IMAGES` cells (the ``--report-data`` images, topped up with held-out
+synthetic patients when fewer are given): label agreement, Pearson correlation of the
+logits, largest logit difference, and accuracy / weighted F1 of both against the truth
+labels. Below :data:`MIN_AGREEMENT` label agreement the export is refused.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leukoedge.data import Item, collect
+from leukoedge.errors import ExportError, ImageError, LeukoedgeError
+from leukoedge.preprocess import preprocess_for
+from leukoedge.spec import SPEC_KEY, ModelSpec
+
+MIN_AGREEMENT = 0.98
+REPORT_IMAGES = 500
+CALIBRATION_IMAGES = 128
+MAX_REPORT_REAL = 2000
+SYNTH_PATIENTS = 25
+SYNTH_CELLS = 20
+SYNTH_SEED = 2027  # not a seed the examples train with: held-out patients
+
+
+@dataclass
+class PrecisionReport:
+    """How a reduced-precision model compares with its fp32 source."""
+
+    precision: str
+    images: int
+    source: str
+    provider: str
+    agreement: float | None  # share of identical labels; None when it could not run
+    pearson: float | None
+    max_abs_diff: float | None
+    mean_abs_diff: float | None
+    labelled: int = 0
+    fp32_accuracy: float | None = None
+    accuracy: float | None = None
+    fp32_weighted_f1: float | None = None
+    weighted_f1: float | None = None
+    calibration: str | None = None  # int8: where the calibration images came from
+    calibration_images: int = 0
+    min_agreement: float = MIN_AGREEMENT
+    disagreeing: list[str] = field(default_factory=list)
+    problem: str | None = None  # why the converted model could not be run here
+
+    @property
+    def passed(self) -> bool:
+        return self.agreement is not None and self.agreement >= self.min_agreement
+
+
+# -- images --------------------------------------------------------------------------------
+
+def _even_sample(items: Sequence[Item], n: int) -> list[Item]:
+    """``n`` items spread evenly over the sorted list (deterministic, all classes/folds)."""
+    if len(items) <= n:
+        return list(items)
+    idx = np.linspace(0, len(items) - 1, n).round().astype(int)
+    return [items[i] for i in sorted(set(idx.tolist()))]
+
+
+def calibration_files(ckpt: dict[str, Any], calibration: Path | None,
+                      n: int = CALIBRATION_IMAGES) -> tuple[list[Path], str]:
+    """Images to calibrate on, and a description of where they came from."""
+    if calibration is not None:
+        items = collect([calibration])
+        return [it.path for it in _even_sample(items, n)], str(calibration)
+    cfg = ckpt.get("config") or {}
+    data = cfg.get("data")
+    if not data or not Path(data).exists():
+        raise ExportError(
+            f"int8 calibration needs images: the run's training data ({data or 'unknown'}) "
+            "is not there", "pass --calibration FOLDER with ~100-200 typical cells")
+    items = collect([Path(data)])
+    train_patients = set((ckpt.get("split") or {}).get("train_patients") or [])
+    if train_patients:
+        picked = [it for it in items if it.patient in train_patients]
+        items = picked or items
+    return ([it.path for it in _even_sample(items, n)],
+            f"{data} (training patients, run config)")
+
+
+def _decode(spec: ModelSpec, items: Sequence[Item]) -> tuple[np.ndarray, list[Item]]:
+    arrays, kept = [], []
+    for it in items:
+        try:
+            arrays.append(preprocess_for(it.path, spec))
+        except ImageError:
+            continue
+        kept.append(it)
+    s = spec.input_size
+    x = np.stack(arrays) if arrays else np.zeros((0, s, s, 3), np.uint8)
+    return x, kept
+
+
+def report_images(spec: ModelSpec, report_data: Path | None, work: Path,
+                  minimum: int = REPORT_IMAGES) -> tuple[np.ndarray, list[Item], str]:
+    """At least ``minimum`` cells: the real ones given, topped up with synthetic patients."""
+    x_real = np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8)
+    real: list[Item] = []
+    parts = []
+    if report_data is not None:
+        items = _even_sample(collect([report_data]), MAX_REPORT_REAL)
+        x_real, real = _decode(spec, items)
+        parts.append(f"{len(real)} real from {report_data}")
+    if len(real) >= minimum:
+        return x_real, real, parts[0]
+    from leukoedge.synth import SynthConfig, generate
+
+    need = minimum - len(real)
+    per = SYNTH_CELLS
+    patients = max(2, -(-need // per))
+    if report_data is None:
+        patients = max(patients, SYNTH_PATIENTS)
+    out = work / "synthetic"
+    generate(out, SynthConfig(patients=patients, cells_per_patient=per, seed=SYNTH_SEED,
+                              size=450, folds=1))
+    x_syn, syn = _decode(spec, collect([out]))
+    parts.append(f"{len(syn)} synthetic ({patients} held-out patients x {per}, 450 px)")
+    return np.concatenate([x_real, x_syn]), real + syn, " + ".join(parts)
+
+
+# -- conversion ----------------------------------------------------------------------------
+
+def _float_prefix(graph: Any) -> list[str]:
+    """Names of the nodes kept in float: those before the first Conv (the input's Cast,
+    Transpose and normalisation)."""
+    names = []
+    for n in graph.node:
+        if n.op_type == "Conv":
+            break
+        names.append(n.name)
+    return names
+
+
+def _normalize_as_batchnorm(proto: Any) -> bool:
+    """Replace the input normalisation ``Mul(scale) -> Add(shift)`` (per-channel constants)
+    by one inference-mode ``BatchNormalization`` (mean 0, var 1, epsilon 0): the same
+    arithmetic, bit for bit, but onnxruntime cannot push the NHWC transpose that the int8
+    convolutions want through it, so it runs per channel on NCHW (fast) instead of
+    broadcasting a 3-vector along the innermost axis (~9% of the int8 scratch model's
+    time). Returns False (and changes nothing) when the pattern is not there."""
+    from onnx import helper, numpy_helper
+
+    g = proto.graph
+    init = {i.name: i for i in g.initializer}
+    nodes = list(g.node)
+    first_conv = next((i for i, n in enumerate(nodes) if n.op_type == "Conv"), None)
+    if first_conv is None:
+        return False
+    head = nodes[:first_conv]
+    mul = next((n for n in head if n.op_type == "Mul"), None)
+    add = next((n for n in head if n.op_type == "Add"), None)
+    if mul is None or add is None or add.input[0] != mul.output[0] \
+            or mul.input[1] not in init or add.input[1] not in init:
+        return False
+    scale = numpy_helper.to_array(init[mul.input[1]])
+    shift = numpy_helper.to_array(init[add.input[1]])
+    if scale.shape != (1, 3, 1, 1) or shift.shape != (1, 3, 1, 1):
+        return False
+    consumers = [n for n in nodes if mul.output[0] in n.input]
+    if consumers != [add]:
+        return False
+    values = {"normalize_scale": scale.reshape(3), "normalize_bias": shift.reshape(3),
+              "normalize_mean": np.zeros(3), "normalize_var": np.ones(3)}
+    for name, v in values.items():
+        g.initializer.append(numpy_helper.from_array(v.astype(np.float32), name))
+    bn = helper.make_node("BatchNormalization", [mul.input[0], *values], [add.output[0]],
+                          name="normalize_bn", epsilon=0.0)
+    at = nodes.index(mul)
+    g.node.remove(mul)
+    g.node.remove(add)
+    g.node.insert(at, bn)
+    return True
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over decoded uint8 batches."""
+
+    def __init__(self, x: np.ndarray, input_name: str, batch: int = 16) -> None:
+        self.x, self.name, self.batch, self.i = x, input_name, batch, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.i >= len(self.x):
+            return None
+        b = self.x[self.i:self.i + self.batch]
+        self.i += self.batch
+        return {self.name: b}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+def quantize_int8(fp32: Path, out: Path, spec: ModelSpec, files: Sequence[Path]) -> int:
+    """Static QDQ int8 of ``fp32`` into ``out``; returns the calibration image count."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    x, kept = _decode(spec, [Item(f) for f in files])
+    if not kept:
+        raise ExportError("no readable calibration image",
+                          "pass --calibration FOLDER with typical cells")
+    pre = out.with_name(out.stem + ".pre.onnx")
+    try:
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
+    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ExportError(f"int8: pre-processing failed ({str(exc).splitlines()[0][:200]})") \
+            from exc
+    proto = onnx.load(str(pre))
+    if _normalize_as_batchnorm(proto):
+        onnx.save(proto, str(pre), save_as_external_data=False)
+    exclude = _float_prefix(proto.graph)
+    input_name = proto.graph.input[0].name
+    del proto
+    try:
+        quantize_static(
+            str(pre), str(out), _Reader(x, input_name),  # type: ignore[arg-type]
+            quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
+            extra_options={"CalibTensorRangeSymmetric": False})
+    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ExportError(f"int8: quantize_static failed ({str(exc).splitlines()[0][:200]})") \
+            from exc
+    finally:
+        pre.unlink(missing_ok=True)
+    return len(kept)
+
+
+def convert_fp16(fp32: Path, out: Path) -> None:
+    """fp16 weights and arithmetic; uint8 input and float32 output kept."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = onnx.load(str(fp32))
+    half = convert_float_to_float16(proto, keep_io_types=True)
+    onnx.save(half, str(out), save_as_external_data=False)
+
+
+def embed_spec(path: Path, spec: ModelSpec) -> None:
+    """(Re)write the ModelSpec into ``path``'s metadata and check the model."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    keep = [p for p in proto.metadata_props if p.key != SPEC_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    proto.metadata_props.add(key=SPEC_KEY, value=spec.to_json())
+    onnx.save(proto, str(path), save_as_external_data=False)
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"onnx.checker rejects the {spec.precision} model: "
+                          f"{str(exc).splitlines()[0][:300]}") from exc
+
+
+# -- the report ----------------------------------------------------------------------------
+
+def _logits(model: Any, x: np.ndarray, batch: int = 32) -> np.ndarray:
+    return np.concatenate([model.logits(x[i:i + batch]) for i in range(0, len(x), batch)]) \
+        .astype(np.float64)
+
+
+def compare(fp32: Path, converted: Path, spec: ModelSpec, precision: str,
+            report_data: Path | None, work: Path, minimum: int = REPORT_IMAGES,
+            provider: str = "cpu") -> PrecisionReport:
+    """Run both models on the same cells; see the module docstring."""
+    from leukoedge.evaluate import metrics
+    from leukoedge.session import SessionConfig, load_model
+
+    x, items, source = report_images(spec, report_data, work, minimum)
+    ref_model = load_model(fp32, SessionConfig(provider="cpu"))
+    ref = _logits(ref_model, x)
+    del ref_model
+    try:
+        conv_model = load_model(converted, SessionConfig(provider=provider))
+        got = _logits(conv_model, x)
+        used = conv_model.provider
+    except LeukoedgeError as exc:
+        return PrecisionReport(precision, len(x), source, provider, None, None, None, None,
+                               problem=exc.message)
+    thr = spec.logit_threshold
+    a, b = ref >= thr, got >= thr
+    diff = np.abs(got - ref)
+    pearson = float(np.corrcoef(ref, got)[0, 1]) if ref.std() > 0 and got.std() > 0 else 1.0
+    rep = PrecisionReport(
+        precision, len(x), source, used, float(np.mean(a == b)), pearson,
+        float(diff.max()), float(diff.mean()),
+        disagreeing=[str(items[i].path.name) for i in np.flatnonzero(a != b)][:20])
+    lab = [i for i, it in enumerate(items) if it.label is not None]
+    if lab:
+        truth = [items[i].label for i in lab]
+        m_ref = metrics(truth, [int(a[i]) for i in lab])
+        m_got = metrics(truth, [int(b[i]) for i in lab])
+        rep.labelled = len(lab)
+        rep.fp32_accuracy, rep.accuracy = m_ref["accuracy"], m_got["accuracy"]
+        rep.fp32_weighted_f1, rep.weighted_f1 = m_ref["weighted_f1"], m_got["weighted_f1"]
+    return rep
+
+
+def convert(precision: str, fp32: Path, out: Path, spec: ModelSpec, ckpt: dict[str, Any],
+            calibration: Path | None, report_data: Path | None,
+            minimum: int = REPORT_IMAGES) -> PrecisionReport:
+    """Write the ``precision`` version of ``fp32`` to ``out`` (spec embedded) and return
+    its report. The caller refuses it when the report did not pass."""
+    work = Path(tempfile.mkdtemp(prefix=".precision-", dir=out.parent))
+    try:
+        calib_src, n_calib = None, 0
+        if precision == "int8":
+            files, calib_src = calibration_files(ckpt, calibration)
+            n_calib = quantize_int8(fp32, out, spec, files)
+        elif precision == "fp16":
+            convert_fp16(fp32, out)
+        else:
+            raise ExportError(f"unknown precision {precision!r}")
+        embed_spec(out, spec.with_updates(precision=precision))
+        rep = compare(fp32, out, spec, precision, report_data, work, minimum,
+                      provider="auto" if precision == "fp16" else "cpu")
+        rep.calibration, rep.calibration_images = calib_src, n_calib
+        rep.min_agreement = MIN_AGREEMENT
+        return rep
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
