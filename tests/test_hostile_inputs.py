@@ -252,8 +252,8 @@ def hostile_run(tmp_path_factory: pytest.TempPathFactory, shared_cells: Path,
     """Build the hostile folder, classify it once; rows keyed by their escaped path."""
     from typer.testing import CliRunner
 
+    from leukoedge import data as data_mod
     from leukoedge.cli import assemble
-    from leukoedge.commands import predict
 
     base = tmp_path_factory.mktemp("hostile")
     folder = base / "in"
@@ -264,20 +264,20 @@ def hostile_run(tmp_path_factory: pytest.TempPathFactory, shared_cells: Path,
         case.make(Path(os.fsdecode(os.fsencode(where) + b"/" + raw_name(case))), real)
     out = base / "rows.csv"
 
-    collect = predict.collect
+    collect = data_mod.collect  # commands import it when they run: patch it at its source
 
     def collect_then_delete(*args: object, **kw: object):  # type: ignore[no-untyped-def]
         items = collect(*args, **kw)  # type: ignore[arg-type]
         (folder / "vanishes.bmp").unlink()
         return items
 
-    predict.collect = collect_then_delete  # type: ignore[assignment]
+    data_mod.collect = collect_then_delete  # type: ignore[assignment]
     try:
         r = CliRunner().invoke(assemble(), ["classify", str(folder), str(base / EXPLICIT),
                                             "--model", str(tiny_model), "--out", str(out),
                                             "--batch-size", "8"])
     finally:
-        predict.collect = collect
+        data_mod.collect = collect
     rows = {}
     if out.exists():
         with open(out, newline="", encoding="utf-8") as fh:
