@@ -8,6 +8,7 @@ order, one per file; a file that cannot be read becomes a row with an ``error``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -127,6 +128,11 @@ def predict_stream(
                     logit = float(logits[k])
                     prob = float(probs[k])
                     k += 1
+                    if math.isnan(logit):  # NaN >= threshold is False: it would read "hem"
+                        row = Row(escape_path(it.path), patient, None, None,
+                                  "the model returned NaN for this image")
+                        out.append(Prediction(it, row))
+                        continue
                     label = labels[1] if logit >= threshold else labels[0]
                     row = Row(escape_path(it.path), patient, prob, label, None)
                     out.append(Prediction(it, row, logit))

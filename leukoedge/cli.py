@@ -62,7 +62,7 @@ def command(fn: Callable[..., int | None], name: str | None = None, **kw: Any) -
 
 
 def _register_builtin() -> None:
-    from .commands import bench, inspect, predict, synth
+    from .commands import bench, demo, inspect, predict, synth
 
     command(predict.classify, "classify")
     command(predict.evaluate, "evaluate")
@@ -70,8 +70,7 @@ def _register_builtin() -> None:
     command(inspect.doctor, "doctor")
     command(bench.bench, "bench")
     command(synth.synth, "synth")
-    if hasattr(synth, "demo"):
-        command(synth.demo, "demo")
+    command(demo.demo, "demo")
 
 
 def _register_plugins() -> None:

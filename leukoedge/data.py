@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -130,20 +131,30 @@ def read_prelim_labels(csv_path: str | os.PathLike[str]) -> dict[str, tuple[int,
     (``UID_57_29_1_all.bmp``), ``new_names`` the numbered name (``1.bmp``), label 1 = ALL.
     Rows are also keyed by the original name, so either naming works.
     """
-    p = Path(csv_path)
+    p = Path(os.fsdecode(csv_path))
     try:
+        if not p.is_file():  # a FIFO would block the read forever
+            raise DataError(f"{p}: label file not found or not a regular file")
         if p.stat().st_size > MAX_LABEL_FILE_BYTES:
             raise DataError(f"{p}: label file is larger than {MAX_LABEL_FILE_BYTES} bytes")
         text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{p}: cannot read label file ({exc})") from exc
-    rows = csv.DictReader(text.splitlines())
+    try:
+        return _parse_prelim_labels(p, text)
+    except csv.Error as exc:  # e.g. a field over csv's size limit
+        raise DataError(f"{p}: label file is not valid CSV ({exc})") from exc
+
+
+def _parse_prelim_labels(p: Path, text: str) -> dict[str, tuple[int, str | None]]:
+    rows = csv.DictReader(io.StringIO(text, newline=""))
     need = {"Patient_ID", "new_names", "labels"}
     if rows.fieldnames is None or not need <= set(rows.fieldnames):
         raise DataError(f"{p}: label file needs the columns {', '.join(sorted(need))}",
                         "use the official C-NMC_test_prelim_phase_data_labels.csv")
     out: dict[str, tuple[int, str | None]] = {}
-    for n, row in enumerate(rows, start=2):
+    for row in rows:
+        n = rows.line_num
         lab = (row.get("labels") or "").strip()
         if lab not in ("0", "1"):
             raise DataError(f"{p}: line {n}: label must be 0 or 1, got {lab!r}")

@@ -41,7 +41,12 @@ def describe_model(path: Path) -> dict[str, Any]:
         spec = read_spec_from_metadata(meta, str(path))
     except SpecError as exc:
         spec_error = str(exc)
-    elem = onnx.TensorProto.DataType.Name
+    def elem(code: int) -> str:  # a damaged file may hold codes this onnx does not know
+        try:
+            return str(onnx.TensorProto.DataType.Name(code))
+        except ValueError:
+            return f"unknown({code})"
+
     initialisers = {i.name for i in proto.graph.initializer}
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -15,11 +15,12 @@ control character, becomes ``\\xNN``.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -86,26 +87,48 @@ class Row:
 
 def check_output_location(out: Path, inputs: Iterable[str | os.PathLike[str]]) -> None:
     """Refuse an output file inside a folder being read (we never write into inputs)."""
-    target = out.resolve()
+    target = _resolve(out)
     for raw in inputs:
         src = Path(os.fsdecode(raw))
         if src.is_dir():
-            root = src.resolve()
+            root = _resolve(src)
             if target == root or root in target.parents:
                 raise UsageError(f"output {out} lies inside the input folder {src}",
                                  "write results elsewhere with --out")
-        elif src.exists() and src.resolve() == target:
+        elif src.exists() and _resolve(src) == target:
             raise UsageError(f"output {out} is one of the input files")
+
+
+def _resolve(p: Path) -> Path:
+    """``Path.resolve``, with a symbolic link loop (RuntimeError before 3.13) as UsageError."""
+    try:
+        return p.resolve()
+    except RuntimeError as exc:
+        raise UsageError(f"{escape_path(p)} is a symbolic link loop") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot resolve {escape_path(p)}: {_why(exc)}") from exc
+
+
+def _why(exc: OSError) -> str:
+    """The reason of an OSError in words, naming the part of the path at fault."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        return "a part of its folder path is a file, not a folder"
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop"
+    return exc.strerror or str(exc)
 
 
 def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
     """Complete rows of an existing result file; truncates a torn last line in place."""
-    with open(path, "rb+") as fh:
-        data = fh.read()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):  # torn last line: drop it so the resumed run rewrites it
-            fh.truncate(end)
-            data = data[:end]
+    try:
+        with open(path, "rb+") as fh:
+            data = fh.read()
+            end = data.rfind(b"\n") + 1
+            if end < len(data):  # torn last line: drop it so the resumed run rewrites it
+                fh.truncate(end)
+                data = data[:end]
+    except OSError as exc:
+        raise DataError(f"{escape_path(path)}: cannot resume ({_why(exc)})") from exc
     text = data.decode("utf-8", "replace")
     rows: list[dict[str, Any]] = []
     if fmt == "jsonl":
@@ -122,10 +145,14 @@ def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
             rows.append(obj)
     else:
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        if text and (reader.fieldnames is None or "path" not in reader.fieldnames):
-            raise DataError(f"{path}: not a leukoedge result file (no 'path' column)",
-                            "use --overwrite to replace it, or another --out")
-        rows.extend(reader)
+        try:
+            if text and (reader.fieldnames is None or "path" not in reader.fieldnames):
+                raise DataError(f"{path}: not a leukoedge result file (no 'path' column)",
+                                "use --overwrite to replace it, or another --out")
+            rows.extend(r for r in reader if r.get("path") is not None)
+        except csv.Error as exc:  # e.g. a field over csv's size limit: not our file
+            raise DataError(f"{path}: not a leukoedge result file ({exc})",
+                            "use --overwrite to replace it, or another --out") from exc
     return rows
 
 
@@ -151,54 +178,97 @@ class ResultWriter:
         if exists and resume:
             self.previous_rows = _read_rows(path, self.fmt)
             self.done = {str(r["path"]) for r in self.previous_rows}
-        path.parent.mkdir(parents=True, exist_ok=True)
         mode = "a" if (exists and resume) else "w"
-        self._fh: IO[str] = open(path, mode, encoding="utf-8", newline="")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh: IO[str] = open(path, mode, encoding="utf-8", newline="")
+        except OSError as exc:
+            raise UsageError(f"cannot write {escape_path(path)}: {_why(exc)}",
+                             "choose another --out") from exc
         self._csv = csv.writer(self._fh, lineterminator="\n") if self.fmt == "csv" else None
         if mode == "w" or (self.fmt == "csv" and path.stat().st_size == 0):
             if self._csv is not None:
-                self._csv.writerow(COLUMNS)
-                self._fh.flush()
+                try:
+                    self._write(lambda: self._csv.writerow(COLUMNS))  # type: ignore[union-attr]
+                except DataError:
+                    self._discard()
+                    raise
 
     def write(self, rows: Iterable[Row]) -> None:
-        for r in rows:
-            if self._csv is not None:
-                self._csv.writerow([
-                    r.path, r.patient or "",
-                    "" if r.prob_all is None else f"{r.prob_all:.6f}",
-                    r.label or "", r.error or "",
-                ])
-            else:
-                self._fh.write(json.dumps(r.as_dict(), ensure_ascii=False) + "\n")
-            self.done.add(r.path)
-        self._fh.flush()
+        rows = list(rows)
+
+        def put() -> None:
+            for r in rows:
+                if self._csv is not None:
+                    self._csv.writerow([
+                        r.path, r.patient or "",
+                        "" if r.prob_all is None else f"{r.prob_all:.6f}",
+                        r.label or "", r.error or "",
+                    ])
+                else:
+                    self._fh.write(json.dumps(r.as_dict(), ensure_ascii=False) + "\n")
+
+        self._write(put)
+        self.done.update(r.path for r in rows)
+
+    def _write(self, put: Callable[[], object]) -> None:
+        """Run ``put`` and flush; a full disk or lost mount is one DataError, not a trace."""
+        try:
+            put()
+            self._fh.flush()
+        except OSError as exc:
+            raise DataError(f"cannot write to {escape_path(self.path)}: {_why(exc)}",
+                            "free some space, then rerun with --resume") from exc
 
     def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.flush()
+        """Flush, fsync and close; a failed flush is a DataError, and the file is closed
+        whatever happens."""
+        if self._fh.closed:
+            return
+        try:
+            self._write(lambda: None)
             try:
                 os.fsync(self._fh.fileno())
             except OSError:
                 pass
+        finally:
+            self._discard()
+
+    def _discard(self) -> None:
+        try:
             self._fh.close()
+        except OSError:  # the buffer could not be written: already reported
+            pass
 
     def __enter__(self) -> ResultWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            self.close()
+        except DataError:
+            if exc_type is None:  # else keep the error already on its way (the first one)
+                raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a whole file so that readers see the old or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a whole file so that readers see the old or the new one, never half.
+
+    Any failure (no such folder, permission, full disk, ``path`` is a folder) is a
+    :class:`DataError`; no temporary file is left behind.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise DataError(f"cannot write {escape_path(path)}: {_why(exc)}") from exc
     finally:
-        if tmp.exists():
+        try:
             tmp.unlink()
+        except OSError:
+            pass

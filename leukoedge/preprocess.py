@@ -19,14 +19,19 @@ in batch runs that becomes an error row.
 
 from __future__ import annotations
 
+import errno
+import io
+import math
 import os
+import stat
 import struct
 import warnings
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageError
 
@@ -62,6 +67,7 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
     ZeroDivisionError,
     OverflowError,
     MemoryError,
+    NotImplementedError,  # DDS/BLP headers with pixel formats Pillow does not implement
     Image.DecompressionBombError,
 )
 
@@ -71,44 +77,110 @@ _filters_set = False
 
 
 def _quiet_bomb_warning() -> None:
-    """Our own cap (lower than Pillow's) decides; Pillow's warning would only be noise."""
+    """Our own cap (lower than Pillow's) decides; Pillow's warning would only be noise.
+
+    So are the UserWarnings Pillow's plugins issue on damaged metadata ("Corrupt EXIF
+    data", "Tag data larger than file"): they name no file and the outcome (an array or
+    an ImageError naming the file) is what the user needs.
+    """
     global _filters_set
     if not _filters_set:
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         _filters_set = True
 
 
 def describe(source: Source) -> str:
+    """A one-line, valid-UTF-8 name for messages: paths escaped as in result rows."""
     if isinstance(source, (str, os.PathLike)):
-        return os.fsdecode(source)
+        from .output import escape_path
+
+        return escape_path(source)
     if isinstance(source, bytes):
         return "<bytes>"
-    return getattr(source, "name", "<stream>")
+    return str(getattr(source, "name", "<stream>"))
 
 
-def open_image(source: Source) -> Image.Image:
-    """Open an image lazily and check its size; pixels are not decoded yet."""
-    _quiet_bomb_warning()
-    name = describe(source)
-    if isinstance(source, bytes):
-        import io
+def _os_error_text(exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not an image"
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop"
+    return f"cannot open ({exc.strerror or type(exc).__name__})"
 
-        source = io.BytesIO(source)
-    elif isinstance(source, (str, os.PathLike)):
-        p = Path(os.fsdecode(source))
-        if p.is_dir():
-            raise ImageError(f"{name}: is a directory, not an image")
-        if not p.exists():
-            raise ImageError(f"{name}: file not found")
+
+def _open_regular_file(path: str | os.PathLike[str], name: str) -> IO[bytes]:
+    """Open ``path`` for reading, refusing anything but a regular file.
+
+    ``O_NONBLOCK`` so that a FIFO without a writer cannot hang the run (it is then refused
+    from ``fstat``); the check is made on the opened descriptor, so a file swapped between
+    the check and the read cannot slip through. Reading from our own descriptor also keeps
+    Pillow from memory-mapping the file: a file truncated by someone else while it is mapped
+    would kill the process with SIGBUS instead of failing this one file.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        img = Image.open(source)
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{name}: image is too large ({exc}); limit is {MAX_PIXELS} "
-                         "pixels") from exc
-    except FileNotFoundError as exc:
-        raise ImageError(f"{name}: file not found") from exc
-    except PermissionError as exc:
-        raise ImageError(f"{name}: permission denied") from exc
+        fd = os.open(path, flags)
+    except OSError as exc:
+        why = _os_error_text(exc)
+        if exc.errno == errno.ENXIO:  # a Unix socket: say what it is
+            try:
+                why = f"not a regular file ({_kind(os.stat(path).st_mode)}), not an image"
+            except OSError:
+                pass
+        raise ImageError(f"{name}: {why}") from exc
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError(f"{name}: is a directory, not an image")
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"{name}: not a regular file ({_kind(st.st_mode)}), not an image")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except ImageError:
+        os.close(fd)
+        raise
+    except OSError as exc:
+        os.close(fd)
+        raise ImageError(f"{name}: {_os_error_text(exc)}") from exc
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+@contextmanager
+def _stream(source: Source, name: str) -> Iterator[IO[bytes]]:
+    """The bytes of ``source`` as a seekable stream, closed afterwards if we opened it."""
+    if isinstance(source, bytes):
+        yield io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        with _open_regular_file(source, name) as fh:
+            yield fh
+    else:
+        yield source
+
+
+def _open_stream(stream: IO[bytes], name: str) -> Image.Image:
+    """``Image.open`` a stream lazily and check its size; pixels are not decoded yet."""
+    _quiet_bomb_warning()
+    try:
+        img = Image.open(stream)
+    except Image.DecompressionBombError as exc:  # Pillow's own cap, above ours
+        raise ImageError(f"{name}: image is too large ({_short(exc)}); the limit is "
+                         f"{MAX_PIXELS} pixels (decompression bomb guard)") from exc
+    except UnidentifiedImageError as exc:  # its text names the stream object: useless here
+        raise ImageError(f"{name}: not a readable image (no image format recognised)") \
+            from exc
     except DECODE_ERRORS as exc:
         raise ImageError(f"{name}: not a readable image ({_short(exc)})") from exc
     w, h = img.size
@@ -117,8 +189,29 @@ def open_image(source: Source) -> Image.Image:
         raise ImageError(f"{name}: image has no pixels ({w}x{h})")
     if w * h > MAX_PIXELS:
         img.close()
-        raise ImageError(f"{name}: image is {w}x{h} = {w * h} pixels, over the limit of "
-                         f"{MAX_PIXELS} (decompression bomb guard)")
+        raise ImageError(f"{name}: image is too large ({w}x{h} = {w * h} pixels); the "
+                         f"limit is {MAX_PIXELS} pixels (decompression bomb guard)")
+    return img
+
+
+def open_image(source: Source) -> Image.Image:
+    """Open an image lazily and check its size; pixels are not decoded yet.
+
+    For a path, the returned image owns the file it opened (closed by ``img.close()`` or
+    after ``img.load()``), as with ``Image.open(path)``.
+    """
+    name = describe(source)
+    if isinstance(source, bytes):
+        return _open_stream(io.BytesIO(source), name)
+    if not isinstance(source, (str, os.PathLike)):
+        return _open_stream(source, name)
+    fh = _open_regular_file(source, name)
+    try:
+        img = _open_stream(fh, name)
+    except ImageError:
+        fh.close()
+        raise
+    img._exclusive_fp = True  # type: ignore[attr-defined]  # what Image.open(path) sets
     return img
 
 
@@ -172,7 +265,13 @@ def preprocess(
     """
     resample = _RESAMPLE[interpolation]
     name = describe(source)
-    img = open_image(source)
+    with _stream(source, name) as stream:
+        return _preprocess_stream(stream, name, size, crop_fraction, resample)
+
+
+def _preprocess_stream(stream: IO[bytes], name: str, size: int, crop_fraction: float,
+                       resample: Image.Resampling) -> np.ndarray:
+    img = _open_stream(stream, name)
     try:
         if img.format == "JPEG":
             img.draft("RGB", (size, size))
@@ -180,6 +279,13 @@ def preprocess(
         w, h = rgb.size
         if w != h:
             side = max(w, h)
+            if side * side > MAX_PIXELS:
+                # The pixel cap holds for the file, not for its black square: a 40000x1
+                # strip would become a 40000x40000 canvas (4.8 GB). Shrink it by an integer
+                # factor first (a box filter, as reducing_gap does) so the canvas fits too.
+                rgb = rgb.reduce(-(-side // math.isqrt(MAX_PIXELS)))
+                w, h = rgb.size
+                side = max(w, h)
             canvas = Image.new("RGB", (side, side))
             canvas.paste(rgb, ((side - w) // 2, (side - h) // 2))
             rgb, w, h = canvas, side, side

@@ -160,15 +160,25 @@ class Model:
         """Run uint8 ``[N, H, W, 3]`` images; return float32 logits ``[N]``."""
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
             raise ValueError(f"expected uint8 [N,H,W,3], got {batch.dtype} {batch.shape}")
-        if self.provider in ("cuda", "tensorrt"):
-            io = self.session.io_binding()
-            io.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
-            io.bind_output(self.output_name, "cuda", self.device_id)
-            self.session.run_with_iobinding(io)
-            out = io.copy_outputs_to_cpu()[0]
-        else:
-            out = self.session.run([self.output_name], {self.input_name: batch})[0]
-        return np.asarray(out, dtype=np.float32).reshape(batch.shape[0])
+        try:
+            if self.provider in ("cuda", "tensorrt"):
+                io = self.session.io_binding()
+                io.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
+                io.bind_output(self.output_name, "cuda", self.device_id)
+                self.session.run_with_iobinding(io)
+                out = io.copy_outputs_to_cpu()[0]
+            else:
+                out = self.session.run([self.output_name], {self.input_name: batch})[0]
+            logits = np.asarray(out, dtype=np.float32)
+        except ort_errors(import_ort()) as exc:
+            raise ModelError(f"{self.path}: the model failed while running "
+                             f"({_first_line(exc)})",
+                             "the graph does not run on a valid input; re-export it") from exc
+        if logits.size != batch.shape[0]:
+            raise ModelError(f"{self.path}: the model returned {logits.size} values for "
+                             f"{batch.shape[0]} images; a leukoedge model returns one logit "
+                             "per image", "re-export it with 'leukoedge export'")
+        return logits.reshape(batch.shape[0])
 
     def warm_up(self, batch_size: int) -> None:
         s = self.spec.input_size
@@ -219,6 +229,8 @@ def load_model(path: str | os.PathLike[str], config: SessionConfig | None = None
         raise ModelError(f"{where}: model file not found")
     if p.is_dir():
         raise ModelError(f"{where}: is a folder, not an ONNX model file")
+    if not p.is_file():  # a FIFO would block onnxruntime's read forever
+        raise ModelError(f"{where}: not a regular file, not an ONNX model file")
     ort = import_ort()
     notes: list[str] = []
     want = cfg.provider
@@ -248,11 +260,13 @@ def load_model(path: str | os.PathLike[str], config: SessionConfig | None = None
                      f"cached in {cfg.trt_cache}")
     t0 = time.perf_counter()
     try:
+        # onnxruntime retries a failed session on the CPU and prints 4 lines to stdout;
+        # on the CPU already, a retry is pointless and the lines are noise before our error
         sess = ort.InferenceSession(str(p), sess_options=so,
-                                    providers=_provider_list(cfg, want))
+                                    providers=_provider_list(cfg, want),
+                                    enable_fallback=0 if want == "cpu" else 1)
     except ort_errors(ort) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise ModelError(f"{where}: cannot load as an ONNX model ({first})",
+        raise ModelError(f"{where}: cannot load as an ONNX model ({_first_line(exc)})",
                          "re-export it with 'leukoedge export'") from exc
     got = sess.get_providers()
     active = {v: k for k, v in _ORT_NAMES.items()}.get(got[0], got[0])
@@ -263,14 +277,28 @@ def load_model(path: str | os.PathLike[str], config: SessionConfig | None = None
     if cfg.provider == "auto" and active == "cpu":
         reason = provider_load_problem(ort, "cuda") or "the CUDA provider did not start"
         notes.append(f"provider auto: running on the CPU ({reason.split(';')[0]})")
-    meta = sess.get_modelmeta().custom_metadata_map
-    spec = read_spec_from_metadata(meta, where)
-    check_graph(spec, sess.get_inputs(), sess.get_outputs(), where)
+    # Metadata, names, types and shapes are decoded lazily: invalid UTF-8 in any of them
+    # raises UnicodeDecodeError here, not when the session is created.
+    try:
+        meta = sess.get_modelmeta().custom_metadata_map
+        spec = read_spec_from_metadata(meta, where)
+        inputs, outputs = sess.get_inputs(), sess.get_outputs()
+        check_graph(spec, inputs, outputs, where)
+        input_name, output_name = inputs[0].name, outputs[0].name
+    except ort_errors(ort) as exc:
+        raise ModelError(f"{where}: cannot read the model's metadata or interface "
+                         f"({_first_line(exc)})", "re-export it with 'leukoedge export'") \
+            from exc
     return Model(
         path=p, spec=spec, session=sess, provider=active,
-        input_name=sess.get_inputs()[0].name, output_name=sess.get_outputs()[0].name,
+        input_name=input_name, output_name=output_name,
         notes=notes, load_seconds=time.perf_counter() - t0, device_id=cfg.device_id,
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def newest_model(folder: Path) -> Path:

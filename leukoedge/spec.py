@@ -101,6 +101,8 @@ class ModelSpec:
     def from_json(cls, text: str | bytes) -> ModelSpec:
         """Parse a spec, refusing anything that is not a valid spec of a known schema."""
         if isinstance(text, bytes):
+            if len(text) > MAX_SPEC_BYTES:  # before decoding a possibly huge value
+                raise SpecError(f"model spec is larger than {MAX_SPEC_BYTES} bytes")
             try:
                 text = text.decode("utf-8")
             except UnicodeDecodeError as exc:

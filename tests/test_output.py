@@ -81,3 +81,36 @@ def test_atomic_write_leaves_no_temp(tmp_path: Path) -> None:
     atomic_write_text(p, "{}")
     atomic_write_text(p, "[]")
     assert p.read_text() == "[]" and os.listdir(tmp_path) == ["a.json"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_is_one_data_error() -> None:
+    """Writes fail with ENOSPC on /dev/full: a DataError naming the file, not a trace."""
+    from leukoedge.errors import DataError
+
+    with pytest.raises(DataError, match="cannot write to /dev/full: No space left"):
+        ResultWriter(Path("/dev/full"), overwrite=True)  # the CSV header
+    with pytest.raises(DataError, match="cannot write to /dev/full: No space left"):
+        with ResultWriter(Path("/dev/full"), "jsonl", overwrite=True) as w:
+            w.write(rows(500))  # the first error is the one that surfaces, once
+    assert w.done == set(), "rows that did not reach the disk are not done"
+    assert w._fh.closed
+    w.close()  # idempotent
+
+
+def test_an_output_that_cannot_be_created_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="part of its folder path is a file"):
+        ResultWriter(tmp_path / "file" / "r.csv")
+    (tmp_path / "loop.csv").symlink_to("loop.csv")
+    with pytest.raises(UsageError, match="symbolic link loop"):
+        check_output_location(tmp_path / "loop.csv", [tmp_path / "in"])
+
+
+def test_atomic_write_failure_keeps_the_target_and_leaves_no_temp(tmp_path: Path) -> None:
+    from leukoedge.errors import DataError
+
+    (tmp_path / "report.json").mkdir()  # os.replace onto a folder fails
+    with pytest.raises(DataError, match="cannot write"):
+        atomic_write_text(tmp_path / "report.json", "{}")
+    assert (tmp_path / "report.json").is_dir() and os.listdir(tmp_path) == ["report.json"]

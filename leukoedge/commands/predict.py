@@ -130,6 +130,12 @@ def evaluate(
     for target in (report, predictions):
         if target is not None:
             check_output_location(target, paths)
+    if (report is not None and predictions is not None
+            and report.absolute() == predictions.absolute()):
+        from ..errors import UsageError
+
+        raise UsageError("--report and --predictions name the same file",
+                         "the report would replace the rows; choose two files")
     if report is not None and report.exists() and not overwrite:
         from ..errors import OutputExistsError
 
