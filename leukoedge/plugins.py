@@ -1,8 +1,8 @@
 """Training plugins, found through the ``leukoedge.plugins`` entry-point group.
 
 A plugin is a function ``register(app: typer.Typer) -> None`` that adds commands. Loading
-is a guarded call made once by the CLI, never an import side effect, and a plugin must not
-import torch until one of its commands runs. When no plugin provides ``train``, ``export``
+is a guarded call made once by the CLI, never an import side effect, and a plugin must
+leave torch unimported until one of its commands runs. When no plugin provides ``train``, ``export``
 and ``parity``, placeholder commands say which extra to install.
 """
 

@@ -10,29 +10,19 @@ quantisation, no fusion: that is what "eager" means.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from leukoedge.bench import timed
 from leukoedge.errors import ImageError
 from leukoedge.preprocess import preprocess_for
 from leukoedge.session import cores
 
 from . import checkpoint as ckpt_io
-
-
-def _timed(fn: Callable[[], Any], min_seconds: float, min_reps: int = 3) -> list[float]:
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def _batch(spec: Any, files: Sequence[Path], n: int) -> np.ndarray:
@@ -59,7 +49,7 @@ def _batch(spec: Any, files: Sequence[Path], n: int) -> np.ndarray:
 def _throughput(model: torch.nn.Module, x: torch.Tensor, seconds: float) -> float:
     with torch.inference_mode():
         model(x)  # warm-up at this shape (allocator, oneDNN primitives)
-        times = _timed(lambda: model(x), seconds)
+        times = timed(lambda: model(x), seconds)
     return x.shape[0] / float(np.median(times))
 
 
