@@ -32,51 +32,18 @@ from leukoedge.spec import ModelSpec
 # warnings (preprocess._quiet_bomb_warning), pytest resets filters per test.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
+FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
+
 # -- images --------------------------------------------------------------------------
 
 
 @cache
 def image_seeds() -> dict[str, bytes]:
-    """Small valid files of every format and mode the tests care about."""
-    from PIL import Image
+    """Small valid files of every format and mode: the fuzz harness's own seed set."""
+    sys.path.insert(0, str(FUZZ))
+    from make_corpus import images
 
-    size = 24
-    yy, xx = np.mgrid[:size, :size]
-    a = np.zeros((size, size, 3), np.uint8)
-    a[np.hypot(yy - size / 2, xx - size / 2) < size / 3] = (140, 90, 170)
-    im = Image.fromarray(a)
-    g16 = Image.fromarray(a[..., 0].astype(np.uint16) * 257)
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    specs: dict[str, tuple[Image.Image, str, dict[str, object]]] = {
-        "bmp24": (im, "BMP", {}),
-        "bmp8": (im.convert("P"), "BMP", {}),
-        "bmp1": (im.convert("1"), "BMP", {}),
-        "png": (im, "PNG", {}),
-        "png_rgba": (im.convert("RGBA"), "PNG", {}),
-        "png_p_transparent": (im.convert("P"), "PNG", {"transparency": 0}),
-        "png_16": (g16, "PNG", {}),
-        "jpeg": (im, "JPEG", {"quality": 80}),
-        "jpeg_progressive": (im, "JPEG", {"progressive": True}),
-        "jpeg_cmyk": (im.convert("CMYK"), "JPEG", {}),
-        "jpeg_exif": (im, "JPEG", {"exif": exif}),
-        "gif_animated": (im.convert("P"), "GIF",
-                         {"save_all": True, "append_images": [im.rotate(90).convert("P")]}),
-        "tiff_pages": (im, "TIFF", {"save_all": True, "append_images": [im.rotate(90)]}),
-        "tiff_lzw": (im, "TIFF", {"compression": "tiff_lzw"}),
-        "tiff_16": (g16, "TIFF", {}),
-        "webp": (im, "WEBP", {}),
-        "ppm": (im, "PPM", {}),
-        "tga_rle": (im, "TGA", {"compression": "tga_rle"}),
-        "ico": (im, "ICO", {}),
-        "dds": (im.convert("RGBA"), "DDS", {}),
-    }
-    out = {}
-    for name, (img, fmt, kw) in specs.items():
-        buf = io.BytesIO()
-        img.save(buf, format=fmt, **kw)
-        out[name] = buf.getvalue()
-    return out
+    return images()
 
 
 INTERESTING = [0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 65536, 1 << 31]
@@ -135,7 +102,7 @@ def test_mutated_valid_images_give_array_or_image_error(fmt: str, data: st.DataO
 
 def test_pillow_notimplemented_is_an_image_error() -> None:
     """Regression: Pillow's DDS plugin raises NotImplementedError on unknown formats."""
-    raw = bytearray(image_seeds()["dds"])
+    raw = bytearray(image_seeds()["rgba.dds"])
     raw[80:84] = (128).to_bytes(4, "little")
     with pytest.raises(ImageError, match="not a readable image"):
         pp.preprocess(bytes(raw), 16)
@@ -327,7 +294,6 @@ def test_invalid_utf8_in_a_model_is_a_model_error(model_bytes: bytes, tmp_path: 
 
 # -- the atheris harnesses (fuzz/) run here on their seed corpora, without atheris -----
 
-FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
 
 
 @pytest.mark.parametrize("harness,corpus", [("fuzz_image_loader", "image"),
