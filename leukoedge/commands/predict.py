@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..console import err, escape, note, out
 from ..errors import EXIT_OK, EXIT_SOME_FAILED, DataError
-from ..output import ResultWriter, atomic_write_text, check_output_location
+from ..output import ResultWriter, atomic_write_text, check_output_location, escape_path
 from .common import open_model, progress_bar
 
 # numpy-using modules (classify, data, evaluate) are imported inside the commands, so
@@ -62,17 +62,13 @@ def classify(
     with ResultWriter(out_file, fmt, resume=resume, overwrite=overwrite) as writer:
         if resume and writer.done:
             note(f"resuming {out_file}: {len(writer.done)} rows already there")
-        todo = len(items) - sum(1 for it in items if _esc(it.path) in writer.done)
+        todo = len(items)
+        if writer.done:
+            todo -= sum(1 for it in items if escape_path(it.path) in writer.done)
         with progress_bar(todo, "classify") as advance:
             stats = classify_files(m, items, writer, batch_size, workers, advance)
     _summary(stats, m, out_file, len(items))
     return EXIT_SOME_FAILED if stats.errors else EXIT_OK
-
-
-def _esc(p: Path) -> str:
-    from ..output import escape_path
-
-    return escape_path(p)
 
 
 def _summary(stats: RunStats, m: object, out_file: Path, total: int) -> None:
