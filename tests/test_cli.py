@@ -33,6 +33,24 @@ def test_help_lists_commands() -> None:
         assert name in r.output
 
 
+
+def test_no_help_text_is_eaten_by_rich_markup() -> None:
+    """Typer renders help through Rich, which takes ``[on]`` or ``[scratch 30]`` for a
+    style tag and drops it: every bracket meant to be shown must be escaped."""
+    from rich.text import Text
+    from typer.main import get_command
+
+    root = get_command(assemble())
+    texts = [(root.name, root.help or "")]
+    for name, cmd in root.commands.items():  # type: ignore[attr-defined]
+        texts.append((name, cmd.help or ""))
+        texts += [(f"{name} {p.name}", getattr(p, "help", None) or "") for p in cmd.params]
+    assert len(texts) > 30
+    for where, text in texts:
+        assert Text.from_markup(text).plain == text.replace("\\[", "["), where
+    r = runner.invoke(assemble(), ["train", "--help"], env={"COLUMNS": "250"})
+    assert "[default: scratch 30, resnet50 12]" in r.output
+
 def test_classify_real_cells_writes_one_row_each(real_cells: Path, tiny_model: Path,
                                                  tmp_path: Path) -> None:
     out = tmp_path / "p.csv"

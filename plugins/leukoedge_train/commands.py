@@ -33,40 +33,43 @@ def train(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run in --out from its last.pt.")] = False,
     input_size: Annotated[int | None, typer.Option(
-        "--input-size", min=16, max=1024, help="Image side in px [scratch 128, resnet50 224].",
+        "--input-size", min=16, max=1024, help="Image side in px "
+        "\\[default: scratch 128, resnet50 224].",
         show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option(
-        "--epochs", min=1, help="Epochs in all [scratch 30, resnet50 12].",
+        "--epochs", min=1, help="Epochs in all \\[default: scratch 30, resnet50 12].",
         show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", "-b", min=2, max=4096, help="Batch size [32].",
+        "--batch-size", "-b", min=2, max=4096, help="Batch size \\[default: 32].",
         show_default=False)] = None,
     lr: Annotated[float | None, typer.Option(
-        "--lr", min=0.0, help="Peak learning rate (resnet50: of the head stage) [1e-3].",
+        "--lr", min=0.0, help="Peak learning rate (resnet50: of the head stage) \\[default: 1e-3].",
         show_default=False)] = None,
     finetune_lr: Annotated[float | None, typer.Option(
-        "--finetune-lr", min=0.0, help="resnet50: peak lr after unfreezing [lr/10].",
+        "--finetune-lr", min=0.0, help="resnet50: peak lr after unfreezing \\[default: lr/10].",
         show_default=False)] = None,
     weight_decay: Annotated[float | None, typer.Option(
-        "--weight-decay", min=0.0, help="AdamW weight decay [1e-4].",
+        "--weight-decay", min=0.0, help="AdamW weight decay \\[default: 1e-4].",
         show_default=False)] = None,
     schedule: Annotated[str | None, typer.Option(
-        "--schedule", help="cosine (with linear warm-up) or constant [cosine].",
+        "--schedule", help="cosine (with linear warm-up) or constant \\[default: cosine].",
         show_default=False)] = None,
     warmup_epochs: Annotated[float | None, typer.Option(
-        "--warmup-epochs", min=0.0, help="Linear warm-up length, per stage [1].",
+        "--warmup-epochs", min=0.0, help="Linear warm-up length, per stage \\[default: 1].",
         show_default=False)] = None,
     augment: Annotated[bool | None, typer.Option(
         "--augment/--no-augment", help="Flips, 90-degree rotations, mild colour and "
-        "brightness jitter [on].", show_default=False)] = None,
+        "brightness jitter \\[default: on].", show_default=False)] = None,
     batchnorm: Annotated[bool | None, typer.Option(
-        "--batchnorm/--no-batchnorm", help="scratch: batch norm after each conv [on].",
+        "--batchnorm/--no-batchnorm", help="scratch: batch norm after each conv \\[default: on].",
         show_default=False)] = None,
     dropout: Annotated[float | None, typer.Option(
-        "--dropout", min=0.0, max=0.95, help="scratch: dropout after each dense layer [0.5].",
+        "--dropout", min=0.0, max=0.95, help="scratch: dropout after each dense layer "
+        "\\[default: 0.5].",
         show_default=False)] = None,
     class_weights: Annotated[bool | None, typer.Option(
-        "--class-weights/--no-class-weights", help="pos_weight = HEM/ALL in the loss [on].",
+        "--class-weights/--no-class-weights", help="pos_weight = HEM/ALL in the loss "
+        "\\[default: on].",
         show_default=False)] = None,
     val: Annotated[Path | None, typer.Option(
         "--val", help="Validation images in a separate folder.", show_default=False)] = None,
@@ -75,33 +78,34 @@ def train(
         show_default=False)] = None,
     val_fraction: Annotated[float | None, typer.Option(
         "--val-fraction", min=0.01, max=0.9, help="Share of images held out, by patient "
-        "[0.2].", show_default=False)] = None,
+        "\\[default: 0.2].", show_default=False)] = None,
     split_by_image: Annotated[bool, typer.Option(
         "--split-by-image", help="Split images, not patients (leaks patients; a warning "
         "says so).")] = False,
     seed: Annotated[int | None, typer.Option(
-        "--seed", help="Seed of split, init, shuffling, augmentation [0].",
+        "--seed", help="Seed of split, init, shuffling, augmentation \\[default: 0].",
         show_default=False)] = None,
     patience: Annotated[int | None, typer.Option(
         "--patience", min=0, help="Stop after this many epochs without a better validation "
-        "weighted F1; 0 = never [8].", show_default=False)] = None,
+        "weighted F1; 0 = never \\[default: 8].", show_default=False)] = None,
     device: Annotated[str | None, typer.Option(
-        "--device", help="auto, cpu or cuda [auto].", show_default=False)] = None,
+        "--device", help="auto, cpu or cuda \\[default: auto].", show_default=False)] = None,
     amp: Annotated[bool | None, typer.Option(
-        "--amp/--no-amp", help="Mixed precision on CUDA [on].", show_default=False)] = None,
+        "--amp/--no-amp", help="Mixed precision on CUDA "
+        "\\[default: on].", show_default=False)] = None,
     weights: Annotated[str | None, typer.Option(
-        "--weights", help="resnet50: imagenet, none, or a state-dict FILE [imagenet].",
+        "--weights", help="resnet50: imagenet, none, or a state-dict FILE \\[default: imagenet].",
         show_default=False)] = None,
     head_epochs: Annotated[int | None, typer.Option(
         "--head-epochs", min=0, help="resnet50: epochs training the head on a frozen base "
-        "[2 pretrained, 0 from scratch].", show_default=False)] = None,
+        "\\[default: 2 pretrained, 0 from scratch].", show_default=False)] = None,
     unfreeze: Annotated[str | None, typer.Option(
         "--unfreeze", help="resnet50: first stage trained after the head epochs: layer1.."
-        "layer4, fc or all [layer3 = layer3+layer4+fc].", show_default=False)] = None,
+        "layer4, fc or all \\[default: layer3 = layer3+layer4+fc].", show_default=False)] = None,
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, help="Decoding threads.", show_default=False)] = None,
     threads: Annotated[int | None, typer.Option(
-        "--threads", min=1, help="torch threads [cores].", show_default=False)] = None,
+        "--threads", min=1, help="torch threads \\[default: cores].", show_default=False)] = None,
 ) -> int:
     """Train a model on labelled cells; checkpoints, history and curves go to --out."""
     from leukoedge.plugins import require_torch
