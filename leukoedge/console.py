@@ -9,8 +9,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
-    """One informational line on stderr."""
-    err.print(f"[dim]leukoedge:[/dim] {message}", markup=True, highlight=False)
+    """One informational line on stderr; ``message`` is plain text (a path with
+    brackets in it is printed as is, not read as Rich markup)."""
+    err.print(f"[dim]leukoedge:[/dim] {escape(message)}", markup=True, highlight=False)
 
 
 def escape(text: str) -> str:

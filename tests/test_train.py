@@ -165,6 +165,36 @@ def test_same_seed_same_run(work: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert rows[0] == rows[1]
 
 
+
+def test_unreadable_images_are_skipped_and_listed(work: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    data = write_dataset(work / "bad", patients=4, cells=6, size=40, seed=6)
+    files = sorted(data.rglob("*.bmp"))
+    good = files[0].read_bytes()
+    files[0].write_bytes(good[: len(good) // 3])           # truncated BMP
+    files[-1].write_text("not an image\n")                  # text named .bmp
+    run = work / "bad-run"
+    code, _, err = run_cli(capsys, "train", "scratch", data, "--input-size", "32",
+                           "--epochs", "1", "--batch-size", "8", "--out", run)
+    assert code == 0, err
+    assert "2 unreadable images left out of training" in err
+    assert files[0].name in err and files[-1].name in err
+    with open(run / "skipped.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(Path(r["path"]).name for r in rows) == sorted([files[0].name, files[-1].name])
+    assert all(r["side"] in ("train", "val") and r["reason"] for r in rows)
+    split = json.loads((run / "config.json").read_text())["split"]
+    assert split["train_images"] + split["val_images"] == len(files) - 2
+
+    # every HEM cell unreadable: one clear line, no training, no traceback
+    for f in data.rglob("*.bmp"):
+        if "hem" in f.name.lower():
+            f.write_text("broken\n")
+    code, _, err = run_cli(capsys, "train", "scratch", data, "--input-size", "32",
+                           "--epochs", "1", "--out", work / "bad-run-2")
+    assert code == 3 and "Traceback" not in err, err
+    assert "only one class" in err or "validation images" in err
+
 def test_existing_run_is_not_overwritten(scratch_run: dict[str, object], synth: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "train", "scratch", synth, "--out", scratch_run["run"])

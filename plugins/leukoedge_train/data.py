@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from leukoedge.data import Item, collect, fold_of, split_by_patient
-from leukoedge.errors import DataError, ImageError, TrainingError, UsageError
+from leukoedge.errors import DataError, ImageError, UsageError
 from leukoedge.preprocess import preprocess
 
 
@@ -32,6 +32,16 @@ class Split:
     val: list[Item]
     method: str  # patient | image | folder | fold
     notes: list[str] = field(default_factory=list)
+
+    def check(self, where: str) -> None:
+        """Both sides non-empty and both classes in training, or a DataError."""
+        if not self.train or not self.val:
+            raise DataError(f"{where}: the split leaves {len(self.train)} training and "
+                            f"{len(self.val)} validation images",
+                            "add patients, change --val-fraction, or give --val")
+        if len({it.label for it in self.train}) < 2:
+            raise DataError("the training side of the split has only one class",
+                            "add patients of both classes")
 
     def describe(self) -> dict[str, Any]:
         def patients(items: Sequence[Item]) -> list[str]:
@@ -100,14 +110,9 @@ def make_split(data: Path, val: Path | None = None, val_fold: str | None = None,
         method = "patient"
         overlap = ({i.patient for i in train} & {i.patient for i in valid}) - {None}
         assert not overlap, overlap  # split_by_patient's promise
-    if not train or not valid:
-        raise DataError(f"{data}: the split leaves {len(train)} training and {len(valid)} "
-                        "validation images",
-                        "add patients, change --val-fraction, or give --val")
-    if len({it.label for it in train}) < 2:
-        raise DataError("the training side of the split has only one class",
-                        "add patients of both classes")
-    return Split(train, valid, method, notes)
+    split = Split(train, valid, method, notes)
+    split.check(str(data))
+    return split
 
 
 def _split_by_image(items: list[Item], fraction: float,
@@ -124,29 +129,44 @@ def _split_by_image(items: list[Item], fraction: float,
             [it for i, it in enumerate(items) if i in val_idx])
 
 
+@dataclass
+class Loaded:
+    """Decoded pixels of the readable items, in order, and what was skipped."""
+
+    pixels: np.ndarray                       # uint8 [N, size, size, 3]
+    items: list[Item]                        # the N items the pixels belong to
+    skipped: list[tuple[Item, str]] = field(default_factory=list)  # item, why
+
+
 def load_images(items: Sequence[Item], size: int, crop_fraction: float = 1.0,
                 interpolation: str = "bilinear", workers: int | None = None,
-                progress: Callable[[int], None] | None = None) -> np.ndarray:
+                progress: Callable[[int], None] | None = None) -> Loaded:
     """Decode and resize every item once: uint8 ``[N, size, size, 3]``.
 
     Threads, because Pillow releases the GIL while decoding and resizing. A file that
-    cannot be read stops training with a :class:`TrainingError` naming it.
+    cannot be read (truncated, not an image, unreadable) is skipped and listed in
+    ``Loaded.skipped`` with the reason, as a batch run turns a bad file into an error row;
+    the caller reports it. The rows of ``pixels`` match ``Loaded.items``.
     """
     out = np.empty((len(items), size, size, 3), dtype=np.uint8)
+    why: dict[int, str] = {}
     n_workers = workers or min(8, len(os.sched_getaffinity(0)))
 
     def one(i: int) -> None:
-        out[i] = preprocess(items[i].path, size, crop_fraction, interpolation)
+        try:
+            out[i] = preprocess(items[i].path, size, crop_fraction, interpolation)
+        except ImageError as exc:
+            why[i] = exc.message
 
-    try:
-        with ThreadPoolExecutor(max_workers=n_workers) as pool:
-            for _ in pool.map(one, range(len(items))):
-                if progress is not None:
-                    progress(1)
-    except ImageError as exc:
-        raise TrainingError(f"cannot train on an unreadable image: {exc.message}",
-                            "remove or replace the file") from exc
-    return out
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        for _ in pool.map(one, range(len(items))):
+            if progress is not None:
+                progress(1)
+    if not why:
+        return Loaded(out, list(items))
+    keep = [i for i in range(len(items)) if i not in why]
+    return Loaded(out[keep], [items[i] for i in keep],
+                  [(items[i], why[i]) for i in sorted(why)])
 
 
 def labels_of(items: Sequence[Item]) -> np.ndarray:

@@ -18,7 +18,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,15 +29,15 @@ from torch import nn
 
 from leukoedge import __version__
 from leukoedge.console import err, note
-from leukoedge.data import fingerprint
+from leukoedge.data import Item, fingerprint
 from leukoedge.errors import OutputExistsError, TrainingError, UsageError
 from leukoedge.evaluate import metrics as score
-from leukoedge.output import atomic_write_text
+from leukoedge.output import atomic_write_text, escape_path
 from leukoedge.session import cores
 from leukoedge.spec import ModelSpec
 
 from . import checkpoint as ckpt_io
-from .data import Split, augment, labels_of, load_images, make_split
+from .data import Loaded, Split, augment, labels_of, load_images, make_split
 from .models import (
     arch_info,
     create_model,
@@ -319,11 +319,6 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
         raise TrainingError(f"{c.data} is not the data {run_dir} was trained on "
                             "(the training-set fingerprint differs)",
                             "resume with the same DATA and split options")
-    d = split.describe()
-    note(f"{c.arch}: {d['train_images']} training images ({d['train_all']} ALL, "
-         f"{d['train_hem']} HEM, {len(d['train_patients'])} patients), "
-         f"{d['val_images']} validation ({d['val_all']} ALL, {d['val_hem']} HEM, "
-         f"{len(d['val_patients'])} patients), split by {split.method}")
 
     torch.manual_seed(c.seed)
     arch_kwargs: dict[str, Any] = {}
@@ -340,10 +335,22 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
     model.to(device)
 
     t0 = time.perf_counter()
-    x_train, x_val = _load(split, c.input_size, info.interpolation, c.workers)
+    loaded_train, loaded_val = _load(split, c.input_size, info.interpolation, c.workers)
+    x_train, x_val = loaded_train.pixels, loaded_val.pixels
     note(f"decoded {len(x_train) + len(x_val)} images at {c.input_size} px in "
          f"{time.perf_counter() - t0:.1f} s ({(x_train.nbytes + x_val.nbytes) / 1e6:.0f} MB "
          "in memory)")
+    skipped = [("train", it, why) for it, why in loaded_train.skipped] + \
+        [("val", it, why) for it, why in loaded_val.skipped]
+    if skipped:
+        _report_skipped(skipped)
+        split = replace(split, train=loaded_train.items, val=loaded_val.items)
+        split.check(f"{c.data} without its unreadable images")
+    d = split.describe()
+    note(f"{c.arch}: {d['train_images']} training images ({d['train_all']} ALL, "
+         f"{d['train_hem']} HEM, {len(d['train_patients'])} patients), "
+         f"{d['val_images']} validation ({d['val_all']} ALL, {d['val_hem']} HEM, "
+         f"{len(d['val_patients'])} patients), split by {split.method}")
     y_train = torch.from_numpy(labels_of(split.train))
     y_val = torch.from_numpy(labels_of(split.val))
     xt = torch.from_numpy(x_train)
@@ -381,11 +388,13 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
         "config": c.to_json_dict(), "split": d, "weights": weights_source,
         "pos_weight": float(pos_weight.item()), "device": str(device), "amp": use_amp,
         "torch": torch.__version__, "leukoedge": __version__,
-        "data_fingerprint": fp, "started_at": utc_now(),
+        "data_fingerprint": fp, "started_at": utc_now(), "skipped_images": len(skipped),
         "interpolation": info.interpolation, "mean": list(info.mean), "std": list(info.std),
     }
     if state is None or not (run_dir / "config.json").exists():
         atomic_write_text(run_dir / "config.json", json.dumps(config_doc, indent=2) + "\n")
+    if skipped:
+        _write_skipped(skipped, run_dir / "skipped.csv")
 
     def spec_now(f1: float, acc: float, epoch: int) -> ModelSpec:
         return ModelSpec(
@@ -501,8 +510,27 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
                        stopped_early)
 
 
+def _report_skipped(skipped: list[tuple[str, Item, str]]) -> None:
+    shown = 5
+    note(f"warning: {len(skipped)} unreadable images left out of training "
+         "(listed in skipped.csv in the run folder):")
+    for side, _, why in skipped[:shown]:
+        note(f"  {side}: {why}")
+    if len(skipped) > shown:
+        note(f"  ... and {len(skipped) - shown} more")
+
+
+def _write_skipped(skipped: list[tuple[str, Item, str]], path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["side", "path", "reason"])
+    for side, it, why in skipped:
+        w.writerow([side, escape_path(it.path), why])
+    atomic_write_text(path, buf.getvalue())
+
+
 def _load(split: Split, size: int, interpolation: str,
-          workers: int | None) -> tuple[np.ndarray, np.ndarray]:
+          workers: int | None) -> tuple[Loaded, Loaded]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     total = len(split.train) + len(split.val)
