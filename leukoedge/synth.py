@@ -54,6 +54,7 @@ __all__ = [
     "generate",
     "make_patients",
     "render_cell",
+    "sample_cells",
     "sample_traits",
 ]
 
@@ -477,6 +478,33 @@ def render_cell(
     if dy1 > dy0 and dx1 > dx0:
         out[dy0:dy1, dx0:dx1] = box[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0].astype(np.uint8)
     return out
+
+
+def sample_cells(n: int, seed: int = 0, size: int = REFERENCE_SIZE,
+                 cells_per_patient: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` cells in memory, no files: uint8 ``[n, size, size, 3]`` and labels (1 = ALL).
+
+    Drawn exactly as :func:`generate` draws the first ``n`` cells of a data set of
+    ``ceil(n / cells_per_patient)`` patients (ALL patients first, then HEM; both classes
+    from ``n > cells_per_patient`` on), so the same arguments give the same pixels.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    patients = max(2, -(-n // cells_per_patient))
+    config = SynthConfig(patients=patients, cells_per_patient=cells_per_patient,
+                         seed=seed, size=size)
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    labels = np.empty(n, dtype=np.int64)
+    k = 0
+    for pindex, patient in enumerate(make_patients(config)):
+        for cindex in range(cells_per_patient):
+            if k == n:
+                return out, labels
+            rng = _cell_rng(seed, pindex, cindex)
+            out[k] = render_cell(rng, sample_traits(rng, patient), patient, size)
+            labels[k] = patient.label
+            k += 1
+    return out, labels
 
 
 # --------------------------------------------------------------------------- #

@@ -29,6 +29,7 @@ from leukoedge.synth import (
     generate,
     make_patients,
     render_cell,
+    sample_cells,
     sample_traits,
 )
 
@@ -162,6 +163,21 @@ def test_cells_do_not_depend_on_generation_order(full: Path) -> None:
             assert np.array_equal(rgb, np.asarray(Image.open(full / row["path"])))
             assert float(row["cell_radius"]) == pytest.approx(traits.cell_radius, rel=1e-5)
 
+
+
+def test_sample_cells_are_the_first_cells_generate_writes(tmp_path: Path) -> None:
+    """In-memory cells (the parity check's fallback) equal the files of the same set."""
+    config = SynthConfig(patients=3, cells_per_patient=4, seed=5, size=64)
+    generate(tmp_path, config)
+    rows = read_rows(tmp_path)
+    x, labels = sample_cells(9, seed=5, size=64, cells_per_patient=4)
+    assert x.shape == (9, 64, 64, 3) and x.dtype == np.uint8
+    assert labels.tolist() == [int(r["label"]) for r in rows[:9]]
+    assert set(labels.tolist()) == {0, 1}
+    for got, row in zip(x, rows[:9]):
+        assert np.array_equal(got, np.asarray(Image.open(tmp_path / row["path"])))
+    with pytest.raises(ValueError):
+        sample_cells(0)
 
 # --------------------------------------------------------------------------- #
 # layout, naming, balance

@@ -13,11 +13,13 @@ loader, so a model that passes is also one ``leukoedge classify`` accepts.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from leukoedge.data import collect
 from leukoedge.errors import ImageError, ParityError
@@ -61,7 +63,7 @@ def images_for(spec: ModelSpec, data: Path | None, limit: int,
                synthetic: int = 32) -> tuple[np.ndarray, list[str], str, list[str]]:
     """uint8 batch, names, source description, unreadable files."""
     if data is None:
-        return _synthetic(spec.input_size, synthetic)
+        return _synthetic(spec, synthetic)
     items = collect([data])[:limit]
     arrays, names, skipped = [], [], []
     for it in items:
@@ -76,10 +78,17 @@ def images_for(spec: ModelSpec, data: Path | None, limit: int,
     return np.stack(arrays), names, str(data), skipped
 
 
-def _synthetic(size: int, n: int) -> tuple[np.ndarray, list[str], str, list[str]]:
-    from .synthetic import cells
+def _synthetic(spec: ModelSpec, n: int) -> tuple[np.ndarray, list[str], str, list[str]]:
+    """``n`` cells of ``leukoedge.synth`` at 450 px, through the model's own preprocessing
+    (uniform noise would not exercise the network the way cells do)."""
+    from leukoedge.synth import sample_cells
 
-    x, labels = cells(n, size, seed=2019)
+    cells, labels = sample_cells(n, seed=2019)
+    x = np.empty((n, spec.input_size, spec.input_size, 3), np.uint8)
+    for i, rgb in enumerate(cells):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="BMP")
+        x[i] = preprocess_for(buf.getvalue(), spec)
     names = [f"synthetic-{i}-{'all' if lab else 'hem'}" for i, lab in enumerate(labels)]
     return x, names, "synthetic", []
 
