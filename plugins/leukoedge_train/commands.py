@@ -126,9 +126,10 @@ def train(
         patience=patience, device=device, amp=amp, weights=weights, head_epochs=head_epochs,
         unfreeze=unfreeze, workers=workers, threads=threads)
     result = run_training(cfg)
+    from leukoedge.console import escape
     from leukoedge.console import out as stdout
 
-    stdout.print(f"run {result.run_dir}: {result.epochs_done} epochs, best validation "
+    stdout.print(f"run {escape(str(result.run_dir))}: {result.epochs_done} epochs, best validation "
                  f"weighted F1 {result.best_f1:.4f} at epoch {result.best_epoch}"
                  f"{' (early stop)' if result.stopped_early else ''}")
     return EXIT_OK
@@ -164,7 +165,7 @@ def export(
     require_torch("export")
     if to.lower() != "onnx":
         raise UsageError(f"--to {to}: only onnx is supported")
-    from leukoedge.console import note
+    from leukoedge.console import escape, note
     from leukoedge.console import out as stdout
     from leukoedge.errors import ExportError
 
@@ -184,7 +185,8 @@ def export(
         note(f"asked for opset {opset}; the exporter produced opset {res.opset}")
     note(f"from {res.checkpoint} ({res.spec.architecture}, {res.spec.input_size} px, "
          f"opset {res.opset}, {res.exporter} exporter)")
-    stdout.print(f"exported {res.path} ({res.precision}, {res.size_bytes / 1e6:.1f} MB)")
+    stdout.print(f"exported {escape(str(res.path))} "
+                 f"({res.precision}, {res.size_bytes / 1e6:.1f} MB)")
     return EXIT_OK
 
 
