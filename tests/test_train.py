@@ -168,15 +168,17 @@ def test_same_seed_same_run(work: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_unreadable_images_are_skipped_and_listed(work: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    data = write_dataset(work / "bad", patients=4, cells=6, size=40, seed=6)
+    # brackets in the paths: Rich must print them, not read them as markup
+    data = write_dataset(work / "bad[red]", patients=4, cells=6, size=40, seed=6)
     files = sorted(data.rglob("*.bmp"))
     good = files[0].read_bytes()
     files[0].write_bytes(good[: len(good) // 3])           # truncated BMP
     files[-1].write_text("not an image\n")                  # text named .bmp
-    run = work / "bad-run"
-    code, _, err = run_cli(capsys, "train", "scratch", data, "--input-size", "32",
-                           "--epochs", "1", "--batch-size", "8", "--out", run)
+    run = work / "bad-run[bold]"
+    code, out, err = run_cli(capsys, "train", "scratch", data, "--input-size", "32",
+                             "--epochs", "1", "--batch-size", "8", "--out", run)
     assert code == 0, err
+    assert f"run {run}:" in out and "bad[red]" in err
     assert "2 unreadable images left out of training" in err
     assert files[0].name in err and files[-1].name in err
     with open(run / "skipped.csv", newline="") as fh:
