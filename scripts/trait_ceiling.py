@@ -21,7 +21,9 @@ It also drops each trait in turn, to show what a model that cannot see that trai
 
 With ``--traits-from traits.csv --val-fold N`` it does the same on the folds of an
 existing data set (train on the other folds, score fold N), i.e. the ceiling for that
-exact validation set. Needs scikit-learn (measurement only, not a leukoedge dependency).
+exact validation set; add ``--test-traits other/traits.csv`` to score another data set
+(a test set of new patients) with the same fitted classifiers. Needs scikit-learn
+(measurement only, not a leukoedge dependency).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def from_csv(path: Path, val_fold: int) -> tuple[np.ndarray, ...]:
     x = np.asarray([[float(r[n]) for n in TRAIT_NAMES] for r in rows])
     y = np.asarray([int(r["label"]) for r in rows])
     val = np.asarray([int(r["fold"]) == val_fold for r in rows])
+    if val_fold < 0:  # every cell, nothing held out
+        return x, y, x[:0], y[:0]
     if not val.any() or val.all():
         raise SystemExit(f"{path}: fold {val_fold} is empty or holds every cell")
     return x[~val], y[~val], x[val], y[val]
@@ -81,6 +85,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="101,202", help="fit seed, score seed")
     ap.add_argument("--traits-from", type=Path, help="traits.csv of a generated data set")
     ap.add_argument("--val-fold", type=int, default=2, help="with --traits-from")
+    ap.add_argument("--test-traits", type=Path,
+                    help="with --traits-from: score this traits.csv instead of the fold")
     args = ap.parse_args()
 
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -91,6 +97,12 @@ def main() -> None:
     if args.traits_from:
         xtr, ytr, xte, yte = from_csv(args.traits_from, args.val_fold)
         where = f"{args.traits_from}, fold {args.val_fold} held out"
+        if args.test_traits:
+            x2, y2, xv, yv = from_csv(args.test_traits, -1)
+            assert not len(xv)
+            xte, yte = x2, y2
+            where = (f"fit on {args.traits_from} without fold {args.val_fold}, "
+                     f"scored on {args.test_traits}")
     else:
         s_fit, s_score = (int(s) for s in args.seeds.split(","))
         xtr, ytr = population(s_fit, args.patients, args.cells_per_patient)
