@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,7 @@ def bench_inference(model: Model, batch_sizes: Sequence[int], files: Sequence[Pa
     for b in batch_sizes:
         x = sample_batch(model, files, b)
         model.logits(x)  # warm-up at this shape
-        times = timed(lambda x=x: model.logits(x), seconds)
+        times = timed(partial(model.logits, x), seconds)
         per_s[b] = b / float(np.median(times))
         if b == 1:
             latency = {"p50": float(np.percentile(times, 50) * 1e3),
@@ -114,8 +115,8 @@ def bench_pair(a: Model, b: Model, batch_sizes: Sequence[int], files: Sequence[P
         a.logits(xa)
         b.logits(xb)
         for _ in range(rounds):
-            ta = timed(lambda xa=xa: a.logits(xa), seconds / rounds)
-            tb = timed(lambda xb=xb: b.logits(xb), seconds / rounds)
+            ta = timed(partial(a.logits, xa), seconds / rounds)
+            tb = timed(partial(b.logits, xb), seconds / rounds)
             ra.setdefault(bs, []).append(bs / float(np.median(ta)))
             rb.setdefault(bs, []).append(bs / float(np.median(tb)))
     return ({k: float(np.median(v)) for k, v in ra.items()},
@@ -145,8 +146,9 @@ def bench_opencv(model: Model, files: Sequence[Path], seconds: float) -> float |
     n = 0
     t0 = time.perf_counter()
     while n < len(files) or time.perf_counter() - t0 < seconds:
-        img = cv2.imread(str(files[n % len(files)]), cv2.IMREAD_COLOR)
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        bgr = cv2.imread(str(files[n % len(files)]), cv2.IMREAD_COLOR)
+        assert bgr is not None, files[n % len(files)]  # the files were decoded by us already
+        img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
         n += 1
     return n / (time.perf_counter() - t0)
@@ -173,8 +175,9 @@ def bench_decode_pair(model: Model, files: Sequence[Path],
         t0 = clock()
         preprocess_for(f, model.spec)
         t1 = clock()
-        img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        assert bgr is not None, f  # the same file was just decoded by preprocess_for
+        img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
         t2 = clock()
         ours += t1 - t0

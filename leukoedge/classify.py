@@ -113,8 +113,9 @@ def predict_stream(
                 ok = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
                 logits = np.empty(0, dtype=np.float32)
                 if ok:
-                    for j, i in enumerate(ok):
-                        buf[j] = decoded[i]
+                    arrays = (a for a in decoded if isinstance(a, np.ndarray))
+                    for j, arr in enumerate(arrays):
+                        buf[j] = arr
                     logits = model.logits(buf[: len(ok)])
                 probs = sigmoid(logits)  # once per batch, not per image
                 out: list[Prediction] = []

@@ -128,7 +128,7 @@ def patient_vote_metrics(rows: Sequence[PatientRow]) -> dict[str, Any] | None:
     known = [r for r in rows if r.true_label is not None and r.patient != "unknown"]
     if not known:
         return None
-    yt = [LABEL_NAMES.index(r.true_label) for r in known]  # type: ignore[arg-type]
+    yt = [LABEL_NAMES.index(r.true_label) for r in known]
     yp = [LABEL_NAMES.index(r.vote) for r in known]
     m = metrics(yt, yp)
     return {"patients": len(known), "accuracy": m["accuracy"],

@@ -45,7 +45,8 @@ def import_ort() -> ModuleType:
             "pip install 'leukoedge[cpu]' (or 'leukoedge[gpu]' for CUDA; not both)",
         ) from exc
     ort.set_default_logger_severity(3)
-    return ort
+    module: ModuleType = ort
+    return module
 
 
 def ort_errors(ort: ModuleType) -> tuple[type[BaseException], ...]:
@@ -81,6 +82,8 @@ def provider_load_problem(ort: ModuleType, provider: str) -> str | None:
         return (f"this onnxruntime build ({ort_distribution()}) has no {name}; "
                 "install the GPU build: pip uninstall onnxruntime && "
                 "pip install 'leukoedge[gpu]'")
+    if ort.__file__ is None:  # a namespace package: nothing to try to load
+        return None
     lib = Path(ort.__file__).parent / "capi" / _PROVIDER_LIBS[provider]
     if lib.exists():
         try:

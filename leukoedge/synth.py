@@ -36,7 +36,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -617,7 +617,7 @@ def generate(
             rel = (
                 f"fold_{patient.fold}/{cls}/UID_{patient.patient_id}_{image_no}_{cell_no}_{cls}.bmp"
             )
-            _write_atomic(out / rel, lambda tmp, rgb=rgb: _save_bmp(rgb, tmp))
+            _write_atomic(out / rel, partial(_save_bmp, rgb))
             t = asdict(traits)
             rows.append(
                 [rel, patient.label, patient.patient_id, patient.fold, image_no, cell_no]
@@ -634,7 +634,11 @@ def generate(
     writer.writerows(rows)
     traits_csv = out / "traits.csv"
     data = text.getvalue().encode("utf-8")
-    _write_atomic(traits_csv, lambda tmp: tmp.write_bytes(data))
+
+    def write_traits(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    _write_atomic(traits_csv, write_traits)
 
     n_all_img = sum(1 for r in rows if r[1] == 1)
     return SynthSummary(
