@@ -22,10 +22,12 @@ import torch
 from PIL import Image
 
 from leukoedge.data import collect
-from leukoedge.errors import ImageError, ParityError
+from leukoedge.errors import ParityError
 from leukoedge.preprocess import preprocess_for
 from leukoedge.session import SessionConfig, cores, load_model
 from leukoedge.spec import ModelSpec
+
+from .data import load_images
 
 ATOL = 1e-4
 RTOL = 1e-4
@@ -64,18 +66,12 @@ def images_for(spec: ModelSpec, data: Path | None, limit: int,
     """uint8 batch, names, source description, unreadable files."""
     if data is None:
         return _synthetic(spec, synthetic)
-    items = collect([data])[:limit]
-    arrays, names, skipped = [], [], []
-    for it in items:
-        try:
-            arrays.append(preprocess_for(it.path, spec))
-        except ImageError as exc:
-            skipped.append(exc.message)
-            continue
-        names.append(str(it.path))
-    if not arrays:
+    loaded = load_images(collect([data])[:limit], spec.input_size, spec.crop_fraction,
+                         spec.interpolation)
+    if not loaded.items:
         raise ParityError(f"{data}: no readable image for the parity check")
-    return np.stack(arrays), names, str(data), skipped
+    return (loaded.pixels, [str(it.path) for it in loaded.items], str(data),
+            [why for _, why in loaded.skipped])
 
 
 def _synthetic(spec: ModelSpec, n: int) -> tuple[np.ndarray, list[str], str, list[str]]:
