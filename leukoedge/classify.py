@@ -110,13 +110,12 @@ def predict_stream(
                 batch, futures = pending.popleft()
                 submit_next()
                 decoded = [f.result() for f in futures]
-                ok = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
+                arrays = [a for a in decoded if isinstance(a, np.ndarray)]
                 logits = np.empty(0, dtype=np.float32)
-                if ok:
-                    arrays = (a for a in decoded if isinstance(a, np.ndarray))
+                if arrays:
                     for j, arr in enumerate(arrays):
                         buf[j] = arr
-                    logits = model.logits(buf[: len(ok)])
+                    logits = model.logits(buf[: len(arrays)])
                 probs = sigmoid(logits)  # once per batch, not per image
                 out: list[Prediction] = []
                 k = 0
