@@ -56,14 +56,18 @@ def population(seed: int, patients: int, cells: int) -> tuple[np.ndarray, np.nda
     return np.asarray(x), np.asarray(y)
 
 
-def from_csv(path: Path, val_fold: int) -> tuple[np.ndarray, ...]:
+def read_traits(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Traits, labels and folds of a ``traits.csv`` written by ``leukoedge synth``."""
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     x = np.asarray([[float(r[n]) for n in TRAIT_NAMES] for r in rows])
     y = np.asarray([int(r["label"]) for r in rows])
-    val = np.asarray([int(r["fold"]) == val_fold for r in rows])
-    if val_fold < 0:  # every cell, nothing held out
-        return x, y, x[:0], y[:0]
+    return x, y, np.asarray([int(r["fold"]) for r in rows])
+
+
+def split_fold(path: Path, val_fold: int) -> tuple[np.ndarray, ...]:
+    x, y, fold = read_traits(path)
+    val = fold == val_fold
     if not val.any() or val.all():
         raise SystemExit(f"{path}: fold {val_fold} is empty or holds every cell")
     return x[~val], y[~val], x[val], y[val]
@@ -95,12 +99,10 @@ def main() -> None:
     from sklearn.preprocessing import StandardScaler
 
     if args.traits_from:
-        xtr, ytr, xte, yte = from_csv(args.traits_from, args.val_fold)
+        xtr, ytr, xte, yte = split_fold(args.traits_from, args.val_fold)
         where = f"{args.traits_from}, fold {args.val_fold} held out"
         if args.test_traits:
-            x2, y2, xv, yv = from_csv(args.test_traits, -1)
-            assert not len(xv)
-            xte, yte = x2, y2
+            xte, yte, _ = read_traits(args.test_traits)
             where = (f"fit on {args.traits_from} without fold {args.val_fold}, "
                      f"scored on {args.test_traits}")
     else:
