@@ -106,6 +106,27 @@ def train(
         "--workers", min=1, help="Decoding threads.", show_default=False)] = None,
     threads: Annotated[int | None, typer.Option(
         "--threads", min=1, help="torch threads \\[default: cores].", show_default=False)] = None,
+    recipe: Annotated[str | None, typer.Option(
+        "--recipe", help="A named set of the settings below (docs/accuracy.md), e.g. "
+        "gap; flags given explicitly win.", show_default=False)] = None,
+    crop: Annotated[float | None, typer.Option(
+        "--crop", min=0.05, max=1.0, help="Central square kept before resizing, as a "
+        "fraction of the side \\[default: 1].", show_default=False)] = None,
+    width: Annotated[float | None, typer.Option(
+        "--width", min=0.1, max=4.0, help="scratch: filter-count multiplier "
+        "\\[default: 1 = 32..256].", show_default=False)] = None,
+    head: Annotated[str | None, typer.Option(
+        "--head", help="scratch: flatten (the seed's) or gap (global average pool) "
+        "\\[default: flatten].", show_default=False)] = None,
+    colour_norm: Annotated[str | None, typer.Option(
+        "--colour-norm", help="In-graph per-cell colour normalisation: none or greyworld "
+        "\\[default: none].", show_default=False)] = None,
+    stain_jitter: Annotated[float | None, typer.Option(
+        "--stain-jitter", min=0.0, max=0.9, help="Per-channel gain augmentation, +- "
+        "\\[default: 0.1].", show_default=False)] = None,
+    gamma_jitter: Annotated[float | None, typer.Option(
+        "--gamma-jitter", min=0.0, max=2.0, help="Per-channel gamma augmentation, "
+        "exp(+-x) \\[default: 0].", show_default=False)] = None,
 ) -> int:
     """Train a model on labelled cells; checkpoints, history and curves go to --out."""
     from leukoedge.plugins import require_torch
@@ -124,7 +145,13 @@ def train(
         dropout=dropout, class_weights=class_weights, val=val, val_fold=val_fold,
         val_fraction=val_fraction, split_by_image=split_by_image, seed=seed,
         patience=patience, device=device, amp=amp, weights=weights, head_epochs=head_epochs,
-        unfreeze=unfreeze, workers=workers, threads=threads)
+        unfreeze=unfreeze, workers=workers, threads=threads, crop_fraction=crop, width=width,
+        head=head, colour_norm=colour_norm, stain_jitter=stain_jitter,
+        gamma_jitter=gamma_jitter)
+    if recipe is not None:
+        from .recipes import apply_recipe
+
+        cfg = apply_recipe(cfg, recipe)
     result = run_training(cfg)
     from leukoedge.console import escape
     from leukoedge.console import out as stdout
@@ -295,3 +322,6 @@ def register(app: Any) -> None:
     app.command(name="train")(guarded(train))
     app.command(name="export")(guarded(export))
     app.command(name="parity")(guarded(parity))
+    from . import cv_commands
+
+    cv_commands.register(app)

@@ -176,13 +176,15 @@ def labels_of(items: Sequence[Item]) -> np.ndarray:
 # -- augmentation ------------------------------------------------------------------------
 
 def augment(batch: torch.Tensor, gen: torch.Generator, colour: float = 0.1,
-            brightness: float = 0.15) -> torch.Tensor:
+            brightness: float = 0.15, gamma: float = 0.0) -> torch.Tensor:
     """Cell-friendly augmentation of a uint8 ``[N, H, W, 3]`` batch; returns uint8.
 
     - one of the 8 symmetries of the square per image (flips and 90-degree rotations:
       a cell has no up or left);
     - a brightness gain in ``1 +- brightness`` and a per-channel (stain) gain in
-      ``1 +- colour``, both multiplicative, so the black background stays black.
+      ``1 +- colour``, both multiplicative, so the black background stays black;
+    - with ``gamma > 0``, a per-channel gamma ``exp(U(-gamma, gamma))`` applied before the
+      gains (a stain's non-linear response; black stays black).
     """
     n = batch.shape[0]
     out = batch.clone()
@@ -200,4 +202,8 @@ def augment(batch: torch.Tensor, gen: torch.Generator, colour: float = 0.1,
         out[idx] = x
     gain = 1.0 + (torch.rand((n, 1, 1, 1), generator=gen) * 2 - 1) * brightness
     gain = gain * (1.0 + (torch.rand((n, 1, 1, 3), generator=gen) * 2 - 1) * colour)
-    return (out.to(torch.float32) * gain).round_().clamp_(0, 255).to(torch.uint8)
+    x = out.to(torch.float32)
+    if gamma > 0:
+        g = torch.exp((torch.rand((n, 1, 1, 3), generator=gen) * 2 - 1) * gamma)
+        x = 255.0 * (x / 255.0) ** g
+    return (x * gain).round_().clamp_(0, 255).to(torch.uint8)

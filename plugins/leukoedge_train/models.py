@@ -29,20 +29,53 @@ class Normalize(nn.Module):
     """uint8 NHWC RGB -> float NCHW ``(x/255 - mean)/std`` -> backbone -> logit ``[N]``.
 
     Scale and shift are folded into two buffers (one Mul and one Add in the graph).
+
+    ``colour_norm="greyworld"`` first divides each channel of each image by that channel's
+    mean over the cell's own pixels (those whose channel sum exceeds :data:`CELL_LEVEL`;
+    the black background stays 0) and multiplies by :data:`GREYWORLD_LEVEL`: a per-cell
+    stain normalisation inside the graph, so training and deployment do exactly the same
+    thing. It removes a slide's overall stain colour and brightness and keeps the contrast
+    within the cell.
     """
 
     def __init__(self, net: nn.Module, mean: tuple[float, float, float],
-                 std: tuple[float, float, float]) -> None:
+                 std: tuple[float, float, float], colour_norm: str = "none") -> None:
         super().__init__()
+        if colour_norm not in COLOUR_NORMS:
+            raise UsageError(f"--colour-norm {colour_norm!r} is unknown",
+                             f"choose one of {', '.join(COLOUR_NORMS)}")
         self.net = net
+        self.colour_norm = colour_norm
         m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
         s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.register_buffer("scale", 1.0 / (255.0 * s))
         self.register_buffer("shift", -m / s)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = image.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.shift
+        # cast to the buffers' dtype: float32 normally, float64 in the parity oracle
+        # (``copy.deepcopy(model).double()``), so the oracle is float64 from the input on
+        x = image.permute(0, 3, 1, 2).to(self.scale.dtype)
+        if self.colour_norm == "greyworld":
+            x = greyworld(x)
+        x = x * self.scale + self.shift
         return self.net(x).reshape(-1)
+
+
+COLOUR_NORMS = ("none", "greyworld")
+#: A pixel belongs to the cell when its R+G+B (0-765) exceeds this.
+CELL_LEVEL = 30.0
+#: Each channel's mean over the cell is mapped to this level (0-255 scale).
+GREYWORLD_LEVEL = 128.0
+
+
+def greyworld(x: torch.Tensor) -> torch.Tensor:
+    """Per image and channel: ``x * GREYWORLD_LEVEL / mean(x over cell pixels)``, with the
+    background set to 0; NCHW float on the 0-255 scale in and out. Ordinary operators only
+    (ReduceSum, Div, Mul: it exports to ONNX)."""
+    mask = (x.sum(dim=1, keepdim=True) > CELL_LEVEL).to(x.dtype)
+    area = mask.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
+    mean = (x * mask).sum(dim=(2, 3), keepdim=True) / area
+    return x * mask * (GREYWORLD_LEVEL / mean.clamp_min(1.0))
 
 
 def _conv_block(c_in: int, c_out: int, convs: int, batchnorm: bool) -> nn.Sequential:
@@ -64,34 +97,48 @@ class ScratchNet(nn.Module):
 
     ``batchnorm`` puts a BatchNorm after every conv (convs then have no bias); without it
     the network is the seed's plain conv + ReLU stack.
+
+    ``width`` scales every filter count (0.5 = 16, 32, 64, 128: a quarter of the work);
+    ``head="gap"`` global-average-pools the last block instead of flattening it, so the
+    dense layers see what the cell contains rather than where (and have 64x fewer inputs
+    at 128 px). The seed's network is ``width=1, head="flatten"``.
     """
 
     FILTERS = (32, 64, 128, 256)
     CONVS = (1, 2, 2, 2)
 
     def __init__(self, input_size: int, dense: tuple[int, int, int] = (256, 128, 64),
-                 dropout: float = 0.5, batchnorm: bool = True) -> None:
+                 dropout: float = 0.5, batchnorm: bool = True, width: float = 1.0,
+                 head: str = "flatten") -> None:
         super().__init__()
         if input_size < 16:
             raise UsageError(f"scratch needs an input size of at least 16, got {input_size}",
                              "four 2x2 max-pools halve the image four times")
+        if head not in SCRATCH_HEADS:
+            raise UsageError(f"--head {head!r} is unknown",
+                             f"choose one of {', '.join(SCRATCH_HEADS)}")
+        if not 0.1 <= width <= 4.0:
+            raise UsageError(f"--width must be in 0.1..4, got {width}")
+        filters = [max(4, int(round(f * width))) for f in self.FILTERS]
         blocks = []
         c_in = 3
-        for c_out, n in zip(self.FILTERS, self.CONVS):
+        for c_out, n in zip(filters, self.CONVS):
             blocks.append(_conv_block(c_in, c_out, n, batchnorm))
             c_in = c_out
         self.features = nn.Sequential(*blocks)
         side = input_size
         for _ in self.FILTERS:
             side //= 2
-        flat = self.FILTERS[-1] * side * side
-        head: list[nn.Module] = [nn.Flatten()]
-        width = flat
+        flat = filters[-1] * (1 if head == "gap" else side * side)
+        head_layers: list[nn.Module] = (
+            [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if head == "gap" else [nn.Flatten()])
+        head_: list[nn.Module] = head_layers
+        n_in = flat
         for w in dense:
-            head += [nn.Linear(width, w), nn.ReLU(inplace=True), nn.Dropout(dropout)]
-            width = w
-        head.append(nn.Linear(width, 1))
-        self.head = nn.Sequential(*head)
+            head_ += [nn.Linear(n_in, w), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            n_in = w
+        head_.append(nn.Linear(n_in, 1))
+        self.head = nn.Sequential(*head_)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -110,9 +157,14 @@ class ArchInfo:
     description: str = ""
 
 
+SCRATCH_HEADS = ("flatten", "gap")
+
+
 def _build_scratch(input_size: int, dense: tuple[int, int, int] = (256, 128, 64),
-                   dropout: float = 0.5, batchnorm: bool = True, **_: Any) -> nn.Module:
-    return ScratchNet(input_size, tuple(dense), dropout, batchnorm)  # type: ignore[arg-type]
+                   dropout: float = 0.5, batchnorm: bool = True, width: float = 1.0,
+                   head: str = "flatten", **_: Any) -> nn.Module:
+    return ScratchNet(input_size, tuple(dense), dropout, batchnorm,  # type: ignore[arg-type]
+                      width, head)
 
 
 def _build_resnet50(input_size: int, **_: Any) -> nn.Module:
@@ -153,8 +205,9 @@ def arch_info(name: str) -> ArchInfo:
 def create_model(name: str, input_size: int | None = None, **kwargs: Any) -> Normalize:
     """The wrapped model (uint8 NHWC in, logit out) for architecture ``name``."""
     info = arch_info(name)
+    colour_norm = kwargs.pop("colour_norm", "none")
     net = info.build(input_size or info.input_size, **kwargs)
-    return Normalize(net, info.mean, info.std)
+    return Normalize(net, info.mean, info.std, colour_norm)
 
 
 # -- pretrained weights ------------------------------------------------------------------

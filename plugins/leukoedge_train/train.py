@@ -88,6 +88,12 @@ class TrainConfig:
     unfreeze: str | None = None
     workers: int | None = None
     threads: int | None = None
+    crop_fraction: float | None = None
+    width: float | None = None
+    head: str | None = None
+    colour_norm: str | None = None
+    stain_jitter: float | None = None
+    gamma_jitter: float | None = None
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` replaced by the architecture's default."""
@@ -100,6 +106,8 @@ class TrainConfig:
             "warmup_epochs": 1.0, "augment": True, "batchnorm": True, "dropout": 0.5,
             "class_weights": True, "val_fraction": 0.2, "seed": 0, "patience": 8,
             "device": "auto", "amp": True, "weights": "imagenet" if resnet else "none",
+            "crop_fraction": 1.0, "width": 1.0, "head": "flatten", "colour_norm": "none",
+            "stain_jitter": 0.1, "gamma_jitter": 0.0,
         }
         for k, v in defaults.items():
             if getattr(c, k) is None:
@@ -123,6 +131,10 @@ class TrainConfig:
                              f"choose one of {', '.join(DEVICES)}")
         if self.arch != "resnet50" and (self.head_epochs or self.unfreeze != "all"):
             raise UsageError("--head-epochs and --unfreeze are for resnet50")
+        if self.arch != "scratch" and (self.width != 1.0 or self.head != "flatten"):
+            raise UsageError("--width and --head are for scratch")
+        if not 0.05 <= (self.crop_fraction or 1.0) <= 1.0:
+            raise UsageError(f"--crop must be in 0.05..1, got {self.crop_fraction}")
         assert self.epochs is not None and self.head_epochs is not None
         if self.head_epochs >= self.epochs and self.unfreeze != "all" and self.head_epochs:
             note(f"--head-epochs {self.head_epochs} >= --epochs {self.epochs}: "
@@ -275,9 +287,12 @@ def _progress(total_batches: int, label: str) -> Any:
 
 # -- the loop ------------------------------------------------------------------------------
 
-def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None = None
-          ) -> TrainResult:
-    """Train (or resume) one run; return where it is and how it went."""
+def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None = None,
+          split: Split | None = None) -> TrainResult:
+    """Train (or resume) one run; return where it is and how it went.
+
+    ``split`` replaces the split made from ``cfg`` (the cross-validation harness passes
+    its folds; the validation side is then only watched, see :mod:`.cv`)."""
     run_dir = cfg.out or default_run_dir(cfg.arch)
     state: dict[str, Any] | None = None
     if cfg.resume:
@@ -309,8 +324,9 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
     device = pick_device(c.device or "auto")
     info = arch_info(c.arch)
 
-    split = make_split(c.data, c.val, c.val_fold, c.val_fraction or 0.2, c.seed,
-                       c.split_by_image)
+    if split is None:
+        split = make_split(c.data, c.val, c.val_fold, c.val_fraction or 0.2, c.seed,
+                           c.split_by_image)
     for n in split.notes:
         note(n)
     data_root = c.data if c.data.is_dir() else c.data.parent
@@ -324,7 +340,10 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
     arch_kwargs: dict[str, Any] = {}
     if c.arch == "scratch":
         arch_kwargs = {"dropout": float(c.dropout or 0.0), "batchnorm": bool(c.batchnorm),
-                       "dense": [256, 128, 64]}
+                       "dense": [256, 128, 64], "width": float(c.width or 1.0),
+                       "head": c.head or "flatten"}
+    if c.colour_norm and c.colour_norm != "none":
+        arch_kwargs["colour_norm"] = c.colour_norm
     model = create_model(c.arch, c.input_size, **arch_kwargs)
     weights_source = "checkpoint"
     if state is None:
@@ -335,7 +354,8 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
     model.to(device)
 
     t0 = time.perf_counter()
-    loaded_train, loaded_val = _load(split, c.input_size, info.interpolation, c.workers)
+    loaded_train, loaded_val = _load(split, c.input_size, info.interpolation, c.workers,
+                                     c.crop_fraction or 1.0)
     x_train, x_val = loaded_train.pixels, loaded_val.pixels
     note(f"decoded {len(x_train) + len(x_val)} images at {c.input_size} px in "
          f"{time.perf_counter() - t0:.1f} s ({(x_train.nbytes + x_val.nbytes) / 1e6:.0f} MB "
@@ -398,7 +418,8 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
 
     def spec_now(f1: float, acc: float, epoch: int) -> ModelSpec:
         return ModelSpec(
-            architecture=c.arch, input_size=c.input_size, crop_fraction=1.0,
+            architecture=c.arch, input_size=c.input_size,
+            crop_fraction=c.crop_fraction or 1.0,
             interpolation=info.interpolation, mean=info.mean, std=info.std, threshold=0.5,
             data_fingerprint=fp, train_images=len(split.train), created_at=utc_now(),
             tool_version=__version__,
@@ -439,7 +460,8 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
                 idx = perm[i0:i0 + c.batch_size]
                 xb = xt[idx]
                 if c.augment:
-                    xb = augment(xb, gen)
+                    xb = augment(xb, gen, colour=c.stain_jitter or 0.0,
+                                 gamma=c.gamma_jitter or 0.0)
                 xb = xb.to(device, non_blocking=True)
                 yb = y_train[idx].to(device)
                 step = (epoch - stage.first) * steps_per_epoch + b
@@ -529,8 +551,8 @@ def _write_skipped(skipped: list[tuple[str, Item, str]], path: Path) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _load(split: Split, size: int, interpolation: str,
-          workers: int | None) -> tuple[Loaded, Loaded]:
+def _load(split: Split, size: int, interpolation: str, workers: int | None,
+          crop_fraction: float = 1.0) -> tuple[Loaded, Loaded]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     total = len(split.train) + len(split.val)
@@ -541,8 +563,8 @@ def _load(split: Split, size: int, interpolation: str,
         def adv(n: int) -> None:
             p.advance(task, n)
 
-        xt = load_images(split.train, size, 1.0, interpolation, workers, adv)
-        xv = load_images(split.val, size, 1.0, interpolation, workers, adv)
+        xt = load_images(split.train, size, crop_fraction, interpolation, workers, adv)
+        xv = load_images(split.val, size, crop_fraction, interpolation, workers, adv)
     return xt, xv
 
 

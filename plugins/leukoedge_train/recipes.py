@@ -1,0 +1,99 @@
+"""Named training recipes: one place for the settings a measured result was made with.
+
+A recipe is a set of :class:`~.train.TrainConfig` settings plus how the cross-validation
+harness picks the weights it scores (``selection``):
+
+- ``last``: a fixed epoch count; the final weights predict the held-out fold (nothing is
+  chosen on the fold being scored);
+- ``inner``: today's default behaviour, early stopping with ``patience`` on an inner
+  split by patient *of the training side*; ``best.pt`` predicts the held-out fold.
+
+``leukoedge train ARCH DATA --recipe NAME`` and ``leukoedge cv run --recipe NAME`` read the
+same table, so the shipped model is reproducible by name. Flags given on the command line
+win over the recipe's settings. docs/accuracy.md has every recipe's measured figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+from leukoedge.errors import UsageError
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    arch: str
+    description: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    selection: str = "last"  # last | inner
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "arch": self.arch, "description": self.description,
+                "settings": dict(self.settings), "selection": self.selection}
+
+
+#: What ``--screen`` changes to make a candidate cheap to compare (smaller input, fewer
+#: epochs); screening runs on 3 of the folds.
+SCREEN = {"input_size": 64, "epochs": 10}
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe("baseline", "scratch",
+           "today's train scratch defaults: 128 px, 30 epochs, early stopping (patience 8) "
+           "on an inner 20% patient split of the training side",
+           {}, selection="inner"),
+    Recipe("seed", "scratch",
+           "the student project's settings: 45 px, no batch norm, no augmentation, "
+           "no class weights, constant lr 1e-3, 15 epochs",
+           {"input_size": 45, "epochs": 15, "batchnorm": False, "augment": False,
+            "class_weights": False, "schedule": "constant", "warmup_epochs": 0.0,
+            "weight_decay": 0.0, "patience": 0}),
+    Recipe("fixed", "scratch",
+           "the default network at 96 px on the central 75% (same resolution as 128 px "
+           "on the whole image), 16 fixed epochs",
+           {"input_size": 96, "crop_fraction": 0.75, "epochs": 16, "patience": 0}),
+    Recipe("stain", "scratch",
+           "fixed + stronger stain augmentation (per-channel gain +-0.25, gamma exp(+-0.3))",
+           {"input_size": 96, "crop_fraction": 0.75, "epochs": 16, "patience": 0,
+            "stain_jitter": 0.25, "gamma_jitter": 0.3}),
+    Recipe("greyworld", "scratch",
+           "stain + in-graph per-cell grey-world colour normalisation",
+           {"input_size": 96, "crop_fraction": 0.75, "epochs": 16, "patience": 0,
+            "stain_jitter": 0.25, "gamma_jitter": 0.3, "colour_norm": "greyworld"}),
+    Recipe("gap", "scratch",
+           "greyworld + a half-width network with a global-average-pool head "
+           "(365k parameters instead of 5.4M)",
+           {"input_size": 96, "crop_fraction": 0.75, "epochs": 16, "patience": 0,
+            "stain_jitter": 0.25, "gamma_jitter": 0.3, "colour_norm": "greyworld",
+            "width": 0.5, "head": "gap"}),
+    Recipe("resnet50-random", "resnet50",
+           "ResNet50 from random weights (ImageNet weights cannot be had here) at 96 px "
+           "on the central 75%, 10 fixed epochs",
+           {"input_size": 96, "crop_fraction": 0.75, "epochs": 10, "patience": 0,
+            "weights": "none"}),
+)}
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise UsageError(f"unknown recipe {name!r}",
+                         f"known: {', '.join(sorted(RECIPES))}") from None
+
+
+def apply_recipe(cfg: TrainConfig, name: str, screen: bool = False) -> TrainConfig:
+    """``cfg`` with the recipe's settings wherever ``cfg`` leaves a setting unset."""
+    recipe = get_recipe(name)
+    if cfg.arch != recipe.arch:
+        raise UsageError(f"recipe {name} is for {recipe.arch}, not {cfg.arch}")
+    settings = dict(recipe.settings) | (SCREEN if screen else {})
+    known = {f.name for f in fields(cfg)}
+    unknown = sorted(set(settings) - known)
+    assert not unknown, unknown  # a typo in the table above
+    changes = {k: v for k, v in settings.items() if getattr(cfg, k) is None}
+    return replace(cfg, **changes)
