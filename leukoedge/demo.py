@@ -55,15 +55,20 @@ def unused_workdir(base: Path) -> Path:
 
 def run_demo(workdir: Path, cfg: DemoConfig = DemoConfig(),
              say: Callable[[str], None] = print) -> DemoResult:
-    """Run every step; raises the usual LeukoedgeErrors."""
-    from leukoedge_train.export import export_onnx
-    from leukoedge_train.train import TrainConfig, train
+    """Run every step; raises the usual LeukoedgeErrors.
 
+    Training and export are the training plugin's ``trainer`` and ``exporter``
+    capabilities (:mod:`leukoedge.capabilities`), looked up before anything is written:
+    without the train extra this fails at once with the extra to install.
+    """
+    from .capabilities import exporter, trainer
     from .classify import classify_files, predict_stream
-    from .commands.predict import build_report
+    from .evaluate import build_report, clean
     from .session import SessionConfig, load_model
     from .synth import SynthConfig, generate
 
+    train = trainer("demo")
+    export = exporter("demo")
     res = DemoResult(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -84,20 +89,19 @@ def run_demo(workdir: Path, cfg: DemoConfig = DemoConfig(),
     t = time.perf_counter()
     say(f"2/5 training the scratch CNN at {cfg.input_size} px for {cfg.epochs} epochs "
         "(validation split by patient)")
-    tr = train(TrainConfig(arch="scratch", data=workdir / "synthetic-train",
-                           out=workdir / "run", input_size=cfg.input_size,
-                           epochs=cfg.epochs, patience=cfg.epochs, seed=cfg.seed))
+    tr = train(workdir / "synthetic-train", workdir / "run", arch="scratch",
+               input_size=cfg.input_size, epochs=cfg.epochs, patience=cfg.epochs,
+               seed=cfg.seed)
     res.facts["val_weighted_f1"] = tr.best_f1
     res.facts["best_epoch"] = tr.best_epoch
     step("train", t)
 
     t = time.perf_counter()
     say("3/5 exporting to ONNX; the parity check compares it with PyTorch on the real cells")
-    ex = export_onnx(workdir / "run", out=workdir / "model.onnx",
-                     parity_data=sample_cells_dir())
+    ex = export(workdir / "run", workdir / "model.onnx", parity_data=sample_cells_dir())
     res.facts["model"] = str(ex.path)
-    res.facts["parity_max_abs_diff"] = ex.parity.max_abs_diff
-    res.facts["parity_images"] = ex.parity.images
+    res.facts["parity_max_abs_diff"] = ex.parity_max_abs_diff
+    res.facts["parity_images"] = ex.parity_images
     step("export + parity", t)
 
     t = time.perf_counter()
@@ -109,7 +113,7 @@ def run_demo(workdir: Path, cfg: DemoConfig = DemoConfig(),
         preds = list(predict_stream(model, held, 32,
                                     on_batch=lambda b: w.write([p.row for p in b])))
     rep = build_report(preds, model)
-    atomic_write_text(workdir / "heldout-report.json", json.dumps(rep, indent=2,
+    atomic_write_text(workdir / "heldout-report.json", json.dumps(clean(rep), indent=2,
                                                                    default=str) + "\n")
     res.facts["heldout"] = rep
     step("classify + evaluate", t)
@@ -124,4 +128,3 @@ def run_demo(workdir: Path, cfg: DemoConfig = DemoConfig(),
     res.facts["real_predicted_all"] = stats.positives
     step("real cells", t)
     return res
-

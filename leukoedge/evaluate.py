@@ -1,4 +1,4 @@
-"""Metrics for ALL vs HEM, numpy only, and the evaluation report.
+"""Metrics for ALL vs HEM, numpy only, and the evaluation report (:func:`build_report`).
 
 Positive class = ALL (label 1). Weighted F1 (the ISBI 2019 challenge metric) is the mean of
 the per-class F1 scores weighted by each class's support. ROC AUC is the Mann-Whitney
@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
 from .data import LABEL_NAMES
+
+if TYPE_CHECKING:
+    from .classify import Prediction
+    from .session import Model
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -133,6 +137,56 @@ def patient_vote_metrics(rows: Sequence[PatientRow]) -> dict[str, Any] | None:
     m = metrics(yt, yp)
     return {"patients": len(known), "accuracy": m["accuracy"],
             "weighted_f1": m["weighted_f1"], "confusion": m["confusion"]}
+
+
+class ErrorRow(TypedDict):
+    path: str
+    error: str
+
+
+class Report(TypedDict):
+    """What ``evaluate`` reports (``--report``/``--json`` write it as JSON)."""
+
+    model: str
+    architecture: str
+    threshold: float
+    provider: str
+    files: int
+    errors: int
+    error_rows: list[ErrorRow]  # at most 1000
+    unlabelled: int
+    metrics: dict[str, Any] | None  # see :func:`metrics`; None without a labelled image
+    patients: list[dict[str, Any]]  # :class:`PatientRow` fields
+    patient_vote: dict[str, Any] | None  # see :func:`patient_vote_metrics`
+
+
+def build_report(preds: Sequence[Prediction], model: Model) -> Report:
+    """The evaluation report of one run over labelled (and unlabelled) images.
+
+    Error rows are counted and listed, never scored; images without a label are counted
+    as ``unlabelled``. Probabilities are the rows' ``prob_all`` (the spec's
+    :meth:`~leukoedge.spec.ModelSpec.probability`).
+    """
+    ok = [p for p in preds if p.row.error is None]
+    labelled = [p for p in ok if p.item.label is not None]
+    y_true = [p.item.label for p in labelled if p.item.label is not None]
+    y_pred = [LABEL_NAMES.index(p.row.label or "") for p in labelled]
+    prob = [p.row.prob_all if p.row.prob_all is not None else math.nan for p in labelled]
+    rows = per_patient([p.item.patient for p in labelled], y_true, y_pred, prob)
+    return {
+        "model": str(model.path),
+        "architecture": model.spec.architecture,
+        "threshold": model.spec.threshold,
+        "provider": model.provider,
+        "files": len(preds),
+        "errors": len(preds) - len(ok),
+        "error_rows": [ErrorRow(path=p.row.path, error=p.row.error)
+                       for p in preds if p.row.error][:1000],
+        "unlabelled": len(ok) - len(labelled),
+        "metrics": metrics(y_true, y_pred, prob) if labelled else None,
+        "patients": [asdict(r) for r in rows],
+        "patient_vote": patient_vote_metrics(rows),
+    }
 
 
 def clean(obj: Any) -> Any:

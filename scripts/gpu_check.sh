@@ -93,7 +93,7 @@ export LD_LIBRARY_PATH="${NVLIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 mkdir -p "$SITE/leukoedge-0.1.0.dist-info"
 printf 'Metadata-Version: 2.1\nName: leukoedge\nVersion: 0.1.0\n' \
   >"$SITE/leukoedge-0.1.0.dist-info/METADATA"
-printf '[leukoedge.plugins]\ntrain = leukoedge_train.plugin:register\n' \
+printf '[leukoedge.plugins]\ntrain = leukoedge_train.plugin\n' \
   >"$SITE/leukoedge-0.1.0.dist-info/entry_points.txt"
 export PYTHONPATH="$SITE:$REPO:$REPO/plugins${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1

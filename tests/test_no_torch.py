@@ -57,3 +57,88 @@ def test_the_poison_works(poisoned_env: dict[str, str]) -> None:
     r = subprocess.run([sys.executable, "-c", "import torch"], env=poisoned_env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and Path(poisoned_env["POISON_MARK"]).exists()
+
+
+# -- static: no module under leukoedge/ imports torch, torchvision or the plugin ------------
+
+import ast  # noqa: E402
+
+RUNTIME = Path(__file__).resolve().parents[1] / "leukoedge"
+FORBIDDEN = ("torch", "torchvision", "leukoedge_train")
+
+
+def forbidden_imports(source: str, filename: str = "<src>") -> list[str]:
+    """Every import of a FORBIDDEN package in ``source``, wherever it is (module level,
+    inside functions, under TYPE_CHECKING): ``import x``, ``from x import y``,
+    ``importlib.import_module("x")`` and ``__import__("x")`` with a literal name."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            f = node.func
+            fname = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            if fname in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                names = [node.args[0].value]
+        for n in names:
+            if n.split(".")[0] in FORBIDDEN:
+                found.append(f"{filename}:{node.lineno}: {n}")
+    return found
+
+
+def test_no_runtime_module_imports_torch_or_the_plugin() -> None:
+    files = sorted(RUNTIME.rglob("*.py"))
+    assert len(files) > 20 and RUNTIME / "demo.py" in files and \
+        RUNTIME / "commands" / "bench.py" in files
+    found = [hit for f in files
+             for hit in forbidden_imports(f.read_text(encoding="utf-8"), str(f))]
+    assert found == []
+
+
+@pytest.mark.parametrize("source", [
+    "import torch",
+    "import torchvision.models as tvm",
+    "import numpy, torch.nn",
+    "from torch import nn",
+    "from torch.nn import functional as F",
+    "from leukoedge_train.bench import torch_throughput",
+    "def f():\n    from leukoedge_train import export\n    return export",
+    "class A:\n    def m(self):\n        import torchvision",
+    "if TYPE_CHECKING:\n    import torch",
+    "import importlib\nimportlib.import_module('leukoedge_train.train')",
+    "__import__('torch')",
+])
+def test_the_import_check_can_fail(source: str) -> None:
+    assert len(forbidden_imports(source)) == 1
+
+
+@pytest.mark.parametrize("source", [
+    "from . import torch_helpers", "import torchaudio_like_name_but_not", "x = 'import torch'",
+    "from .plugins import lookup", "import leukoedge_training",
+])
+def test_the_import_check_passes_what_is_allowed(source: str) -> None:
+    assert forbidden_imports(source) == []
+
+
+def test_without_torch_demo_and_bench_name_the_extra(tmp_path: Path, tiny_model: Path) -> None:
+    """torch absent: ``demo`` and ``bench --checkpoint`` stop at once (nothing written,
+    nothing measured) with one line naming the extra."""
+    absent = tmp_path / "absent"
+    for name in ("torch", "torchvision"):
+        (absent / name).mkdir(parents=True)
+        (absent / name / "__init__.py").write_text(
+            f"raise ModuleNotFoundError(\"No module named '{name}'\", name='{name}')\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(absent), env.get("PYTHONPATH", "")])
+    for args in (["demo", "--workdir", str(tmp_path / "wd")],
+                 ["bench", str(tiny_model), "--checkpoint", str(tmp_path / "run"),
+                  "--json", str(tmp_path / "b.json")]):
+        r = run(env, *args)
+        said = " ".join(r.stderr.split())
+        assert r.returncode == 3, r.stderr
+        assert "needs torch, which is not installed" in said and "leukoedge[train" in said
+        assert "Traceback" not in r.stderr and "onnxruntime, batch" not in r.stdout
+    assert not (tmp_path / "wd").exists() and not (tmp_path / "b.json").exists()

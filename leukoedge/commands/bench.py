@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -13,6 +13,9 @@ from ..console import note, out
 from ..errors import EXIT_OK, UsageError
 from .common import open_model
 from .options import ProviderOpt, ThreadsOpt, WorkersOpt
+
+if TYPE_CHECKING:
+    from ..bench import BenchResult
 
 
 def bench(
@@ -49,6 +52,11 @@ def bench(
     from ..data import collect, sample_cells_dir
     from ..output import atomic_write_text
 
+    torch_throughput = None
+    if checkpoint is not None:  # without the train extra, say so before measuring anything
+        from ..capabilities import torch_bench
+
+        torch_throughput = torch_bench("bench --checkpoint")
     try:
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
     except ValueError as exc:
@@ -74,12 +82,7 @@ def bench(
     cycled = [files[i % len(files)] for i in range(files_limit)]
     note(f"end to end over {len(cycled)} files ...")
     res.end_to_end_per_s = bench_end_to_end(m, cycled, max(sizes), workers)
-    if checkpoint is not None:
-        from ..plugins import require_torch
-
-        require_torch("bench --checkpoint")
-        from leukoedge_train.bench import torch_throughput
-
+    if checkpoint is not None and torch_throughput is not None:
         note("PyTorch eager on the same weights ...")
         res.torch, res.torch_setting = torch_throughput(checkpoint, sizes, files, seconds,
                                                         threads)
@@ -94,32 +97,33 @@ def bench(
     return EXIT_OK
 
 
-def _table(r: object) -> None:
-    t = Table(title=f"leukoedge bench: {r.model} on {r.provider}",  # type: ignore[attr-defined]
-              title_justify="left")
+def _table(r: BenchResult) -> None:
+    t = Table(title=f"leukoedge bench: {r.model} on {r.provider}", title_justify="left")
     t.add_column("stage")
     t.add_column("images/s", justify="right")
     t.add_column("note")
-    for b, v in r.inference.items():  # type: ignore[attr-defined]
+    for b, v in r.inference.items():
         extra = []
-        if b in r.torch:  # type: ignore[attr-defined]
-            extra.append(f"PyTorch eager {r.torch[b]:.1f}/s -> onnxruntime/PyTorch "  # type: ignore[attr-defined]
-                         f"x{r.torch_ratio[b]:.2f}")  # type: ignore[attr-defined]
-        if b in r.versus_inference:  # type: ignore[attr-defined]
-            extra.append(f"versus {r.versus_inference[b]:.1f}/s -> "  # type: ignore[attr-defined]
-                         f"x{r.versus_ratio[b]:.2f}")  # type: ignore[attr-defined]
+        if b in r.torch:
+            extra.append(f"PyTorch eager {r.torch[b]:.1f}/s -> onnxruntime/PyTorch "
+                         f"x{r.torch_ratio[b]:.2f}")
+        if b in r.versus_inference:
+            extra.append(f"versus {r.versus_inference[b]:.1f}/s -> "
+                         f"x{r.versus_ratio[b]:.2f}")
         t.add_row(f"onnxruntime, batch {b}", f"{v:.1f}", "; ".join(extra))
-    if r.latency_ms:  # type: ignore[attr-defined]
-        lat = r.latency_ms  # type: ignore[attr-defined]
+    if r.latency_ms:
+        lat = r.latency_ms
         t.add_row("latency, batch 1", "", f"p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms")
-    t.add_row("decode + preprocess (1 thread)", f"{r.decode_per_s:.1f}",  # type: ignore[attr-defined]
-              f"OpenCV {r.opencv_per_s:.1f}/s -> x{r.decode_per_s / r.opencv_per_s:.2f}"  # type: ignore[attr-defined]
-              if r.opencv_per_s else "OpenCV not installed")  # type: ignore[attr-defined]
-    best = max(r.inference.values())  # type: ignore[attr-defined]
-    t.add_row("end to end (classify pipeline)", f"{r.end_to_end_per_s:.1f}",  # type: ignore[attr-defined]
-              f"x{r.end_to_end_per_s / best:.2f} of best inference-only")  # type: ignore[attr-defined]
-    if r.versus:  # type: ignore[attr-defined]
-        t.add_row("versus", "", r.versus)  # type: ignore[attr-defined]
-    if r.torch_setting:  # type: ignore[attr-defined]
-        t.add_row("PyTorch setting", "", r.torch_setting)  # type: ignore[attr-defined]
+    decode, opencv = r.decode_per_s or 0.0, r.opencv_per_s
+    t.add_row("decode + preprocess (1 thread)", f"{decode:.1f}",
+              f"OpenCV {opencv:.1f}/s -> x{decode / opencv:.2f}" if opencv
+              else "OpenCV not installed")
+    best = max(r.inference.values())
+    e2e = r.end_to_end_per_s or 0.0
+    t.add_row("end to end (classify pipeline)", f"{e2e:.1f}",
+              f"x{e2e / best:.2f} of best inference-only")
+    if r.versus:
+        t.add_row("versus", "", r.versus)
+    if r.torch_setting:
+        t.add_row("PyTorch setting", "", r.torch_setting)
     out.print(t)

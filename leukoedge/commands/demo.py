@@ -22,10 +22,10 @@ def demo(
     seed: Annotated[int, typer.Option("--seed", help="Seed for data and training.")] = 0,
 ) -> int:
     """Synthesise cells, train, export, check parity, classify and evaluate: ~5 min on a CPU."""
+    from ..capabilities import exporter, trainer
     from ..demo import DemoConfig, run_demo, unused_workdir
-    from ..plugins import require_torch
 
-    require_torch("demo")
+    trainer("demo"), exporter("demo")  # without the train extra: say so before anything
     wd = unused_workdir(workdir)
     err.print(Panel(
         "This demo trains a small model on [bold]synthetic[/bold] cells for a couple of "

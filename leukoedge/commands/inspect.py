@@ -44,6 +44,10 @@ def info(
                       "data_fingerprint", "train_images", "created_at", "tool_version",
                       "schema_version", "metrics", "notes"):
                 t.add_row(f"spec.{k}", escape(str(spec[k])))
+            for k in ("precision", "temperature", "outputs", "tta", "training",
+                      "calibration", "extensions"):  # written only when not the default
+                if k in spec:
+                    t.add_row(f"spec.{k}", escape(json.dumps(spec[k])))
         else:
             t.add_row("spec", f"[red]{escape(str(d['spec_error']))}[/red]")
         out.print(t)
@@ -55,11 +59,12 @@ def info(
 def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> int:
-    """Versions, which execution providers really load here (and why not), plugins found."""
+    """Versions, which execution providers really load here (and why not), plugins and
+    their capabilities."""
     from importlib import metadata
 
     from .. import __version__
-    from ..plugins import entry_points
+    from ..plugins import entry_points, registry
     from ..session import cores, import_ort, ort_distribution, provider_load_problem
 
     versions = {"python": sys.version.split()[0], "leukoedge": __version__,
@@ -85,7 +90,9 @@ def doctor(
         ok = False
         providers["cpu"] = str(exc)
     plugins = {e.name: e.value for e in entry_points()}
-    report = {"versions": versions, "providers": providers, "plugins": plugins}
+    capabilities = registry().names()  # imports each plugin's entry module, no target
+    report = {"versions": versions, "providers": providers, "plugins": plugins,
+              "capabilities": capabilities}
     if as_json:
         out.print_json(json.dumps(report))
     else:
@@ -99,6 +106,9 @@ def doctor(
                       f"[yellow]unavailable[/yellow]: {escape(v)}")
         for k, v in plugins.items() or {"(none)": "no plugin installed"}.items():
             t.add_row(f"plugin {k}", escape(v))
+        if capabilities:
+            t.add_row("capabilities", escape(", ".join(f"{c} ({p})"
+                                                       for c, p in capabilities.items())))
         out.print(t)
     return EXIT_OK if ok else EXIT_CANNOT_RUN
 

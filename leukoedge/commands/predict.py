@@ -17,7 +17,9 @@ from .common import open_model, progress_bar
 # numpy-using modules (classify, data, evaluate) are imported inside the commands, so
 # that ``leukoedge --help`` stays fast (docs/performance.md).
 if TYPE_CHECKING:
-    from ..classify import RunStats
+    from ..classify import Prediction, RunStats
+    from ..evaluate import Report
+    from ..session import Model
 
 from .options import (
     BatchOpt,
@@ -71,13 +73,13 @@ def classify(
     return EXIT_SOME_FAILED if stats.errors else EXIT_OK
 
 
-def _summary(stats: RunStats, m: object, out_file: Path, total: int) -> None:
+def _summary(stats: RunStats, m: Model, out_file: Path, total: int) -> None:
     t = Table(title="leukoedge classify", show_header=False, title_justify="left")
     t.add_column("what", style="bold")
     t.add_column("value")
     classified = stats.files - stats.errors
-    t.add_row("model", escape(str(m.path)))  # type: ignore[attr-defined]
-    t.add_row("provider", m.provider)  # type: ignore[attr-defined]
+    t.add_row("model", escape(str(m.path)))
+    t.add_row("provider", m.provider)
     t.add_row("files found", str(total))
     if stats.skipped:
         t.add_row("already done (resume)", str(stats.skipped))
@@ -116,7 +118,7 @@ def evaluate(
     """Classify labelled images and report accuracy, weighted F1, AUC, per patient..."""
     from ..classify import predict_stream
     from ..data import collect
-    from ..evaluate import clean
+    from ..evaluate import build_report, clean
 
     items = collect(paths, labels)
     if not any(it.label is not None for it in items):
@@ -139,10 +141,10 @@ def evaluate(
                                 "add --overwrite or choose another --report")
     m = open_model(model, provider, threads, threshold)
     writer = ResultWriter(predictions, overwrite=overwrite) if predictions else None
-    preds = []
+    preds: list[Prediction] = []
     try:
         with progress_bar(len(items), "evaluate") as advance:
-            def on_batch(batch: list) -> None:  # type: ignore[type-arg]
+            def on_batch(batch: list[Prediction]) -> None:
                 if writer is not None:
                     writer.write([p.row for p in batch])
                 advance(len(batch))
@@ -163,38 +165,11 @@ def evaluate(
     return EXIT_SOME_FAILED if rep["errors"] else EXIT_OK
 
 
-def build_report(preds: list, m: object) -> dict:  # type: ignore[type-arg]
-    from ..data import LABEL_NAMES
-    from ..evaluate import metrics, patient_vote_metrics, per_patient
-
-    ok = [p for p in preds if p.row.error is None]
-    labelled = [p for p in ok if p.item.label is not None]
-    y_true = [p.item.label for p in labelled]
-    y_pred = [LABEL_NAMES.index(p.row.label) for p in labelled]
-    prob = [p.row.prob_all for p in labelled]
-    rep: dict = {  # type: ignore[type-arg]
-        "model": str(m.path),  # type: ignore[attr-defined]
-        "architecture": m.spec.architecture,  # type: ignore[attr-defined]
-        "threshold": m.spec.threshold,  # type: ignore[attr-defined]
-        "provider": m.provider,  # type: ignore[attr-defined]
-        "files": len(preds),
-        "errors": len(preds) - len(ok),
-        "error_rows": [{"path": p.row.path, "error": p.row.error}
-                       for p in preds if p.row.error][:1000],
-        "unlabelled": len(ok) - len(labelled),
-        "metrics": metrics(y_true, y_pred, prob) if labelled else None,
-    }
-    rows = per_patient([p.item.patient for p in labelled], y_true, y_pred, prob)
-    rep["patients"] = [r.__dict__ for r in rows]
-    rep["patient_vote"] = patient_vote_metrics(rows)
-    return rep
-
-
 def _f(x: object) -> str:
     return "-" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
 
 
-def print_report(rep: dict) -> None:  # type: ignore[type-arg]
+def print_report(rep: Report) -> None:
     mt = rep["metrics"]
     head = Table(title="leukoedge evaluate", show_header=False, title_justify="left")
     head.add_column("what", style="bold")
