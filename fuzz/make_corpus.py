@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from leukoedge.spec import ModelSpec
+from leukoedge.spec import SCHEMA_VERSION, ModelSpec
 
 HERE = Path(__file__).resolve().parent / "corpus"
 
@@ -62,7 +62,8 @@ def specs() -> dict[str, bytes]:
     minimal = {"schema_version": 1, "architecture": "x", "input_size": 8}
     return {"full.json": full.to_json().encode(),
             "minimal.json": json.dumps(minimal).encode(),
-            "newer.json": json.dumps({**minimal, "schema_version": 2}).encode()}
+            "newer.json": json.dumps({**minimal,
+                                      "schema_version": SCHEMA_VERSION + 1}).encode()}
 
 
 def main() -> None:

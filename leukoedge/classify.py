@@ -21,16 +21,16 @@ from .data import Item
 from .errors import ImageError
 from .output import Row, escape_path
 from .preprocess import preprocess_for
-from .session import Model, cores, sigmoid
+from .session import Model, cores
 
 
 @dataclass
 class Prediction:
-    """One file's result, with the truth when it is known (for ``evaluate``)."""
+    """One file's result (its row, the logit included), with the item it came from and so
+    its truth when known (for ``evaluate``)."""
 
     item: Item
     row: Row
-    logit: float | None = None
 
 
 @dataclass
@@ -116,7 +116,7 @@ def predict_stream(
                     for j, arr in enumerate(arrays):
                         buf[j] = arr
                     logits = model.logits(buf[: len(arrays)])
-                probs = sigmoid(logits)  # once per batch, not per image
+                probs = spec.probability(logits)  # once per batch, not per image
                 out: list[Prediction] = []
                 k = 0
                 for it, d in zip(batch, decoded):
@@ -134,8 +134,8 @@ def predict_stream(
                         out.append(Prediction(it, row))
                         continue
                     label = labels[1] if logit >= threshold else labels[0]
-                    row = Row(escape_path(it.path), patient, prob, label, None)
-                    out.append(Prediction(it, row, logit))
+                    row = Row(escape_path(it.path), patient, prob, label, None, logit)
+                    out.append(Prediction(it, row))
                 if on_batch is not None:
                     on_batch(out)
                 yield from out

@@ -1,10 +1,14 @@
 """Result files: rows appended and flushed as they come, resumable, never clobbered.
 
-Formats: CSV (default) or JSON Lines (``.jsonl``/``.ndjson``), one row per image with the
-columns :data:`COLUMNS`. A run that is interrupted keeps every complete line; ``resume``
-drops a torn last line (a SIGKILL mid-write) and reports which paths are done, so the
-caller processes each file exactly once. An existing file is never overwritten unless the
-caller asks for it.
+Formats: CSV (default) or JSON Lines (``.jsonl``/``.ndjson``), one :class:`Row` per image
+with the columns :data:`COLUMNS`: the one prediction-row format of leukoedge. A run that is
+interrupted keeps every complete line; ``resume`` drops a torn last line (a SIGKILL
+mid-write) and reports which paths are done, so the caller processes each file exactly
+once. An existing file is never overwritten unless the caller asks for it.
+
+Files written before the ``logit`` and ``heatmap`` columns (:data:`V1_COLUMNS`) are
+resumed as they are: a CSV keeps its header and gets rows with its own columns, a JSON
+Lines file gets rows with every key (each line names its keys).
 
 Paths that are not valid UTF-8 (Linux allows any bytes) are written escaped, reversibly:
 a backslash becomes ``\\\\``, and each byte that is not part of valid UTF-8, and each
@@ -27,7 +31,11 @@ from typing import IO, Any
 
 from .errors import DataError, OutputExistsError, UsageError
 
-COLUMNS = ("path", "patient", "prob_all", "label", "error")
+#: The prediction row, in CSV column order. Columns added after the first release come
+#: last, so a reader that indexes the old columns keeps working.
+COLUMNS = ("path", "patient", "prob_all", "label", "error", "logit", "heatmap")
+#: The row of releases before ``logit`` and ``heatmap``.
+V1_COLUMNS = COLUMNS[:5]
 FORMATS = ("csv", "jsonl")
 
 
@@ -74,15 +82,30 @@ def format_for(path: Path, fmt: str | None) -> str:
 
 @dataclass
 class Row:
-    path: str  # escaped text form
+    """One image's result. Error rows have ``error`` set and no probability, label or
+    logit; others have no ``error``."""
+
+    path: str  # escaped text form (escape_path)
     patient: str | None
-    prob_all: float | None
-    label: str | None
+    prob_all: float | None  # ModelSpec.probability(logit)
+    label: str | None  # "all" or "hem"
     error: str | None
+    logit: float | None = None  # the model's raw output for the positive class
+    heatmap: str | None = None  # a heatmap file written for this image, if any
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "patient": self.patient, "prob_all": self.prob_all,
-                "label": self.label, "error": self.error}
+        """The JSON Lines object: every column, ``null`` where empty."""
+        return {c: getattr(self, c) for c in COLUMNS}
+
+    def cells(self) -> dict[str, str]:
+        """The CSV text of every column (empty where there is no value)."""
+        return {
+            "path": self.path, "patient": self.patient or "",
+            "prob_all": "" if self.prob_all is None else f"{self.prob_all:.6f}",
+            "label": self.label or "", "error": self.error or "",
+            "logit": "" if self.logit is None else f"{self.logit:.6f}",
+            "heatmap": self.heatmap or "",
+        }
 
 
 def check_output_location(out: Path, inputs: Iterable[str | os.PathLike[str]]) -> None:
@@ -118,8 +141,9 @@ def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
-    """Complete rows of an existing result file; truncates a torn last line in place."""
+def _read_rows(path: Path, fmt: str) -> tuple[list[dict[str, Any]], tuple[str, ...] | None]:
+    """Complete rows of an existing result file, and a CSV's columns (None: no header yet,
+    or JSON Lines); truncates a torn last line in place."""
     try:
         with open(path, "rb+") as fh:
             data = fh.read()
@@ -131,6 +155,7 @@ def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
         raise DataError(f"{escape_path(path)}: cannot resume ({_why(exc)})") from exc
     text = data.decode("utf-8", "replace")
     rows: list[dict[str, Any]] = []
+    columns: tuple[str, ...] | None = None
     if fmt == "jsonl":
         for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -149,15 +174,25 @@ def _read_rows(path: Path, fmt: str) -> list[dict[str, Any]]:
             if text and (reader.fieldnames is None or "path" not in reader.fieldnames):
                 raise DataError(f"{path}: not a leukoedge result file (no 'path' column)",
                                 "use --overwrite to replace it, or another --out")
+            if reader.fieldnames is not None:
+                columns = tuple(reader.fieldnames)
+                foreign = [c for c in columns if c not in COLUMNS]
+                if foreign or len(set(columns)) != len(columns):
+                    raise DataError(f"{path}: not a leukoedge result file (columns "
+                                    f"{', '.join(columns)[:200]})",
+                                    "use --overwrite to replace it, or another --out")
             rows.extend(r for r in reader if r.get("path") is not None)
         except csv.Error as exc:  # e.g. a field over csv's size limit: not our file
             raise DataError(f"{path}: not a leukoedge result file ({exc})",
                             "use --overwrite to replace it, or another --out") from exc
-    return rows
+    return rows, columns
 
 
 class ResultWriter:
-    """Appends rows and flushes after each batch; ``done`` holds paths already written."""
+    """Appends rows and flushes after each batch; ``done`` holds paths already written.
+
+    ``columns`` are the CSV columns written: :data:`COLUMNS`, or a resumed file's own.
+    """
 
     def __init__(self, path: Path, fmt: str | None = None, *, resume: bool = False,
                  overwrite: bool = False) -> None:
@@ -168,6 +203,7 @@ class ResultWriter:
         self.fmt = format_for(path, fmt)
         self.done: set[str] = set()
         self.previous_rows: list[dict[str, Any]] = []
+        self.columns: tuple[str, ...] = COLUMNS
         exists = path.exists()
         if exists and path.is_dir():
             raise UsageError(f"output {path} is a folder", "name a file with --out")
@@ -176,7 +212,8 @@ class ResultWriter:
                 f"output {path} already exists",
                 "add --resume to finish it, --overwrite to replace it, or choose --out")
         if exists and resume:
-            self.previous_rows = _read_rows(path, self.fmt)
+            self.previous_rows, columns = _read_rows(path, self.fmt)
+            self.columns = columns or COLUMNS
             self.done = {str(r["path"]) for r in self.previous_rows}
         mode = "a" if (exists and resume) else "w"
         try:
@@ -189,7 +226,7 @@ class ResultWriter:
         if mode == "w" or (self.fmt == "csv" and path.stat().st_size == 0):
             if self._csv is not None:
                 try:
-                    self._write(lambda: self._csv.writerow(COLUMNS))  # type: ignore[union-attr]
+                    self._write(lambda: self._csv.writerow(self.columns))  # type: ignore[union-attr]
                 except DataError:
                     self._discard()
                     raise
@@ -200,11 +237,8 @@ class ResultWriter:
         def put() -> None:
             for r in rows:
                 if self._csv is not None:
-                    self._csv.writerow([
-                        r.path, r.patient or "",
-                        "" if r.prob_all is None else f"{r.prob_all:.6f}",
-                        r.label or "", r.error or "",
-                    ])
+                    cells = r.cells()
+                    self._csv.writerow([cells[c] for c in self.columns])
                 else:
                     self._fh.write(json.dumps(r.as_dict(), ensure_ascii=False) + "\n")
 

@@ -106,6 +106,7 @@ class SessionConfig:
     trt_cache: Path = DEFAULT_TRT_CACHE
     trt_fp16: bool = False
     optimization: str = "all"  # basic | extended | all
+    cuda_tf32: bool = True  # False: CUDA provider option use_tf32=0 (exact fp32, parity)
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDER_CHOICES:
@@ -128,6 +129,8 @@ def _provider_list(cfg: SessionConfig, want: str) -> list[Any]:
         "cudnn_conv_algo_search": "HEURISTIC",
         "do_copy_in_default_stream": "1",
     })
+    if not cfg.cuda_tf32:  # onnxruntime's default is TF32 on (Ampere and later GPUs)
+        cuda[1]["use_tf32"] = "0"
     cpu = "CPUExecutionProvider"
     if want == "tensorrt":
         cfg.trt_cache.mkdir(parents=True, exist_ok=True)
@@ -200,11 +203,22 @@ def read_spec_from_metadata(meta: dict[str, str], where: str) -> ModelSpec:
 
 
 def check_graph(spec: ModelSpec, inputs: list[Any], outputs: list[Any], where: str) -> None:
-    """The graph must take what the spec says: uint8 [N, S, S, 3], one logit per image."""
+    """The graph must take what the spec says: uint8 [N, S, S, 3], one logit per image
+    first, then the further outputs ``spec.outputs`` names (cam [N, h, w], features
+    [N, d]; names this release does not know are not checked, and never read)."""
     if len(inputs) != 1:
         raise SpecError(f"{where}: model has {len(inputs)} inputs; a leukoedge model has one")
     if len(outputs) < 1:
         raise SpecError(f"{where}: model has no output")
+    if len(outputs) != len(spec.outputs):
+        raise SpecError(f"{where}: the graph has {len(outputs)} output(s); its spec names "
+                        f"{len(spec.outputs)} ({', '.join(spec.outputs)})",
+                        "re-export the model, or fix the spec's 'outputs'")
+    for name, o in list(zip(spec.outputs, outputs))[1:]:
+        rank = {"cam": 3, "features": 2}.get(name)
+        if rank is not None and len(list(o.shape)) != rank:
+            raise SpecError(f"{where}: output '{o.name}' ({name}) has shape {list(o.shape)}; "
+                            f"expected {rank} axes")
     inp, out = inputs[0], outputs[0]
     if inp.type != "tensor(uint8)":
         raise SpecError(f"{where}: input '{inp.name}' is {inp.type}; the spec's layout "
@@ -314,12 +328,3 @@ def newest_model(folder: Path) -> Path:
                          "'leukoedge train scratch DATA' then 'leukoedge export --to onnx'")
     return models[-1]
 
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    ex = np.exp(x[~pos])
-    out[~pos] = ex / (1.0 + ex)
-    return out

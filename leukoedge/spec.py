@@ -1,22 +1,43 @@
 """ModelSpec: the contract between training and deployment, carried inside the ONNX file.
 
 One versioned JSON value under the metadata key ``leukoedge.spec``. ``classify`` reads
-everything it needs from it (input size, crop, labels, threshold) and refuses a model whose
-spec is missing, malformed, too large, or of a newer schema version. The spec is parsed as
-JSON with a size cap; it is never evaluated, and no file path is ever taken from it.
+everything it needs from it (input size, crop, labels, threshold, temperature) and refuses
+a model whose spec is missing, malformed, too large, or of a newer schema version. The spec
+is parsed as JSON with a size cap; it is never evaluated, and no file path is ever taken
+from it.
+
+Schema versions and the forward-compatibility rule (docs/design.md, "The ModelSpec"):
+
+- v1: the fields up to ``precision``. v2 adds ``training``, ``temperature``,
+  ``calibration``, ``outputs``, ``tta`` and ``extensions``, all optional with defaults.
+- A spec is written with the *lowest* version that holds it: while every v2 field is at
+  its default, they are left out and ``schema_version`` is 1, so releases that read only
+  v1 still run the model. A v1 file is read as v2 with the defaults.
+- A reader refuses a higher ``schema_version`` ("upgrade leukoedge"): a new version is for
+  a change an older reader must not ignore. Unknown top-level fields are refused too (a
+  misspelt field must not pass silently). Information a reader may ignore goes under
+  ``extensions`` (namespaced keys, e.g. ``"acme.qc"``): kept and round-tripped, never
+  interpreted. Output names after ``"logit"`` that a reader does not know, and ``tta``
+  values it does not know, are accepted: both happen inside the graph, and the reader uses
+  only the logit.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError
 
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
 SPEC_KEY = "leukoedge.spec"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest this release reads and writes
 MAX_SPEC_BYTES = 64 * 1024
 
 LABELS = ("hem", "all")  # index = class id; 1 = ALL (positive)
@@ -24,6 +45,16 @@ INTERPOLATIONS = ("bilinear", "bicubic", "box", "lanczos", "nearest")
 INPUT_LAYOUT = "NHWC-uint8-RGB"
 #: Numeric precision of the graph's weights and arithmetic (the uint8 input is the same).
 PRECISIONS = ("fp32", "fp16", "int8")
+#: Graph outputs this release knows: the ALL logit ``[N]`` (always first), a class
+#: activation heatmap ``[N, h, w]``, an embedding ``[N, d]``.
+KNOWN_OUTPUTS = ("logit", "cam", "features")
+#: Test-time symmetries applied inside the graph: none, or the 8 of the square (D4).
+KNOWN_TTA = ("none", "d4")
+#: Fields added in schema version 2, with their defaults (left out of the JSON at default).
+V2_DEFAULTS: dict[str, Any] = {"training": {}, "temperature": 1.0, "calibration": {},
+                               "outputs": ("logit",), "tta": "none", "extensions": {}}
+_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
+_MAX_DEPTH = 16
 
 
 @dataclass(frozen=True)
@@ -32,8 +63,10 @@ class ModelSpec:
 
     The graph takes ``image``: uint8 ``[N, H, W, 3]`` RGB with ``H = W = input_size`` and
     does the cast, scaling (``/255``), normalisation (``mean``/``std``, 0-1 scale) and
-    transpose itself. It returns the logit of the positive class ``[N]``. The probability is
-    ``sigmoid(logit)`` and the label is positive when the probability is >= ``threshold``.
+    transpose itself. Its first output is the logit of the positive class ``[N]``; more
+    outputs, in the order ``outputs`` names them, may follow. The probability is
+    ``sigmoid(logit / temperature)`` (:meth:`probability`, the one place it is computed)
+    and the label is positive when the probability is >= ``threshold``.
 
     Host-side preprocessing is fully described by ``input_size``, ``crop_fraction`` (the
     central square kept, as a fraction of the shorter side, before resizing) and
@@ -42,7 +75,6 @@ class ModelSpec:
 
     architecture: str
     input_size: int
-    schema_version: int = SCHEMA_VERSION
     labels: tuple[str, str] = LABELS
     positive: str = "all"
     crop_fraction: float = 1.0
@@ -60,6 +92,22 @@ class ModelSpec:
     #: fp32 (export default), fp16 (for GPUs) or int8 (static QDQ). Omitted from the JSON
     #: when fp32, so an fp32 model stays readable by a leukoedge that predates the field.
     precision: str = "fp32"
+    # -- schema version 2 ---------------------------------------------------------------
+    #: provenance of a shipped model: ``patients`` (list of ids), ``recipe`` (object: name
+    #: and settings), ``cv`` (object: cross-validated metrics, folds, protocol), ``data``
+    #: (a description); other keys allowed. A JSON object, bounded by the spec's size cap.
+    training: dict[str, Any] = field(default_factory=dict)
+    #: P(ALL) = sigmoid(logit / temperature); > 0. 1.0 = the raw model.
+    temperature: float = 1.0
+    #: how temperature and threshold were chosen: ``method``, ``target``,
+    #: ``data_fingerprint``, ``patients``; other keys allowed.
+    calibration: dict[str, Any] = field(default_factory=dict)
+    #: the graph's outputs, in order; the first is always "logit" (see KNOWN_OUTPUTS).
+    outputs: tuple[str, ...] = ("logit",)
+    #: test-time symmetries applied inside the graph ("none", "d4").
+    tta: str = "none"
+    #: information a reader may ignore, under namespaced keys; kept, never interpreted.
+    extensions: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -72,26 +120,56 @@ class ModelSpec:
         return self.labels.index(self.positive)
 
     @property
+    def schema_version(self) -> int:
+        """The lowest schema version that holds this spec (1 while every v2 field is at
+        its default), which is what :meth:`to_json` writes."""
+        v2 = any(getattr(self, n) != d for n, d in V2_DEFAULTS.items())
+        return 2 if v2 else 1
+
+    def probability(self, logits: npt.ArrayLike) -> np.ndarray:
+        """P(ALL) of each logit: ``sigmoid(logit / temperature)``, in float64.
+
+        The one function that turns logits into probabilities: classify, evaluate and the
+        reports all go through it, so the temperature is applied exactly once.
+        """
+        import numpy as np
+
+        x = np.asarray(logits, dtype=np.float64) / self.temperature
+        out = np.empty_like(x)
+        pos = x >= 0
+        out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
+        ex = np.exp(x[~pos])
+        out[~pos] = ex / (1.0 + ex)
+        return out
+
+    @property
     def logit_threshold(self) -> float:
-        """The threshold on the logit equivalent to ``threshold`` on the probability."""
+        """The raw logit at which :meth:`probability` equals ``threshold``: a logit at or
+        above it is labelled positive (comparing logits avoids rounding near 0 and 1)."""
         t = self.threshold
         if t <= 0.0:
             return -math.inf
         if t >= 1.0:
             return math.inf
-        return math.log(t / (1.0 - t))
+        return self.temperature * math.log(t / (1.0 - t))
 
     def with_updates(self, **changes: Any) -> ModelSpec:
         return replace(self, **changes)
 
     # -- serialisation ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """The JSON object, v2 fields at their default and fp32 precision left out."""
         d = asdict(self)
+        d["schema_version"] = self.schema_version
         d["labels"] = list(self.labels)
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
+        d["outputs"] = list(self.outputs)
         if self.precision == "fp32":
             del d["precision"]
+        for name, default in V2_DEFAULTS.items():
+            if getattr(self, name) == default:
+                del d[name]
         return d
 
     def to_json(self) -> str:
@@ -130,10 +208,16 @@ class ModelSpec:
             )
         if version < 1:
             raise SpecError(f"model spec has an invalid schema version {version}")
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} | {"schema_version"}
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise SpecError(f"model spec has unknown fields: {', '.join(unknown[:5])}")
+            raise SpecError(f"model spec has unknown fields: {', '.join(unknown[:5])}",
+                            "a field is refused unless this leukoedge knows it; information "
+                            "a reader may ignore belongs under 'extensions'")
+        too_new = [n for n in V2_DEFAULTS if n in raw] if version < 2 else []
+        if too_new:
+            raise SpecError(f"model spec says schema version {version} but has "
+                            f"{', '.join(too_new)}, which need version 2")
         missing = [n for n in ("architecture", "input_size") if n not in raw]
         if missing:
             raise SpecError(f"model spec lacks {', '.join(missing)}")
@@ -150,20 +234,90 @@ def _reject_constant(name: str) -> Any:
 
 
 def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    if isinstance(x, bool):
+        return False
+    return isinstance(x, int) or (isinstance(x, float) and math.isfinite(x))
 
 
 def _coerce(name: str, value: Any) -> Any:
     """Check JSON types field by field; turn lists into the tuples the dataclass holds."""
-    if name in ("labels", "mean", "std"):
+    if name in ("labels", "mean", "std", "outputs"):
         if not isinstance(value, list):
             raise SpecError(f"model spec field {name} must be a list")
         return tuple(value)
-    if name == "metrics":
+    if name in ("metrics", "training", "calibration", "extensions"):
         if not isinstance(value, dict):
-            raise SpecError("model spec field metrics must be an object")
+            raise SpecError(f"model spec field {name} must be an object")
         return dict(value)
     return value
+
+
+def _json_problem(value: Any, depth: int = 0) -> str | None:
+    """Why ``value`` is not plain JSON (str keys, finite numbers, bounded depth), or None."""
+    if depth > _MAX_DEPTH:
+        return f"is nested deeper than {_MAX_DEPTH} levels"
+    if value is None or isinstance(value, (bool, str)):
+        return None
+    if isinstance(value, (int, float)):
+        return None if _is_num(value) else "holds a number that is not finite"
+    if isinstance(value, (list, tuple)):
+        items: list[Any] = list(value)
+    elif isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            return "has a key that is not a string"
+        items = list(value.values())
+    else:
+        return f"holds a {type(value).__name__}, which is not JSON"
+    for v in items:
+        problem = _json_problem(v, depth + 1)
+        if problem:
+            return problem
+    return None
+
+
+def _str_list(x: Any) -> bool:
+    return isinstance(x, list) and all(isinstance(v, str) for v in x)
+
+
+#: known keys of the free-form objects, and the check each must pass
+_KNOWN_KEYS: dict[str, dict[str, tuple[str, Any]]] = {
+    "training": {"patients": ("a list of strings", _str_list),
+                 "recipe": ("an object", lambda x: isinstance(x, dict)),
+                 "cv": ("an object", lambda x: isinstance(x, dict)),
+                 "data": ("a string", lambda x: isinstance(x, str))},
+    "calibration": {"method": ("a string", lambda x: isinstance(x, str)),
+                    "target": ("a string", lambda x: isinstance(x, str)),
+                    "data_fingerprint": ("a string", lambda x: isinstance(x, str)),
+                    "patients": ("a list of strings", _str_list)},
+    "extensions": {},
+}
+
+
+def _v2_problems(s: ModelSpec) -> list[str]:
+    p: list[str] = []
+    if not _is_num(s.temperature) or s.temperature <= 0:
+        p.append("temperature must be a finite number > 0")
+    outs = s.outputs
+    if (not isinstance(outs, tuple) or not 1 <= len(outs) <= 16
+            or not all(isinstance(o, str) and _NAME_RE.match(o) for o in outs)):
+        p.append("outputs must be 1 to 16 names (lowercase letters, digits, _)")
+    elif outs[0] != "logit" or len(set(outs)) != len(outs):
+        p.append("outputs must start with 'logit' and name each output once")
+    if not isinstance(s.tta, str) or not _NAME_RE.match(s.tta):
+        p.append("tta must be a name such as 'none' or 'd4'")
+    for name, keys in _KNOWN_KEYS.items():
+        value = getattr(s, name)
+        if not isinstance(value, dict):
+            p.append(f"{name} must be a JSON object")
+            continue
+        problem = _json_problem(value)
+        if problem:
+            p.append(f"{name} {problem}")
+            continue
+        for key, (what, ok) in keys.items():
+            if key in value and not ok(value[key]):
+                p.append(f"{name}.{key} must be {what}")
+    return p
 
 
 def _problems(s: ModelSpec) -> list[str]:
@@ -173,8 +327,6 @@ def _problems(s: ModelSpec) -> list[str]:
     for n in str_fields:
         if not isinstance(getattr(s, n), str):
             p.append(f"{n} must be a string")
-    if not isinstance(s.schema_version, int) or isinstance(s.schema_version, bool):
-        p.append("schema_version must be an integer")
     if isinstance(s.architecture, str) and not s.architecture:
         p.append("architecture is empty")
     if (not isinstance(s.input_size, int) or isinstance(s.input_size, bool)
@@ -210,4 +362,9 @@ def _problems(s: ModelSpec) -> list[str]:
     if not isinstance(s.metrics, dict) or not all(
             isinstance(k, str) and _is_num(v) for k, v in s.metrics.items()):
         p.append("metrics must map names to finite numbers")
+    p.extend(_v2_problems(s))
+    if not p:
+        size = len(s.to_json().encode("utf-8"))
+        if size > MAX_SPEC_BYTES:
+            p.append(f"the spec would be {size} bytes of JSON; at most {MAX_SPEC_BYTES}")
     return p

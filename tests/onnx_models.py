@@ -14,11 +14,19 @@ from leukoedge.spec import SPEC_KEY, ModelSpec
 def mean_brightness_model(size: int = 32, centre: float = 40.0, scale: float = 0.2,
                           batch_dim: int | str = "N", spec: ModelSpec | None | str = "default",
                           input_size_in_graph: int | None = None,
-                          input_type: int = TensorProto.UINT8) -> onnx.ModelProto:
-    """logit = (mean pixel value - centre) * scale, over a uint8 [N, S, S, 3] input."""
+                          input_type: int = TensorProto.UINT8,
+                          cam: bool = False) -> onnx.ModelProto:
+    """logit = (mean pixel value - centre) * scale, over a uint8 [N, S, S, 3] input.
+
+    ``cam``: a second output, "cam" ``[N, S, S]`` (the mean over channels), as a model with
+    a heatmap output has.
+    """
     s = input_size_in_graph or size
     inp = helper.make_tensor_value_info("image", input_type, [batch_dim, s, s, 3])
     out = helper.make_tensor_value_info("logit", TensorProto.FLOAT, [batch_dim])
+    outs = [out]
+    if cam:
+        outs.append(helper.make_tensor_value_info("cam", TensorProto.FLOAT, [batch_dim, s, s]))
     nodes = [
         helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["f", "axes"], ["m"], keepdims=0),
@@ -30,7 +38,10 @@ def mean_brightness_model(size: int = 32, centre: float = 40.0, scale: float = 0
         numpy_helper.from_array(np.array(centre, dtype=np.float32), "c"),
         numpy_helper.from_array(np.array(scale, dtype=np.float32), "k"),
     ]
-    graph = helper.make_graph(nodes, "mean_brightness", [inp], [out], inits)
+    if cam:
+        nodes.append(helper.make_node("ReduceMean", ["f", "chan"], ["cam"], keepdims=0))
+        inits.append(numpy_helper.from_array(np.array([3], dtype=np.int64), "chan"))
+    graph = helper.make_graph(nodes, "mean_brightness", [inp], outs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
                               producer_name="leukoedge-tests")
     model.ir_version = 9

@@ -51,10 +51,28 @@ def test_resume_drops_a_torn_line_and_knows_what_is_done(tmp_path: Path, ext: st
     assert text.endswith("\n")
     if ext == "csv":
         lines = text.splitlines()
-        assert lines[0] == "path,patient,prob_all,label,error" and len(lines) == 6
+        assert lines[0] == "path,patient,prob_all,label,error,logit,heatmap"
+        assert len(lines) == 6
     else:
         assert [json.loads(line)["path"] for line in text.splitlines()] == [
             f"/x/{i}.bmp" for i in range(5)]
+
+
+def test_resuming_a_file_without_the_logit_column_keeps_its_columns(tmp_path: Path) -> None:
+    """A CSV of the previous release (five columns) is extended with five-column rows."""
+    from leukoedge.output import V1_COLUMNS
+
+    out = tmp_path / "old.csv"
+    out.write_text("path,patient,prob_all,label,error\n/x/0.bmp,UID_1,0.250000,hem,\n")
+    with ResultWriter(out, resume=True) as w:
+        assert w.columns == V1_COLUMNS and w.done == {"/x/0.bmp"}
+        w.write([Row("/x/1.bmp", "UID_1", 0.75, "all", None, logit=1.0986, heatmap="h.png")])
+    assert out.read_text().splitlines()[1:] == ["/x/0.bmp,UID_1,0.250000,hem,",
+                                                "/x/1.bmp,UID_1,0.750000,all,"]
+    new = tmp_path / "new.csv"
+    with ResultWriter(new) as w:
+        w.write([Row("/x/1.bmp", "UID_1", 0.75, "all", None, logit=1.0986, heatmap="h.png")])
+    assert new.read_text().splitlines()[1] == "/x/1.bmp,UID_1,0.750000,all,,1.098600,h.png"
 
 
 def test_never_overwrites_without_permission(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,7 +22,140 @@ def test_round_trip_keeps_every_field() -> None:
              data_fingerprint="sha256:ab", train_images=10, metrics={"val_f1": 0.9})
     back = ModelSpec.from_json(s.to_json())
     assert back == s
-    assert json.loads(s.to_json())["schema_version"] == SCHEMA_VERSION
+    # nothing of v2 in it: written as v1, so releases that read only v1 still run it
+    assert json.loads(s.to_json())["schema_version"] == 1
+
+
+#: exactly what the previous release (schema 1 only) wrote for an int8 export
+V1_FROM_PREVIOUS_RELEASE = (
+    '{"architecture": "scratch", "created_at": "2026-11-20T10:00:00Z", "crop_fraction": 1.0, '
+    '"data_fingerprint": "sha256:abababababababababababababababababababababababababababababab'
+    'abab", "input_layout": "NHWC-uint8-RGB", "input_size": 128, "interpolation": "bilinear"'
+    ', "labels": ["hem", "all"], "mean": [0.485, 0.456, 0.406], "metrics": {"epoch": 28.0, '
+    '"val_accuracy": 0.91, "val_weighted_f1": 0.906}, "notes": "validation: split by patient'
+    ', 1200 images", "positive": "all", "precision": "int8", "schema_version": 1, "std": '
+    '[0.229, 0.224, 0.225], "threshold": 0.5, "tool_version": "0.1.0", "train_images": 9000}')
+V1_KEYS = {"architecture", "created_at", "crop_fraction", "data_fingerprint", "input_layout",
+           "input_size", "interpolation", "labels", "mean", "metrics", "notes", "positive",
+           "schema_version", "std", "threshold", "tool_version", "train_images"}
+
+
+def test_a_v1_spec_of_the_previous_release_loads_with_v2_defaults() -> None:
+    s = ModelSpec.from_json(V1_FROM_PREVIOUS_RELEASE)
+    assert (s.architecture, s.input_size, s.precision) == ("scratch", 128, "int8")
+    assert s.metrics["val_weighted_f1"] == 0.906
+    assert (s.training, s.temperature, s.calibration, s.outputs, s.tta, s.extensions) == (
+        {}, 1.0, {}, ("logit",), "none", {})
+    assert s.schema_version == 1
+    # written again, it is the same JSON, byte for byte
+    assert s.to_json() == V1_FROM_PREVIOUS_RELEASE
+
+
+def test_a_spec_with_v2_defaults_only_is_written_as_v1() -> None:
+    d = json.loads(make().to_json())
+    assert set(d) == V1_KEYS and d["schema_version"] == 1
+    # the same spec labelled 2 by another writer reads as the same spec
+    d["schema_version"] = 2
+    assert ModelSpec.from_dict(d) == make()
+
+
+FULL_V2 = dict(
+    training={"patients": ["UID_1", "UID_H2"], "recipe": {"name": "scratch-128",
+                                                          "settings": {"epochs": 30}},
+              "cv": {"folds": 5, "protocol": "grouped by patient",
+                     "weighted_f1": {"mean": 0.88, "std": 0.02}},
+              "data": "C-NMC 2019 training folds 0-2"},
+    temperature=1.7,
+    calibration={"method": "temperature scaling, NLL", "target": "out-of-fold logits",
+                 "data_fingerprint": "sha256:cd", "patients": ["UID_3"]},
+    outputs=("logit", "cam", "features"), tta="d4",
+    extensions={"acme.qc": {"reviewed": True}},
+)
+
+
+def test_every_v2_field_round_trips_and_is_written_as_v2() -> None:
+    s = make(**FULL_V2)
+    d = json.loads(s.to_json())
+    assert d["schema_version"] == SCHEMA_VERSION == 2
+    assert d["outputs"] == ["logit", "cam", "features"] and d["temperature"] == 1.7
+    assert ModelSpec.from_json(s.to_json()) == s
+    for name, value in FULL_V2.items():  # each one alone makes it v2
+        assert make(**{name: value}).schema_version == 2, name
+
+
+def test_forward_compatibility_rule() -> None:
+    """docs/design.md: a newer version and unknown fields are refused; extensions, unknown
+    output names and unknown test-time symmetries are kept and ignored."""
+    d = make().to_dict()
+    d["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(SpecError) as e:
+        ModelSpec.from_dict(d)
+    assert "upgrade" in str(e.value)
+    d = make().to_dict()
+    d["colour_model"] = "hsv"
+    with pytest.raises(SpecError, match="unknown fields: colour_model") as e:
+        ModelSpec.from_dict(d)
+    assert "extensions" in str(e.value)
+    later = make(extensions={"leukoedge.v3_hint": [1, 2], "acme.qc": {"ok": True}},
+                 outputs=("logit", "saliency_v9"), tta="d8_scaled")
+    back = ModelSpec.from_json(later.to_json())
+    assert back.extensions == {"leukoedge.v3_hint": [1, 2], "acme.qc": {"ok": True}}
+    assert back.outputs == ("logit", "saliency_v9") and back.tta == "d8_scaled"
+
+
+def test_v2_fields_in_a_file_that_says_v1_are_refused() -> None:
+    d = make().to_dict()
+    d["temperature"] = 2.0
+    with pytest.raises(SpecError, match="temperature, which need version 2"):
+        ModelSpec.from_dict(d)
+
+
+@pytest.mark.parametrize("change", [
+    {"temperature": 0}, {"temperature": -1.0}, {"temperature": "1"}, {"temperature": True},
+    {"outputs": []}, {"outputs": ["cam"]}, {"outputs": ["logit", "logit"]},
+    {"outputs": ["logit", 3]}, {"outputs": ["logit", {"x": 1}]}, {"outputs": "logit"},
+    {"outputs": ["logit", "Has Space"]}, {"tta": ""}, {"tta": 5}, {"tta": "D4!"},
+    {"training": []}, {"training": {"patients": "UID_1"}}, {"training": {"patients": [1]}},
+    {"training": {"recipe": "scratch"}}, {"training": {"cv": 0.9}}, {"training": {"data": 3}},
+    {"calibration": {"method": 1}}, {"calibration": {"patients": "UID_1"}},
+    {"calibration": "platt"}, {"extensions": [1]},
+])
+def test_invalid_v2_values_are_refused(change: dict[str, object]) -> None:
+    d = make().to_dict()
+    d.update(change, schema_version=2)
+    with pytest.raises(SpecError):
+        ModelSpec.from_dict(d)
+
+
+def test_free_form_objects_are_plain_json_of_bounded_size() -> None:
+    deep: dict[str, object] = {}
+    cur = deep
+    for _ in range(40):
+        cur["x"] = {}
+        cur = cur["x"]  # type: ignore[assignment]
+    with pytest.raises(SpecError, match="nested deeper"):
+        make(training=deep)
+    with pytest.raises(SpecError, match="not finite"):
+        make(calibration={"ece": float("nan")})
+    with pytest.raises(SpecError, match="not JSON"):
+        make(extensions={"acme.when": object()})
+    with pytest.raises(SpecError, match="at most 65536"):  # a writer cannot make it unreadable
+        make(training={"patients": [f"UID_{i}" for i in range(8000)]})
+    ok = make(training={"patients": [f"UID_{i}" for i in range(500)]})
+    assert len(ok.to_json()) < MAX_SPEC_BYTES
+
+
+def test_probability_applies_the_temperature_once() -> None:
+    logits = np.array([-30.0, -2.0, -0.5, 0.0, 0.3, 1.0, 4.0, 40.0], dtype=np.float32)
+    for t in (1.0, 0.5, 2.5):
+        s = make(temperature=t, threshold=0.7)
+        expect = 1.0 / (1.0 + np.exp(-logits.astype(np.float64) / t))
+        np.testing.assert_allclose(s.probability(logits), expect, rtol=1e-12)
+        # the label rule on logits agrees with the probability rule
+        assert list(logits >= s.logit_threshold) == list(s.probability(logits) >= 0.7)
+    assert make(temperature=2.0, threshold=0.8).logit_threshold == pytest.approx(
+        2.0 * 1.3862944)
+    assert make().probability(np.array([-800.0, 800.0])).tolist() == [0.0, 1.0]  # no overflow
 
 
 def test_logit_threshold_matches_probability() -> None:
@@ -87,7 +221,9 @@ def test_arbitrary_json_gives_spec_or_spec_error(value: object) -> None:
 
 @given(st.dictionaries(st.sampled_from(["schema_version", "architecture", "input_size",
                                         "threshold", "labels", "mean", "std", "metrics",
-                                        "crop_fraction", "interpolation"]), json_values))
+                                        "crop_fraction", "interpolation", "training",
+                                        "temperature", "calibration", "outputs", "tta",
+                                        "extensions"]), json_values))
 def test_arbitrary_fields_give_spec_or_spec_error(value: dict[str, object]) -> None:
     try:
         ModelSpec.from_dict(value)
