@@ -63,10 +63,12 @@ def test_the_row_format(real_cells: Path, tiny_model: Path, tmp_path: Path) -> N
 def test_temperature_reaches_classify_and_evaluate(real_cells: Path, tmp_path: Path) -> None:
     """One model, two temperatures: the same logits, probabilities sigmoid(logit / T),
     labels from the calibrated probability, and the report built from the same values."""
-    plain = om.save(om.mean_brightness_model(32, centre=10.0, scale=1.0), tmp_path / "t1.onnx")
+    plain = om.save(om.mean_brightness_model(32, centre=10.0, scale=1.0),
+                    tmp_path / "t1.onnx")
     spec = ModelSpec(architecture="test-mean", input_size=32, temperature=4.0, threshold=0.6,
                      calibration={"method": "test", "patients": ["UID_1"]})
-    hot = om.save(om.mean_brightness_model(32, centre=10.0, scale=1.0, spec=spec), tmp_path / "t4.onnx")
+    hot = om.save(om.mean_brightness_model(32, centre=10.0, scale=1.0, spec=spec),
+                  tmp_path / "t4.onnx")
     for model, name in ((plain, "t1"), (hot, "t4")):
         r = invoke("evaluate", real_cells, "--model", model, "--report",
                    tmp_path / f"{name}.json", "--predictions", tmp_path / f"{name}.csv")

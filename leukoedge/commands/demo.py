@@ -25,7 +25,8 @@ def demo(
     from ..capabilities import exporter, trainer
     from ..demo import DemoConfig, run_demo, unused_workdir
 
-    trainer("demo"), exporter("demo")  # without the train extra: say so before anything
+    trainer("demo")  # without the train extra: say so before anything is written
+    exporter("demo")
     wd = unused_workdir(workdir)
     err.print(Panel(
         "This demo trains a small model on [bold]synthetic[/bold] cells for a couple of "
