@@ -62,7 +62,7 @@ def command(fn: Callable[..., int | None], name: str | None = None, **kw: Any) -
 
 
 def _register_builtin() -> None:
-    from .commands import bench, demo, inspect, predict, synth
+    from .commands import bench, demo, inspect, predict, serve, synth
 
     command(predict.classify, "classify")
     command(predict.evaluate, "evaluate")
@@ -71,6 +71,7 @@ def _register_builtin() -> None:
     command(bench.bench, "bench")
     command(synth.synth, "synth")
     command(demo.demo, "demo")
+    command(serve.serve, "serve")
 
 
 def _register_plugins() -> None:

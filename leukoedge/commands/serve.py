@@ -1,0 +1,113 @@
+"""``serve``: classification over HTTP (the ``serve`` extra); docs/serve.md."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..console import escape, note
+from ..errors import EXIT_OK, UsageError
+from .common import open_model
+from .options import ModelOpt, ProviderOpt, ThreadsOpt, WorkersOpt
+
+#: shortest bearer token accepted (characters)
+MIN_TOKEN = 16
+
+
+def read_token(path: Path) -> str:
+    """The bearer token in ``path`` (surrounding whitespace dropped); UsageError if the file
+    cannot be read or the token is too short."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--token-file {escape(str(path))}: cannot read it "
+                         f"({exc.strerror or exc})", "name a readable file") from exc
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--token-file {path}: the token must be ASCII text",
+                         "e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))' "
+                         "> token.txt") from exc
+    if len(token) < MIN_TOKEN or any(c.isspace() for c in token):
+        raise UsageError(f"--token-file {path}: the token must be one word of at least "
+                         f"{MIN_TOKEN} characters",
+                         "e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))' "
+                         "> token.txt")
+    try:
+        if os.stat(path).st_mode & 0o077:
+            note(f"{path} can be read by other users; chmod 600 it")
+    except OSError:
+        pass
+    return token
+
+
+def serve(
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to listen on. Anything but loopback needs --token-file.")]
+        = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535,
+                                      help="TCP port (0: a free one).")] = 8000,
+    provider: ProviderOpt = "auto",
+    max_batch: Annotated[int, typer.Option(
+        "--max-batch", min=1, max=4096, help="Most images per model run.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(
+        "--max-wait-ms", min=0.0, max=10_000.0,
+        help="Longest wait for more images before a batch runs.")] = 5.0,
+    token_file: Annotated[Path | None, typer.Option(
+        "--token-file", help="File holding the bearer token clients must send "
+        "(required unless --host is loopback).", show_default=False)] = None,
+    max_request_mb: Annotated[int, typer.Option(
+        "--max-request-mb", min=1, max=4096, help="Largest request body (MiB).")] = 16,
+    max_images: Annotated[int, typer.Option(
+        "--max-images", min=1, max=4096, help="Most images per request.")] = 64,
+    max_concurrent: Annotated[int, typer.Option(
+        "--max-concurrent", min=1, max=100_000,
+        help="Most classification requests in flight; more get 429.")] = 64,
+    threads: ThreadsOpt = None,
+    workers: WorkersOpt = None,
+) -> int:
+    """Serve the model over HTTP: POST /v1/classify (multipart images), GET /v1/model,
+    /healthz, /metrics, /openapi.json. Stops cleanly (exit 0) on SIGTERM or Ctrl-C."""
+    from ..serve import require_extra
+    from ..serve.security import allowed_hosts, is_loopback
+
+    require_extra()
+    token = read_token(token_file) if token_file is not None else None
+    if token is None and not is_loopback(host):
+        raise UsageError(f"--host {host} is reachable from other machines and needs a "
+                         "bearer token", "pass --token-file FILE (and put a TLS reverse "
+                         "proxy in front), or serve on 127.0.0.1")
+    from ..serve.app import Limits, Settings, create_app
+    from ..serve.server import bind, run
+
+    m = open_model(model, provider, threads)
+    sock = bind(host, port)
+    bound_port = sock.getsockname()[1]
+    settings = Settings(
+        max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers,
+        limits=Limits(max_request_bytes=max_request_mb * 1024 * 1024, max_images=max_images,
+                      max_concurrent=max_concurrent),
+        hosts=allowed_hosts(host, bound_port), token=token)
+    m.warm_up(max_batch)
+    app = create_app(m, settings)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{bound_port}"
+
+    def ready() -> None:
+        note(f"serving {escape(m.path.name)} ({m.spec.architecture}, {m.provider}) on "
+             f"{escape(url)}; batches of up to {max_batch}, {max_wait_ms:g} ms wait; "
+             "stop with Ctrl-C or SIGTERM")
+        if not is_loopback(host):
+            note("clients must send 'Authorization: Bearer <token>'; this server speaks "
+                 "plain HTTP: TLS belongs to a reverse proxy in front of it")
+
+    stopped_by = run(app, sock, on_ready=ready)
+    if stopped_by is not None:
+        note(f"stopped by {signal.Signals(stopped_by).name} after answering the requests "
+             "in flight")
+    return EXIT_OK

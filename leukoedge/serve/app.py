@@ -1,0 +1,280 @@
+"""The ASGI application: ``POST /v1/classify``, ``GET /v1/model``, ``/healthz``,
+``/metrics``, ``/openapi.json``.
+
+Every image of a request is decoded in the worker pool by the one preprocessing function
+(:func:`leukoedge.preprocess.preprocess_for`, from memory), queued on the
+:class:`~.batcher.Batcher`, and answered as a prediction row (:class:`leukoedge.output.Row`:
+the same fields as ``classify`` writes, ``path`` named ``name`` here), in request order.
+A bad image is an error entry in its row, as in ``classify``; the request still succeeds.
+
+No documentation page is served (FastAPI's ``/docs`` loads scripts from a CDN); the
+schema is at ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
+
+from .. import __version__
+from ..classify import default_workers
+from ..data import patient_of
+from ..errors import ImageError, LeukoedgeError
+from ..output import Row, escape_path
+from ..preprocess import preprocess_for
+from ..session import Model
+from .batcher import Batcher
+from .metrics import Metrics
+from .multipart import MultipartProblem, Part, parse
+from .security import Guard
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may send, and how many may be served at once."""
+
+    max_request_bytes: int = 16 * MiB  # whole body; 413 above (a real cell is 0.6 MB)
+    max_images: int = 64  # file parts per request; 413 above
+    max_fields: int = 16  # other form fields per request; 400 above
+    max_concurrent: int = 64  # classification requests in flight; 429 above
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer")
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    workers: int | None = None  # decoding threads; None: the cores present, at most 8
+    limits: Limits = field(default_factory=Limits)
+    hosts: frozenset[str] | None = None  # accepted Host headers; None: any
+    token: str | None = None  # bearer token; None: none asked for
+
+
+class Service:
+    """The model, the batcher, the decoding pool and the metrics of one server."""
+
+    def __init__(self, model: Model, settings: Settings) -> None:
+        self.model = model
+        self.settings = settings
+        self.metrics = Metrics()
+        self.batcher = Batcher(model, settings.max_batch, settings.max_wait_ms / 1000.0,
+                               on_batch=self.metrics.batch_done)
+        self.pool: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        if self.pool is not None:
+            return
+        self.pool = ThreadPoolExecutor(max_workers=self.settings.workers or default_workers(),
+                                       thread_name_prefix="leukoedge-decode")
+        self.batcher.start()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        self.batcher.close()
+
+    def _decode_and_queue(self, data: bytes | bytearray, name: str) -> Future[float] | ImageError:
+        stream = io.BytesIO(data)
+        stream.name = name  # what ImageError messages call the image
+        try:
+            array = preprocess_for(stream, self.model.spec)
+        except ImageError as exc:
+            return exc
+        return self.batcher.submit(array)
+
+    async def classify(self, images: list[tuple[str, bytes | bytearray]]) -> list[Row]:
+        """One row per ``(name, bytes)``, in order."""
+        assert self.pool is not None, "Service.start() first"
+        loop = asyncio.get_running_loop()
+        queued = [loop.run_in_executor(self.pool, self._decode_and_queue, data, name)
+                  for name, data in images]
+        results: list[float | ImageError] = []
+        for q in queued:
+            r = await q
+            if isinstance(r, ImageError):
+                results.append(r)
+            else:
+                logit: float = await asyncio.wrap_future(r)
+                results.append(logit)
+        return rows_for(self.model, [name for name, _ in images], results)
+
+
+def rows_for(model: Model, names: list[str], results: list[float | ImageError]) -> list[Row]:
+    """Prediction rows as ``classify`` makes them: the probability from the spec
+    (:meth:`ModelSpec.probability`), the label from the logit threshold, NaN as an error."""
+    spec = model.spec
+    logits = [r for r in results if not isinstance(r, ImageError)]
+    probs = spec.probability(np.asarray(logits, dtype=np.float32)).tolist()
+    threshold = spec.logit_threshold
+    rows: list[Row] = []
+    k = 0
+    for name, r in zip(names, results):
+        patient = patient_of(name)
+        if isinstance(r, ImageError):
+            rows.append(Row(name, patient, None, None, " ".join(str(r).split())[:300]))
+            continue
+        prob = float(probs[k])
+        k += 1
+        if math.isnan(r):
+            rows.append(Row(name, patient, None, None, "the model returned NaN for this image"))
+            continue
+        label = spec.labels[1] if r >= threshold else spec.labels[0]
+        rows.append(Row(name, patient, prob, label, None, r))
+    return rows
+
+
+def row_json(row: Row) -> dict[str, Any]:
+    d = row.as_dict()
+    return {"name": d.pop("path"), **d}
+
+
+def image_name(filename: str | None, index: int) -> str:
+    """The name an uploaded image is answered under: the last component of its file name
+    (a path-like name is never used as a path: nothing is written anywhere), escaped as
+    result rows escape paths, at most 255 characters; ``image-<n>`` when it has none."""
+    base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = escape_path(base)[:255]
+    return base if base not in ("", ".", "..") else f"image-{index + 1}"
+
+
+def _json(status: int, payload: object, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(payload, ensure_ascii=False).encode()
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+_CLASSIFY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "properties": {"image": {"type": "array",
+                                     "items": {"type": "string", "format": "binary"}}},
+        }}},
+    },
+}
+
+
+def create_app(model: Model, settings: Settings | None = None) -> Any:
+    """The ASGI application serving ``model`` (wrapped in the Host/token guard).
+
+    The service (batcher thread, decoding pool) starts and stops with the app's lifespan,
+    so run it under a server or ``with TestClient(app)``.
+    """
+    cfg = settings or Settings()
+    service = Service(model, cfg)
+    limits = cfg.limits
+    state = {"in_flight": 0}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, service.close)
+
+    api = FastAPI(title="leukoedge", version=__version__, docs_url=None, redoc_url=None,
+                  lifespan=lifespan,
+                  description="ALL vs HEM classification of segmented B-lymphoid cells.")
+
+    @api.post("/v1/classify", response_class=Response, openapi_extra=_CLASSIFY_BODY,
+              summary="Classify one or many images (multipart/form-data file parts)")
+    async def classify(request: Request) -> Response:
+        if state["in_flight"] >= limits.max_concurrent:
+            service.metrics.request_done(429)
+            return _json(429, {"error": f"too many requests in flight (the limit is "
+                                        f"{limits.max_concurrent}); retry shortly"},
+                         {"Retry-After": "1"})
+        state["in_flight"] += 1
+        service.metrics.in_flight = state["in_flight"]
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            resp = await _classify(request)
+            status = resp.status_code
+            return resp
+        finally:
+            state["in_flight"] -= 1
+            service.metrics.in_flight = state["in_flight"]
+            service.metrics.request_done(status, time.perf_counter() - t0)
+
+    async def _classify(request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return _json(400, {"error": "invalid Content-Length"})
+            if int(declared) > limits.max_request_bytes:
+                return _json(413, {"error": f"request too large ({declared} bytes; the limit "
+                                            f"is {limits.max_request_bytes})"})
+        body = bytearray()
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limits.max_request_bytes:
+                    return _json(413, {"error": f"request too large (over the limit of "
+                                                f"{limits.max_request_bytes} bytes)"})
+        except ClientDisconnect:
+            return _json(400, {"error": "the client went away before sending the whole body"})
+        try:
+            parts = parse(bytes(body), request.headers.get("content-type", ""),
+                          limits.max_images, limits.max_fields)
+        except MultipartProblem as exc:
+            return _json(exc.status, {"error": exc.message})
+        del body
+        images = _images(parts)
+        if not images:
+            return _json(400, {"error": "no image in the request (send file parts, "
+                                        "e.g. curl -F image=@cell.bmp)"})
+        try:
+            rows = await service.classify(images)
+        except LeukoedgeError as exc:  # the model failed: not the images' fault
+            return _json(500, {"error": exc.message})
+        errors = sum(1 for r in rows if r.error)
+        service.metrics.images_done(len(rows), errors)
+        return _json(200, {"results": [row_json(r) for r in rows]})
+
+    def _images(parts: list[Part]) -> list[tuple[str, bytes | bytearray]]:
+        files = [p for p in parts if p.filename is not None]
+        return [(image_name(p.filename, i), p.data) for i, p in enumerate(files)]
+
+    @api.get("/v1/model", summary="The model's spec, provider and the server's limits")
+    async def model_info() -> Response:
+        return _json(200, {
+            "model": model.path.name,
+            "provider": model.provider,
+            "spec": model.spec.to_dict(),
+            "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms},
+            "limits": asdict(limits),
+            "version": __version__,
+        })
+
+    @api.get("/healthz", summary="Liveness")
+    async def healthz() -> Response:
+        return _json(200, {"status": "ok"})
+
+    @api.get("/metrics", summary="Prometheus metrics (text format)")
+    async def metrics() -> Response:
+        return Response(service.metrics.render(),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    api.state.service = service
+    return Guard(api, cfg.hosts, cfg.token)

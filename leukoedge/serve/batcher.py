@@ -1,0 +1,110 @@
+"""Dynamic batching: images from concurrent requests run together on the one session.
+
+Decoded images (uint8 ``[S, S, 3]``, from the one preprocessing function) are queued with
+:meth:`Batcher.submit`; one inference thread takes the first waiting image, then keeps
+taking more until it has ``max_batch`` of them or ``max_wait`` seconds have passed since
+the first, copies them into one reused batch buffer and runs the model once. Each image's
+future gets its own logit back (position in the batch, never shared state), so an answer
+cannot reach the wrong request whatever the batch composition.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..session import Model
+
+
+@dataclass
+class _Job:
+    array: np.ndarray
+    future: Future[float]
+
+
+class Batcher:
+    """One inference thread over ``model``; :meth:`submit` is safe from any thread."""
+
+    def __init__(self, model: Model, max_batch: int = 32, max_wait: float = 0.005,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.model = model
+        self.max_batch = max_batch
+        self.max_wait = max(0.0, max_wait)
+        self._on_batch = on_batch
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="leukoedge-batcher",
+                                        daemon=True)
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, array: np.ndarray) -> Future[float]:
+        """Queue one decoded image; the future resolves to its logit (or the model's error)."""
+        fut: Future[float] = Future()
+        with self._lock:
+            if self._closed:
+                fut.set_exception(RuntimeError("the server is stopping"))
+                return fut
+            self._queue.put(_Job(array, fut))
+        return fut
+
+    def close(self, timeout: float | None = None) -> None:
+        """Run what is queued, then stop the thread."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _take(self) -> tuple[list[_Job], bool]:
+        """The next batch, and whether the stop marker was seen."""
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        jobs = [first]
+        deadline = time.monotonic() + self.max_wait
+        while len(jobs) < self.max_batch:
+            left = deadline - time.monotonic()
+            try:
+                job = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+        return jobs, False
+
+    def _run(self) -> None:
+        s = self.model.spec.input_size
+        buf = np.empty((self.max_batch, s, s, 3), dtype=np.uint8)
+        stop = False
+        while not stop:
+            jobs, stop = self._take()
+            if not jobs:
+                continue
+            n = len(jobs)
+            for i, job in enumerate(jobs):
+                buf[i] = job.array
+            t0 = time.perf_counter()
+            try:
+                logits = self.model.logits(buf[:n])
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+                for job in jobs:
+                    job.future.set_exception(exc)
+                continue
+            for job, logit in zip(jobs, logits.tolist()):
+                job.future.set_result(float(logit))
+            if self._on_batch is not None:
+                self._on_batch(n, time.perf_counter() - t0)

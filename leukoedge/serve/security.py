@@ -1,0 +1,102 @@
+"""Host header check and bearer token, as one ASGI middleware in front of the app.
+
+- **Host check** (no DNS rebinding): a page in a browser can make a name it controls
+  resolve to 127.0.0.1 and then talk to a local service; its requests still carry that name
+  in ``Host``. On a loopback bind only the loopback names are accepted (``localhost``,
+  ``127.0.0.1``, ``[::1]``, with or without the port); on another specific address only
+  that address; on a wildcard bind (``0.0.0.0``, ``::``) there is no name to check, and the
+  token (required there) is the guard.
+- **Token**: ``Authorization: Bearer <token>``, compared with :func:`hmac.compare_digest`
+  (constant time). Required on every path but ``/healthz`` when a token is set.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+#: paths answered without a token (a load balancer's liveness probe)
+OPEN_PATHS = frozenset({"/healthz"})
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return host == ""
+
+
+def allowed_hosts(bind: str, port: int) -> frozenset[str] | None:
+    """The ``Host`` header values accepted for a server bound to ``bind:port``; None: any."""
+    if is_wildcard(bind):
+        return None
+    name = bind.lower()
+    if ":" in name and not name.startswith("["):
+        name = f"[{name}]"  # an IPv6 address in a Host header is bracketed
+    names = {name}
+    if is_loopback(bind):
+        names.update(LOOPBACK_NAMES)
+    return frozenset(names | {f"{n}:{port}" for n in names})
+
+
+async def _answer(send: Send, status: int, message: str,
+                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """Refuses requests with a wrong ``Host`` (400) or a missing/wrong token (401)."""
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None,
+                 token: str | None) -> None:
+        self.app = app
+        self.hosts = hosts
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = b""
+        auth = b""
+        for k, v in scope["headers"]:
+            if k == b"host":
+                host = v
+            elif k == b"authorization":
+                auth = v
+        if self.hosts is not None and host.decode("latin-1").lower() not in self.hosts:
+            await _answer(send, 400, "Host header not accepted (this server answers only to "
+                                     "the name it is bound to)")
+            return
+        if self.token is not None and scope["path"] not in OPEN_PATHS:
+            scheme, _, given = auth.partition(b" ")
+            ok = scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token)
+            if not ok:
+                await _answer(send, 401, "a valid bearer token is required "
+                                         "(Authorization: Bearer <token>)",
+                              [(b"www-authenticate", b"Bearer")])
+                return
+        await self.app(scope, receive, send)
