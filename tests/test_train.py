@@ -243,21 +243,248 @@ def test_parity_command_on_real_cells(scratch_onnx: tuple[Path, int, str],
     assert code == 0
     code, out, err = run_cli(capsys, "parity", path, scratch_run["run"], "--data", REAL)
     assert code == 0, err
-    assert "pass" in out and "max |diff|" in out
+    for row in ("pass", "PyTorch fp32 vs oracle", "ONNX vs oracle", "ONNX vs PyTorch fp32",
+                "bound per image", "largest |logit|", "worst images", "time"):
+        assert row in out, (row, out)
+
+    code, out, err = run_cli(capsys, "parity", path, scratch_run["run"], "--data", REAL,
+                             "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["passed"] is True and d["images"] == 43 and d["batch_sizes"] == [1, 16]
+    e = d["errors"]
+    assert 0 < e["fp32_vs_oracle"] < 1e-3 and 0 < e["onnx_vs_oracle"] <= d["bound"]["min"]
+    assert e["onnx_vs_fp32"] > 0 and d["tf32"] is None and d["provider"] == "cpu"
+    assert d["bound"]["min"] >= d["bound"]["k"] * e["fp32_vs_oracle"]
+    assert 0 < d["worst_ratio"] <= 1 and d["max_abs_logit"] > 0 and d["seconds"] > 0
+    assert 1 <= len(d["worst"]) <= 5
+    assert d["worst"][0]["ratio"] == pytest.approx(d["worst_ratio"])
 
 
 def test_parity_library_synthetic(scratch_onnx: tuple[Path, int, str],
-                                  scratch_run: dict[str, object]) -> None:
+                                  scratch_run: dict[str, object],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from leukoedge_train import checkpoint as ckpt_io
-    from leukoedge_train.parity import check_checkpoint
+    from leukoedge_train import parity
 
+    from leukoedge.session import SessionConfig
+
+    configs: list[SessionConfig] = []
+    real_load = parity.load_model
+
+    def load(path: Path, cfg: SessionConfig):  # type: ignore[no-untyped-def]
+        configs.append(cfg)
+        return real_load(path, cfg)
+
+    monkeypatch.setattr(parity, "load_model", load)
     path, code, _ = scratch_onnx
     assert code == 0
     run = scratch_run["run"]
     assert isinstance(run, Path)
-    res = check_checkpoint(path, ckpt_io.resolve(run))
+    res = parity.check_checkpoint(path, ckpt_io.resolve(run))
     assert res.passed and res.source == "synthetic" and res.batch_sizes == (1, 16)
-    assert res.max_abs_diff <= 1e-4
+    assert res.images == parity.SYNTHETIC_IMAGES and not res.failures and not res.label_flips
+    # the oracle is not the fp32 run: float32 rounding shows against it, and the ONNX file
+    # stays within the bound earned by that rounding
+    assert 0 < res.fp32_error < 1e-4 and 0 < res.onnx_error <= res.bound_min
+    assert res.bound_min >= max(parity.K * res.fp32_error, parity.FLOOR)
+    assert res.worst_ratio <= 1 and res.max_abs_diff == res.onnx_fp32_diff
+    assert [c.cuda_tf32 for c in configs] == [False]  # TF32 off wherever the ONNX side runs
+
+
+def test_parity_oracle_is_float64_from_the_input(scratch_run: dict[str, object]) -> None:
+    import numpy as np
+    from leukoedge_train import checkpoint as ckpt_io
+    from leukoedge_train.parity import oracle_logits, torch_logits
+
+    run = scratch_run["run"]
+    assert isinstance(run, Path)
+    model = ckpt_io.model_of(ckpt_io.load(ckpt_io.resolve(run)))
+    seen: list[torch.dtype] = []
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
+            break
+    x = np.random.default_rng(0).integers(0, 256, (4, 48, 48, 3), dtype=np.uint8)
+    f64 = oracle_logits(model, x)
+    assert seen == [torch.float64]  # the first layer saw float64 input (a deep copy's)
+    assert next(model.parameters()).dtype == torch.float32  # the model is left as it was
+    f32 = torch_logits(model, x, 4)
+    assert seen[1:] == [torch.float32]
+    assert 0 < np.abs(f32 - f64).max() < 1e-4
+
+
+def test_parity_rule_bound_and_near_threshold_flips() -> None:
+    import numpy as np
+    from leukoedge_train.parity import Runs, judge
+
+    f64 = np.array([5.0, -3.0, 2e-6, 0.5])
+    fp32 = np.stack([f64 + [1e-5, -2e-5, 0.0, 0.0]] * 2)  # fp32 strays by 2e-5 at most
+
+    def runs(onnx: np.ndarray) -> Runs:
+        return Runs(f64, fp32, np.stack([onnx, onnx]), (1, 16), 0.0, "cpu", None)
+
+    names = ["a", "b", "near", "d"]
+    # within k * 2e-5 = 8e-5 everywhere; the near-threshold image flips its label: allowed
+    v = judge(runs(f64 + [7e-5, -7e-5, -3e-6, 0.0]), names, 0.0, k=4.0, floor=1e-6)
+    assert v["passed"] and v["near_threshold"] == ["near"] and not v["label_flips"]
+    assert v["bound_min"] == pytest.approx(8e-5) and v["bound_max"] == pytest.approx(8e-5)
+    assert v["worst_ratio"] == pytest.approx(7e-5 / 8e-5)
+    # the floor term wins for a large logit: 1e-5 * (1 + 5) = 6e-5 > 1 * 2e-5
+    v = judge(runs(f64 + [5.5e-5, 0.0, 0.0, 0.0]), names, 0.0, k=1.0, floor=1e-5)
+    assert v["passed"] and v["bound_max"] == pytest.approx(6e-5)
+    assert v["bound_min"] == pytest.approx(2e-5)
+    # outside the bound on one image: fail, named, worst first
+    v = judge(runs(f64 + [0.0, 0.0, 0.0, 1e-3]), names, 0.0, k=4.0, floor=1e-6)
+    assert not v["passed"] and v["failures"] == ["d"] and v["worst"][0].name == "d"
+    assert v["worst_ratio"] == pytest.approx(1e-3 / 8e-5)
+    # a label flip away from the threshold fails and is named as a flip
+    v = judge(runs(f64 + [0.0, 0.0, 0.0, -0.6]), names, 0.0, k=4.0, floor=1e-6)
+    assert not v["passed"] and v["label_flips"] == ["d"] and v["failures"] == ["d"]
+
+
+# Broken exports of the trained test model: each must fail parity by >= 10x the bound.
+
+class _BGR(torch.nn.Module):
+    """The graph reads the image as BGR (channels reversed before the model)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.inner(image.flip(-1))  # type: ignore[no-any-return]
+
+
+def _mean_off(m: torch.nn.Module) -> torch.nn.Module:
+    """Normalisation mean off by 1/255 in every channel: shift = -(mean + 1/255) / std."""
+    std = 1.0 / (255.0 * m.scale)  # type: ignore[operator]
+    m.shift -= (1.0 / 255.0) / std  # type: ignore[operator]
+    return m
+
+
+def _first_conv_scaled(m: torch.nn.Module) -> torch.nn.Module:
+    conv = next(c for c in m.modules() if isinstance(c, torch.nn.Conv2d))
+    with torch.no_grad():
+        conv.weight.mul_(1.01)
+    return m
+
+
+def _bn_folded_eps(m: torch.nn.Module) -> torch.nn.Module:
+    """The first conv + batch norm folded into one conv, with epsilon 1e-3 (not 1e-5)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    block = m.net.features[0]  # type: ignore[union-attr,index]
+    conv, bn = block[0], block[1]
+    assert isinstance(bn, torch.nn.BatchNorm2d) and bn.eps == 1e-5
+    bn.eps = 1e-3
+    block[0], block[1] = fuse_conv_bn_eval(conv, bn), torch.nn.Identity()
+    return m
+
+
+DEFECTS = {
+    "correct": lambda m: m,
+    "mean_off_by_1_255": _mean_off,
+    "channels_bgr": _BGR,
+    "first_conv_x1.01": _first_conv_scaled,
+    "bn_folded_eps_1e-3": _bn_folded_eps,
+}
+
+
+@pytest.fixture(scope="session")
+def defect_exports(scratch_run: dict[str, object], work: Path) -> dict[str, Path]:
+    """One ONNX file per entry of DEFECTS, exported the way ``export`` does."""
+    import copy
+
+    from leukoedge_train import checkpoint as ckpt_io
+    from leukoedge_train.export import _finish, _torch_export
+
+    run = scratch_run["run"]
+    assert isinstance(run, Path)
+    ckpt = ckpt_io.load(ckpt_io.resolve(run))
+    spec, model = ckpt_io.spec_of(ckpt), ckpt_io.model_of(ckpt)
+    out = work / "defects"
+    out.mkdir()
+    paths = {}
+    for name, breaks in DEFECTS.items():
+        broken = breaks(copy.deepcopy(model)).eval()
+        raw, final = out / f"{name}.raw.onnx", out / f"{name}.onnx"
+        _torch_export(broken, spec.input_size, raw, 18, "dynamo")
+        _finish(raw, spec, final)
+        paths[name] = final
+    return paths
+
+
+@pytest.mark.parametrize("defect", list(DEFECTS))
+def test_broken_exports_fail_parity_by_10x_the_bound(defect: str,
+                                                     defect_exports: dict[str, Path],
+                                                     scratch_run: dict[str, object]) -> None:
+    from leukoedge_train import checkpoint as ckpt_io
+    from leukoedge_train.parity import check_checkpoint
+
+    run = scratch_run["run"]
+    assert isinstance(run, Path)
+    res = check_checkpoint(defect_exports[defect], ckpt_io.resolve(run))
+    if defect == "correct":  # the same path, nothing broken: passes well inside the bound
+        assert res.passed and res.worst_ratio < 1, res.summary()
+        return
+    assert not res.passed and res.failures, res.summary()
+    assert res.worst_ratio >= 10, res.summary()
+    assert res.onnx_error >= 10 * res.bound_min
+    assert res.worst[0].ratio == pytest.approx(res.worst_ratio)
+    assert res.fp32_error < res.bound_min  # PyTorch itself stayed inside: the file is wrong
+
+
+def test_parity_command_fails_on_a_broken_export(defect_exports: dict[str, Path],
+                                                 scratch_run: dict[str, object],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(capsys, "parity", defect_exports["mean_off_by_1_255"],
+                             scratch_run["run"])
+    assert code == 3 and "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "parity FAIL" in errors[0] and "mean_off" in errors[0]
+    assert "FAIL" in out and "worst images" in out and "differs: synthetic-" in err
+
+
+def test_fixed_batch_axis_is_refused_by_the_graph_check(
+        scratch_run: dict[str, object], work: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+    import warnings
+    from contextlib import redirect_stdout
+
+    from leukoedge_train import export as export_mod
+
+    def fixed_batch(model: torch.nn.Module, size: int, path: Path, opset: int,
+                    exporter: str) -> None:
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (torch.zeros((1, size, size, 3), dtype=torch.uint8),),
+                              str(path), dynamo=False, opset_version=opset,
+                              input_names=["image"], output_names=["logit"])
+
+    monkeypatch.setattr(export_mod, "_torch_export", fixed_batch)
+    target = work / "fixed-batch" / "m.onnx"
+    code, _, err = run_cli(capsys, "export", scratch_run["run"], "--out", target)
+    assert code == 3, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "fixed batch axis (1)" in errors[0], err
+    assert not target.exists() and list(target.parent.iterdir()) == []
+
+
+def test_export_json(scratch_run: dict[str, object], work: Path,
+                     capsys: pytest.CaptureFixture[str]) -> None:
+    target = work / "export-json" / "m.onnx"
+    code, out, err = run_cli(capsys, "export", scratch_run["run"], "--out", target,
+                             "--exporter", "legacy", "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["exported"]["path"] == str(target) and target.is_file()
+    assert d["exported"]["input_size"] == 48 and d["precision"] is None
+    p = d["parity"]
+    assert p["passed"] is True and p["source"] == "synthetic"
+    assert set(p["errors"]) >= {"fp32_vs_oracle", "onnx_vs_oracle", "onnx_vs_fp32"}
+    assert p["errors"]["onnx_vs_oracle"] <= p["bound"]["min"]
 
 
 def test_failed_parity_leaves_no_file(scratch_run: dict[str, object], work: Path,

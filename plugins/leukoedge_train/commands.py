@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from leukoedge.errors import EXIT_CANNOT_RUN, EXIT_OK, UsageError
+from leukoedge.errors import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
     from .parity import ParityResult
@@ -185,6 +185,9 @@ def export(
     report_data: Annotated[Path | None, typer.Option(
         "--report-data", help="fp16/int8: real labelled cells for the agreement report "
         "(topped up to 500 with synthetic cells).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the export, parity and precision reports as one JSON object "
+        "instead of tables.")] = False,
 ) -> int:
     """Export a run to one self-contained ONNX file with its ModelSpec; parity-checked."""
     from leukoedge.plugins import require_torch
@@ -202,9 +205,25 @@ def export(
         res = export_onnx(run, out, opset, exporter, data, overwrite, precision=precision,
                           calibration=calibration, report_data=report_data)
     except ExportError as exc:
-        if getattr(exc, "report", None) is not None:
-            print_precision(exc.report)  # type: ignore[attr-defined]
+        failed_parity = getattr(exc, "parity", None)
+        failed_report = getattr(exc, "report", None)
+        if as_json:
+            print_json({"exported": None, "parity": failed_parity and failed_parity.as_dict(),
+                        "precision": failed_report and failed_report.as_dict()})
+        elif failed_parity is not None:
+            print_parity(failed_parity)
+        elif failed_report is not None:
+            print_precision(failed_report)
         raise
+    if as_json:
+        print_json({"exported": {"path": str(res.path), "checkpoint": str(res.checkpoint),
+                                 "architecture": res.spec.architecture,
+                                 "input_size": res.spec.input_size, "opset": res.opset,
+                                 "exporter": res.exporter, "precision": res.precision,
+                                 "size_bytes": res.size_bytes},
+                    "parity": res.parity.as_dict(),
+                    "precision": res.report.as_dict() if res.report else None})
+        return EXIT_OK
     print_parity(res.parity)
     if res.report is not None:
         print_precision(res.report)
@@ -225,10 +244,12 @@ def parity(
     batch_size: Annotated[int, typer.Option(
         "--batch-size", min=2, max=1024, help="The larger batch compared (with 1).")] = 16,
     provider: Annotated[str, typer.Option(
-        "--provider", "-p", help="Where the ONNX side runs: cpu, cuda, tensorrt or auto "
-        "(PyTorch stays on the CPU, fp32).")] = "cpu",
+        "--provider", "-p", help="Where the ONNX side runs: cpu, cuda (TF32 off), tensorrt "
+        "or auto (PyTorch float64 and fp32 stay on the CPU).")] = "cpu",
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the report as JSON instead of a table.")] = False,
 ) -> int:
-    """Compare an ONNX file with its PyTorch checkpoint on the same images."""
+    """Judge an ONNX file against a float64 run of its PyTorch checkpoint (same images)."""
     from leukoedge.plugins import require_torch
 
     require_torch("parity")
@@ -236,8 +257,24 @@ def parity(
     from .parity import check_checkpoint
 
     res = check_checkpoint(model, ckpt_io.resolve(run), data, batch_size, provider)
-    print_parity(res)
-    return EXIT_OK if res.passed else EXIT_CANNOT_RUN
+    if as_json:
+        print_json(res.as_dict())
+    else:
+        print_parity(res)
+    if not res.passed:
+        from leukoedge.errors import ParityError
+
+        raise ParityError(f"{model}: {res.summary()}",
+                          "re-export it with 'leukoedge export' (or --exporter legacy)")
+    return EXIT_OK
+
+
+def print_json(obj: Any) -> None:
+    import json
+
+    from leukoedge.console import out as stdout
+
+    stdout.print_json(json.dumps(obj))
 
 
 def print_parity(res: ParityResult) -> None:
@@ -246,25 +283,43 @@ def print_parity(res: ParityResult) -> None:
     from leukoedge.console import escape, note
     from leukoedge.console import out as stdout
 
-    t = Table(title=f"parity: onnxruntime ({res.provider.upper()}) vs PyTorch (fp32, CPU)",
-              show_header=False,
-              title_justify="left")
+    t = Table(title=f"parity: onnxruntime ({res.provider.upper()}) and PyTorch fp32 (CPU) vs "
+                    "PyTorch float64 (the oracle)", show_header=False, title_justify="left")
     t.add_column("what", style="bold")
     t.add_column("value")
+    verdict = "[green]pass[/green]" if res.passed else "[red]FAIL[/red]"
+    images = f"{res.images} ({escape(res.source)})"
+    if res.capped:
+        images += f", {res.available} available, capped at {res.images}"
     rows: list[tuple[str, Any]] = [
-        ("result", "[green]pass[/green]" if res.passed else "[red]FAIL[/red]"),
-        ("images", f"{res.images} ({escape(res.source)})"),
+        ("result", f"{verdict} (worst image at {res.worst_ratio:.3g}x its bound)"),
+        ("images", images),
         ("batch sizes", " and ".join(map(str, res.batch_sizes))),
-        ("max |diff|", f"{res.max_abs_diff:.3g}"),
-        ("mean |diff|", f"{res.mean_abs_diff:.3g}"),
-        ("max |logit|", f"{res.max_abs_logit:.3g}"),
-        ("tolerance", f"{res.atol:g} + {res.rtol:g} * |logit|"),
-        ("outside tolerance", str(len(res.failures))),
+        ("PyTorch fp32 vs oracle", f"max {res.fp32_error:.3g}"),
+        ("ONNX vs oracle", f"max {res.onnx_error:.3g}, mean {res.mean_onnx_error:.3g}"),
+        ("ONNX vs PyTorch fp32", f"max {res.onnx_fp32_diff:.3g}"),
+        ("bound per image", f"max({res.k:g} x {res.fp32_error:.3g}, {res.floor:g} x "
+                            f"(1 + |logit|)) = {res.bound_min:.3g}"
+                            + ("" if res.bound_max == res.bound_min
+                               else f" .. {res.bound_max:.3g}")),
+        ("largest |logit|", f"{res.max_abs_logit:.3g}"),
+        ("outside the bound", str(len(res.failures))),
         ("label flips", str(len(res.label_flips))),
+        ("near the threshold", str(len(res.near_threshold))),
     ]
+    if res.tf32:
+        rows.append(("TF32", res.tf32))
+    rows.append(("time", f"{res.seconds:.1f} s (float64 oracle {res.oracle_seconds:.1f} s)"))
     for k, v in rows:
         t.add_row(k, v)
     stdout.print(t)
+    w = Table(title="worst images (|ONNX - oracle| / bound)", title_justify="left")
+    for col in ("image", "oracle logit", "|ONNX - oracle|", "bound", "ratio"):
+        w.add_column(col, justify="left" if col == "image" else "right")
+    for im in res.worst:
+        w.add_row(escape(Path(im.name).name), f"{im.oracle_logit:.4g}", f"{im.onnx_error:.3g}",
+                  f"{im.bound:.3g}", f"{im.ratio:.3g}")
+    stdout.print(w)
     for name in res.near_threshold:
         note(f"near the threshold (a label may flip by rounding): {name}")
     for name in (res.failures + res.label_flips)[:10]:
@@ -300,6 +355,11 @@ def print_precision(rep: PrecisionReport) -> None:
     if rep.max_abs_diff is not None:
         t.add_row("logit |diff| max / mean",
                   f"{rep.max_abs_diff:.3g} / {rep.mean_abs_diff:.3g}")
+    if rep.oracle_images:
+        t.add_row(f"error vs float64 oracle ({rep.oracle_images} cells)",
+                  f"{rep.precision} max {rep.oracle_max_abs_err:.3g}, mean "
+                  f"{rep.oracle_mean_abs_err:.3g}; fp32 ONNX max "
+                  f"{rep.fp32_oracle_max_abs_err:.3g} ({rep.oracle_seconds:.1f} s)")
     if rep.labelled:
         t.add_row("accuracy fp32 -> " + rep.precision,
                   f"{pct(rep.fp32_accuracy)} -> {pct(rep.accuracy)} (drop "

@@ -9,9 +9,10 @@ every call. Both give a truly dynamic batch axis for these models (checked by th
 run at batch 1 and 16). Weights are stored inline (``save_as_external_data=False``).
 
 Order of work, all on a temporary file in the output's folder: export, embed the spec,
-``onnx.checker.check_model``, parity check (which loads the file with the runtime's own
-loader). Only when all of that passed is the file moved into place with ``os.replace``;
-on any failure nothing is left at the output path.
+``onnx.checker.check_model``, parity check against the float64 oracle (:mod:`.parity`;
+it loads the file with the runtime's own loader). Only when all of that passed is the
+file moved into place with ``os.replace``; on any failure nothing is left at the output
+path.
 """
 
 from __future__ import annotations
@@ -168,16 +169,19 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
         result = parity.check(final, model, spec, parity_data, parity_batch)
         if not result.passed:
             which = result.failures or result.label_flips
-            raise ParityError(f"export rejected, {result.summary()}; differing: "
+            exc = ParityError(f"export rejected, {result.summary()}; differing: "
                               f"{', '.join(Path(n).name for n in which[:5])}",
                               "nothing was written; try --exporter legacy")
+            exc.parity = result  # type: ignore[attr-defined]  # so the CLI can report it
+            raise exc
         report = None
         if precision != "fp32":
             from . import precision as prec
 
             fp32 = final.rename(work / "fp32.onnx")
             report = prec.convert(precision, fp32, final, spec, ckpt, calibration,
-                                  report_data, report_images or prec.REPORT_IMAGES)
+                                  report_data, report_images or prec.REPORT_IMAGES,
+                                  model=model)
             _gate(report)
         size = final.stat().st_size
         with open(final, "rb") as fh:

@@ -20,7 +20,10 @@ Every reduced-precision export is compared with the fp32 export it came from on 
 :data:`REPORT_IMAGES` cells (the ``--report-data`` images, topped up with held-out
 synthetic patients when fewer are given): label agreement, Pearson correlation of the
 logits, largest logit difference, and accuracy / weighted F1 of both against the truth
-labels. Below :data:`MIN_AGREEMENT` label agreement the export is refused.
+labels. Below :data:`MIN_AGREEMENT` label agreement the export is refused. Beside that gate
+(which stays the gate), the report shows how far the converted model and its fp32 source
+stray from the float64 oracle of the PyTorch model (:mod:`.parity`) on at most
+``parity.MAX_IMAGES`` of those cells, spread evenly (the oracle is slow).
 """
 
 from __future__ import annotations
@@ -70,10 +73,33 @@ class PrecisionReport:
     min_agreement: float = MIN_AGREEMENT
     disagreeing: list[str] = field(default_factory=list)
     problem: str | None = None  # why the converted model could not be run here
+    oracle_images: int = 0  # cells run through the float64 oracle (0: not measured)
+    oracle_max_abs_err: float | None = None  # |converted - f64|
+    oracle_mean_abs_err: float | None = None
+    fp32_oracle_max_abs_err: float | None = None  # |fp32 ONNX - f64|, for scale
+    oracle_seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
         return self.agreement is not None and self.agreement >= self.min_agreement
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "precision": self.precision, "passed": self.passed, "images": self.images,
+            "source": self.source, "provider": self.provider, "agreement": self.agreement,
+            "min_agreement": self.min_agreement, "pearson": self.pearson,
+            "max_abs_diff_vs_fp32": self.max_abs_diff,
+            "mean_abs_diff_vs_fp32": self.mean_abs_diff,
+            "oracle": {"images": self.oracle_images, "max_abs_err": self.oracle_max_abs_err,
+                       "mean_abs_err": self.oracle_mean_abs_err,
+                       "fp32_onnx_max_abs_err": self.fp32_oracle_max_abs_err,
+                       "seconds": self.oracle_seconds},
+            "labelled": self.labelled, "fp32_accuracy": self.fp32_accuracy,
+            "accuracy": self.accuracy, "fp32_weighted_f1": self.fp32_weighted_f1,
+            "weighted_f1": self.weighted_f1, "calibration": self.calibration,
+            "calibration_images": self.calibration_images,
+            "disagreeing": self.disagreeing, "problem": self.problem,
+        }
 
 
 # -- images --------------------------------------------------------------------------------
@@ -295,8 +321,9 @@ def _logits(model: Any, x: np.ndarray, batch: int = 32) -> np.ndarray:
 
 def compare(fp32: Path, converted: Path, spec: ModelSpec, precision: str,
             report_data: Path | None, work: Path, minimum: int = REPORT_IMAGES,
-            provider: str = "cpu") -> PrecisionReport:
-    """Run both models on the same cells; see the module docstring."""
+            provider: str = "cpu", model: Any = None) -> PrecisionReport:
+    """Run both models on the same cells; see the module docstring. ``model`` (the
+    PyTorch model) adds the error of both against its float64 oracle."""
     from leukoedge.evaluate import metrics
     from leukoedge.session import SessionConfig, load_model
 
@@ -327,14 +354,37 @@ def compare(fp32: Path, converted: Path, spec: ModelSpec, precision: str,
         rep.labelled = len(lab)
         rep.fp32_accuracy, rep.accuracy = m_ref["accuracy"], m_got["accuracy"]
         rep.fp32_weighted_f1, rep.weighted_f1 = m_ref["weighted_f1"], m_got["weighted_f1"]
+    if model is not None:
+        _oracle_errors(rep, model, x, ref, got)
     return rep
+
+
+def _oracle_errors(rep: PrecisionReport, model: Any, x: np.ndarray, ref: np.ndarray,
+                   got: np.ndarray) -> None:
+    """Fill in the errors against the float64 oracle on up to ``parity.MAX_IMAGES``
+    cells spread evenly over the report's."""
+    import time
+
+    from . import parity
+
+    idx = np.asarray(parity.spread(len(x), parity.MAX_IMAGES), dtype=int)
+    if not len(idx):
+        return
+    t0 = time.perf_counter()
+    f64 = parity.oracle_logits(model, x[idx])
+    rep.oracle_seconds = time.perf_counter() - t0
+    err = np.abs(got[idx] - f64)
+    rep.oracle_images = len(idx)
+    rep.oracle_max_abs_err, rep.oracle_mean_abs_err = float(err.max()), float(err.mean())
+    rep.fp32_oracle_max_abs_err = float(np.abs(ref[idx] - f64).max())
 
 
 def convert(precision: str, fp32: Path, out: Path, spec: ModelSpec, ckpt: dict[str, Any],
             calibration: Path | None, report_data: Path | None,
-            minimum: int = REPORT_IMAGES) -> PrecisionReport:
+            minimum: int = REPORT_IMAGES, model: Any = None) -> PrecisionReport:
     """Write the ``precision`` version of ``fp32`` to ``out`` (spec embedded) and return
-    its report. The caller refuses it when the report did not pass."""
+    its report. The caller refuses it when the report did not pass. ``model`` (PyTorch)
+    adds the errors against its float64 oracle to the report."""
     work = Path(tempfile.mkdtemp(prefix=".precision-", dir=out.parent))
     try:
         calib_src, n_calib = None, 0
@@ -347,7 +397,7 @@ def convert(precision: str, fp32: Path, out: Path, spec: ModelSpec, ckpt: dict[s
             raise ExportError(f"unknown precision {precision!r}")
         embed_spec(out, spec.with_updates(precision=precision))
         rep = compare(fp32, out, spec, precision, report_data, work, minimum,
-                      provider="auto" if precision == "fp16" else "cpu")
+                      provider="auto" if precision == "fp16" else "cpu", model=model)
         rep.calibration, rep.calibration_images = calib_src, n_calib
         rep.min_agreement = MIN_AGREEMENT
         return rep
