@@ -376,3 +376,11 @@ def test_serve_needs_a_token_off_loopback_and_checks_its_model(tiny_model: Path,
         assert r.exit_code == 3 and "--provider cuda" in r.output
     r = run(assemble(), ["serve", "--model", str(tiny_model), "--max-batch", "0"])
     assert r.exit_code == 2
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = run(assemble(), ["serve", "--model", str(tiny_model), "--port", str(port)])
+        assert r.exit_code == 2 and "cannot listen" in r.output and "Traceback" not in r.output
