@@ -256,3 +256,18 @@ def test_synth_command(tmp_path: Path) -> None:
     r = invoke("synth", out, "--patients", "4", "--cells-per-patient", "2", "--size", "64",
                "--overwrite")
     assert r.exit_code == 0 and len(list(out.glob("fold_*/*/UID_*.bmp"))) == 8
+
+
+def test_parity_turns_cuda_tf32_off(tmp_path: Path) -> None:
+    """``SessionConfig(cuda_tf32=False)`` (what parity uses) passes use_tf32=0 to the CUDA
+    provider, also as TensorRT's fallback; classify keeps onnxruntime's default."""
+    from leukoedge.session import SessionConfig, _provider_list
+
+    default = _provider_list(SessionConfig(provider="cuda"), "cuda")
+    assert "use_tf32" not in default[0][1]
+    exact = _provider_list(SessionConfig(provider="cuda", cuda_tf32=False), "cuda")
+    assert exact[0][0] == "CUDAExecutionProvider" and exact[0][1]["use_tf32"] == "0"
+    trt = _provider_list(SessionConfig(provider="tensorrt", cuda_tf32=False,
+                                       trt_cache=tmp_path / "trt"), "tensorrt")
+    assert [p[0] for p in trt[:2]] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
+    assert trt[1][1]["use_tf32"] == "0"

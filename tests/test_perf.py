@@ -66,6 +66,15 @@ def test_int8_export_is_a_model_classify_accepts(run: dict[str, Path],
     assert rep.pearson is not None and -1.0 <= rep.pearson <= 1.0
     assert rep.max_abs_diff is not None and rep.labelled == rep.images
     assert rep.calibration_images > 0
+    # beside the agreement gate: the error of int8 and of its fp32 source against the
+    # float64 oracle of the PyTorch model, on up to 64 of the cells
+    from leukoedge_train.parity import MAX_IMAGES
+
+    assert rep.oracle_images == min(rep.images, MAX_IMAGES)
+    assert rep.oracle_max_abs_err is not None and rep.oracle_mean_abs_err is not None
+    assert rep.fp32_oracle_max_abs_err is not None
+    assert 0 < rep.fp32_oracle_max_abs_err < rep.oracle_max_abs_err
+    assert rep.as_dict()["oracle"]["images"] == rep.oracle_images
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert "BatchNormalization" in ops  # the input normalisation, kept in float, exact

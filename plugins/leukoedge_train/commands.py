@@ -207,7 +207,7 @@ def export(
     except ExportError as exc:
         failed_parity = getattr(exc, "parity", None)
         failed_report = getattr(exc, "report", None)
-        if as_json:
+        if as_json and (failed_parity is not None or failed_report is not None):
             print_json({"exported": None, "parity": failed_parity and failed_parity.as_dict(),
                         "precision": failed_report and failed_report.as_dict()})
         elif failed_parity is not None:
