@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from .errors import MissingExtraError
+from .errors import MissingExtraError, PluginError
 
 GROUP = "leukoedge.plugins"
 TRAIN_COMMANDS = ("train", "export", "parity")
@@ -60,7 +60,7 @@ def _hooks(obj: Any) -> tuple[Callable[[Any], None] | None,
     if commands is None and capabilities is None and callable(obj):
         return obj, None  # an older plugin: register(app) adds commands
     if commands is None and capabilities is None:
-        raise AttributeError("has neither register_commands nor register_capabilities")
+        raise PluginError("has neither register_commands nor register_capabilities")
     return commands, capabilities
 
 
@@ -74,7 +74,7 @@ def _load(ep: Any) -> tuple[PluginInfo, Any]:
         info.loaded = True
     except ImportError as exc:
         info.error = f"cannot import {ep.value}: {exc}"
-    except AttributeError as exc:
+    except (AttributeError, PluginError) as exc:
         info.error = f"{ep.value}: {exc}"
     return info, obj
 
@@ -123,13 +123,13 @@ class Registry:
             def register(name: str, target: Any, _plugin: str = ep.name,
                          _info: PluginInfo = info) -> None:
                 if not isinstance(name, str) or not name:
-                    raise AttributeError(f"capability name {name!r} is not a string")
+                    raise PluginError(f"capability name {name!r} is not a string")
                 targets.setdefault(name, (target, _plugin))  # first plugin (by name) wins
                 _info.capabilities.append(name)
 
             try:
                 hook(register)
-            except (ImportError, AttributeError) as exc:
+            except (ImportError, AttributeError, PluginError) as exc:
                 info.loaded, info.error = False, f"{ep.value}: {exc}"
         self._targets, self.infos = targets, infos
         return targets

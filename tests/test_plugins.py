@@ -132,3 +132,18 @@ def test_the_training_plugins_capabilities_resolve() -> None:
     assert callable(capabilities.trainer("demo"))
     assert callable(capabilities.exporter("demo"))
     assert callable(capabilities.torch_bench("bench --checkpoint"))
+
+
+def test_a_plugin_without_hooks_or_with_a_bad_capability_name_is_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_dist(tmp_path, "nohooks", "nohooks = nohooks_mod:THING", {"nohooks_mod": "THING = 3\n"})
+    fake_dist(tmp_path, "badname", "badname = badname_mod",
+              {"badname_mod": "def register_capabilities(register):\n    register(7, 'x:y')\n"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = plugins.Registry()
+    assert 7 not in reg.names()  # type: ignore[comparison-overlap]
+    errors = {i.name: i.error for i in reg.infos}
+    assert "neither register_commands nor register_capabilities" in str(errors["nohooks"])
+    assert "capability name 7 is not a string" in str(errors["badname"])
+    infos = {i.name: i for i in plugins.load_plugins(typer.Typer())}
+    assert not infos["nohooks"].loaded and infos["badname"].loaded  # it has no commands hook
