@@ -173,6 +173,7 @@ def bench_model(model: Path, n_files: int, seconds: float, work: Path) -> dict[s
         r = load(server.port, reqs, c, seconds)
         r["batching"] = name
         r["classify_before"] = classify[-1]
+        r["classify_index"] = len(classify) - 1
         rows.append(r)
         print(f"  serve batching {name} {c:2d} clients: {r['per_s']:.1f} req/s, p50 "
               f"{r['p50_ms']:.0f} ms p95 {r['p95_ms']:.0f} p99 {r['p99_ms']:.0f}, load "
@@ -193,7 +194,7 @@ def bench_model(model: Path, n_files: int, seconds: float, work: Path) -> dict[s
     finally:
         codes = (on.stop(), off.stop())
     for r in rows:  # classify runs just before and after each serve run
-        i = classify.index(r["classify_before"])  # type: ignore[arg-type]
+        i = int(r["classify_index"])
         around = classify[i:i + 2]
         r["classify_around"] = statistics.mean(around)
         r["ratio"] = r["per_s"] / r["classify_around"]  # type: ignore[operator]

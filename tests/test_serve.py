@@ -192,6 +192,43 @@ def _multipart(items: list[tuple[str, bytes]]) -> tuple[bytes, str]:
     return bytes(out), f"multipart/form-data; boundary={boundary}"
 
 
+def test_a_trickled_body_is_refused_with_408(split_model: Path) -> None:
+    """A client whose body stops coming gets 408 instead of holding a request slot for
+    ever (called at the ASGI level: the test client sends whole bodies)."""
+    import asyncio
+
+    app = create_app(load_model(split_model),
+                     Settings(hosts=None, limits=Limits(body_seconds=0.2)))
+    sent: list[dict[str, Any]] = []
+
+    async def go() -> None:
+        first = True
+
+        async def receive() -> dict[str, Any]:
+            nonlocal first
+            if first:
+                first = False
+                return {"type": "http.request", "body": b"--x\r\n", "more_body": True}
+            await asyncio.sleep(3600)  # the rest never comes
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": "/v1/classify",
+                 "raw_path": b"/v1/classify", "query_string": b"", "root_path": "",
+                 "headers": [(b"host", b"127.0.0.1:8000"),
+                             (b"content-type", b"multipart/form-data; boundary=x"),
+                             (b"content-length", b"1000")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000)}
+        await asyncio.wait_for(app(scope, receive, send), 60)
+
+    asyncio.run(go())
+    assert sent[0]["status"] == 408
+    assert b"did not arrive" in sent[1]["body"]
+
+
 def test_pixel_cap_is_the_classify_cap(client: TestClient) -> None:
     """A decompression bomb (a PNG header claiming 10000x5000) is an error entry."""
     import struct
@@ -330,6 +367,26 @@ def test_batcher_gives_each_image_its_own_logit(tiny_model: Path) -> None:
     assert sizes == [8, 8, 8, 1]
     np.testing.assert_allclose(got, [(v - 40) * 0.2 for v in values], rtol=1e-6, atol=1e-5)
     assert b.submit(np.zeros((32, 32, 3), dtype=np.uint8)).exception() is not None
+
+
+def test_batcher_does_not_wait_for_images_that_are_not_coming(tiny_model: Path) -> None:
+    """With nothing being decoded, a lone image runs at once, not after max_wait (30 s
+    here); while images are said to be coming, it waits for them."""
+    model = load_model(tiny_model)
+    coming = [0]
+    sizes: list[int] = []
+    b = Batcher(model, max_batch=8, max_wait=30.0, coming=lambda: coming[0],
+                on_batch=lambda n, s: sizes.append(n))
+    b.start()
+    assert abs(b.submit(np.full((32, 32, 3), 50, dtype=np.uint8)).result(timeout=20) - 2.0) \
+        < 1e-5
+    coming[0] = 1
+    first = b.submit(np.full((32, 32, 3), 60, dtype=np.uint8))
+    second = b.submit(np.full((32, 32, 3), 70, dtype=np.uint8))
+    coming[0] = 0
+    assert abs(first.result(timeout=20) - 4.0) < 1e-5 and abs(second.result(20) - 6.0) < 1e-5
+    b.close()
+    assert sizes[0] == 1 and sum(sizes) == 3
 
 
 def test_batcher_from_many_threads(tiny_model: Path) -> None:

@@ -99,12 +99,12 @@ def serve(
     url = f"http://{shown}:{bound_port}"
 
     def ready() -> None:
-        note(f"serving {escape(m.path.name)} ({m.spec.architecture}, {m.provider}) on "
-             f"{escape(url)}; batches of up to {max_batch}, {max_wait_ms:g} ms wait; "
-             "stop with Ctrl-C or SIGTERM")
         if not is_loopback(host):
             note("clients must send 'Authorization: Bearer <token>'; this server speaks "
                  "plain HTTP: TLS belongs to a reverse proxy in front of it")
+        note(f"serving {escape(m.path.name)} ({m.spec.architecture}, {m.provider}) on "
+             f"{escape(url)}; batches of up to {max_batch}, {max_wait_ms:g} ms wait; "
+             "stop with Ctrl-C or SIGTERM")
 
     stopped_by = run(app, sock, on_ready=ready)
     if stopped_by is not None:

@@ -17,6 +17,7 @@ import asyncio
 import io
 import json
 import math
+import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,11 +53,12 @@ class Limits:
     max_images: int = 64  # file parts per request; 413 above
     max_fields: int = 16  # other form fields per request; 400 above
     max_concurrent: int = 64  # classification requests in flight; 429 above
+    body_seconds: float = 60.0  # a body not received within this is refused (408)
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer")
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be positive")
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,17 @@ class Service:
         self.settings = settings
         self.metrics = Metrics()
         self.batcher = Batcher(model, settings.max_batch, settings.max_wait_ms / 1000.0,
-                               on_batch=self.metrics.batch_done)
+                               on_batch=self.metrics.batch_done, coming=self.decoding)
         self.pool: ThreadPoolExecutor | None = None
+        self._decoding = 0  # images accepted and not yet queued for the model
+        self._lock = threading.Lock()
+
+    def decoding(self) -> int:
+        return self._decoding
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self._decoding += n
 
     def start(self) -> None:
         if self.pool is not None:
@@ -93,18 +104,22 @@ class Service:
         self.batcher.close()
 
     def _decode_and_queue(self, data: bytes | bytearray, name: str) -> Future[float] | ImageError:
-        stream = io.BytesIO(data)
-        stream.name = name  # what ImageError messages call the image
         try:
-            array = preprocess_for(stream, self.model.spec)
-        except ImageError as exc:
-            return exc
-        return self.batcher.submit(array)
+            stream = io.BytesIO(data)
+            stream.name = name  # what ImageError messages call the image
+            try:
+                array = preprocess_for(stream, self.model.spec)
+            except ImageError as exc:
+                return exc
+            return self.batcher.submit(array)  # queued before it stops counting as coming
+        finally:
+            self._count(-1)
 
     async def classify(self, images: list[tuple[str, bytes | bytearray]]) -> list[Row]:
         """One row per ``(name, bytes)``, in order."""
         assert self.pool is not None, "Service.start() first"
         loop = asyncio.get_running_loop()
+        self._count(len(images))
         queued = [loop.run_in_executor(self.pool, self._decode_and_queue, data, name)
                   for name, data in images]
         results: list[float | ImageError] = []
@@ -226,14 +241,25 @@ def create_app(model: Model, settings: Settings | None = None) -> Any:
                 return _json(413, {"error": f"request too large ({declared} bytes; the limit "
                                             f"is {limits.max_request_bytes})"})
         body = bytearray()
-        try:
+
+        async def receive() -> Response | None:
             async for chunk in request.stream():
-                body += chunk
+                body.extend(chunk)
                 if len(body) > limits.max_request_bytes:
                     return _json(413, {"error": f"request too large (over the limit of "
                                                 f"{limits.max_request_bytes} bytes)"})
+            return None
+
+        try:
+            # a client trickling its body must not hold a slot of --max-concurrent forever
+            refused = await asyncio.wait_for(receive(), limits.body_seconds)
         except ClientDisconnect:
             return _json(400, {"error": "the client went away before sending the whole body"})
+        except asyncio.TimeoutError:
+            return _json(408, {"error": f"the body did not arrive within "
+                                        f"{limits.body_seconds:g} s"})
+        if refused is not None:
+            return refused
         try:
             parts = parse(bytes(body), request.headers.get("content-type", ""),
                           limits.max_images, limits.max_fields)

@@ -3,7 +3,8 @@
 Decoded images (uint8 ``[S, S, 3]``, from the one preprocessing function) are queued with
 :meth:`Batcher.submit`; one inference thread takes the first waiting image, then keeps
 taking more until it has ``max_batch`` of them or ``max_wait`` seconds have passed since
-the first, copies them into one reused batch buffer and runs the model once. Each image's
+the first (it stops waiting early when ``coming()`` says no other image is being decoded:
+a lone request is not delayed for company that cannot arrive), copies them into one reused batch buffer and runs the model once. Each image's
 future gets its own logit back (position in the batch, never shared state), so an answer
 cannot reach the wrong request whatever the batch composition.
 """
@@ -32,13 +33,15 @@ class Batcher:
     """One inference thread over ``model``; :meth:`submit` is safe from any thread."""
 
     def __init__(self, model: Model, max_batch: int = 32, max_wait: float = 0.005,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, float], None] | None = None,
+                 coming: Callable[[], int] | None = None) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.model = model
         self.max_batch = max_batch
         self.max_wait = max(0.0, max_wait)
         self._on_batch = on_batch
+        self._coming = coming
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="leukoedge-batcher",
                                         daemon=True)
@@ -76,11 +79,16 @@ class Batcher:
         jobs = [first]
         deadline = time.monotonic() + self.max_wait
         while len(jobs) < self.max_batch:
-            left = deadline - time.monotonic()
             try:
-                job = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                job = self._queue.get_nowait()
             except queue.Empty:
-                break
+                left = deadline - time.monotonic()
+                if left <= 0 or (self._coming is not None and self._coming() == 0):
+                    break
+                try:
+                    job = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
             if job is None:
                 return jobs, True
             jobs.append(job)
