@@ -261,11 +261,13 @@ def create_app(model: Model, settings: Settings | None = None) -> Any:
         if refused is not None:
             return refused
         try:
-            parts = parse(bytes(body), request.headers.get("content-type", ""),
+            data = bytes(body)
+            body.clear()  # one copy at a time: the bytes, then the bytes and the parts
+            parts = parse(data, request.headers.get("content-type", ""),
                           limits.max_images, limits.max_fields)
         except MultipartProblem as exc:
             return _json(exc.status, {"error": exc.message})
-        del body
+        del data  # the parts hold the images now
         images = _images(parts)
         if not images:
             return _json(400, {"error": "no image in the request (send file parts, "
