@@ -94,6 +94,17 @@ class ParityError(ExportError):
     """ONNX outputs do not match PyTorch within the tolerance."""
 
 
+class RequestError(LeukoedgeError):
+    """An HTTP request to ``leukoedge serve`` cannot be answered; ``status`` is the HTTP
+    status it gets (400, 413, 415, ...). The server answers it and keeps serving."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class Interrupted(LeukoedgeError):  # noqa: N818 - a state, not a failure
     """The run was stopped by a signal after flushing its output."""
 

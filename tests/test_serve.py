@@ -24,7 +24,8 @@ from typer.testing import CliRunner  # noqa: E402
 from leukoedge.cli import assemble  # noqa: E402
 from leukoedge.serve.app import Limits, Settings, create_app  # noqa: E402
 from leukoedge.serve.batcher import Batcher  # noqa: E402
-from leukoedge.serve.multipart import MultipartProblem, parse  # noqa: E402
+from leukoedge.errors import RequestError  # noqa: E402
+from leukoedge.serve.multipart import parse  # noqa: E402
 from leukoedge.serve.security import allowed_hosts  # noqa: E402
 from leukoedge.session import load_model  # noqa: E402
 
@@ -342,13 +343,13 @@ def test_parser_refuses_what_it_must() -> None:
     parts = parse(body, ctype, max_images=2)
     assert [(p.filename, bytes(p.data)) for p in parts] == [("a.bmp", b"123"), ("b.bmp", b"456")]
     for cut in (len(body) - 5, len(body) // 2, 3):
-        with pytest.raises(MultipartProblem) as e:
+        with pytest.raises(RequestError) as e:
             parse(body[:cut], ctype, max_images=2)
         assert e.value.status == 400
-    with pytest.raises(MultipartProblem) as e:
+    with pytest.raises(RequestError) as e:
         parse(body, ctype, max_images=1)
     assert e.value.status == 413
-    with pytest.raises(MultipartProblem) as e:
+    with pytest.raises(RequestError) as e:
         parse(body, "multipart/form-data", max_images=5)
     assert e.value.status == 400
 

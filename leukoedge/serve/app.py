@@ -33,13 +33,13 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..classify import default_workers
 from ..data import patient_of
-from ..errors import ImageError, LeukoedgeError
+from ..errors import ImageError, LeukoedgeError, RequestError
 from ..output import Row, escape_path
 from ..preprocess import preprocess_for
 from ..session import Model
 from .batcher import Batcher
 from .metrics import Metrics
-from .multipart import MultipartProblem, Part, parse
+from .multipart import Part, parse
 from .security import Guard
 
 MiB = 1024 * 1024
@@ -265,7 +265,7 @@ def create_app(model: Model, settings: Settings | None = None) -> Any:
             body.clear()  # one copy at a time: the bytes, then the bytes and the parts
             parts = parse(data, request.headers.get("content-type", ""),
                           limits.max_images, limits.max_fields)
-        except MultipartProblem as exc:
+        except RequestError as exc:
             return _json(exc.status, {"error": exc.message})
         del data  # the parts hold the images now
         images = _images(parts)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import LeukoedgeError
 from ..session import Model
 
 
@@ -94,6 +95,21 @@ class Batcher:
             jobs.append(job)
         return jobs, False
 
+    def _fail_all(self, jobs: list[_Job], exc: BaseException) -> None:
+        """Fail these jobs, everything queued, and every later submission."""
+        with self._lock:
+            self._closed = True
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                jobs.append(job)
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(exc)
+
     def _run(self) -> None:
         s = self.model.spec.input_size
         buf = np.empty((self.max_batch, s, s, 3), dtype=np.uint8)
@@ -108,10 +124,13 @@ class Batcher:
             t0 = time.perf_counter()
             try:
                 logits = self.model.logits(buf[:n])
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+            except (LeukoedgeError, ValueError) as exc:  # the model failed on this batch
                 for job in jobs:
                     job.future.set_exception(exc)
                 continue
+            except BaseException as exc:  # a bug: no request may wait for ever; it surfaces
+                self._fail_all(jobs, exc)
+                raise
             for job, logit in zip(jobs, logits.tolist()):
                 job.future.set_result(float(logit))
             if self._on_batch is not None:

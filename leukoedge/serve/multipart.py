@@ -17,6 +17,8 @@ import python_multipart
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 
+from ..errors import RequestError
+
 # python-multipart logs each malformed body as a warning; the client gets the reason in
 # its 400 answer, and the server's log is no place for what strangers send
 _log = logging.getLogger("python_multipart")
@@ -25,15 +27,6 @@ _log.propagate = False
 
 #: headers of one part we keep, and the longest header we accept (bytes)
 MAX_HEADER_BYTES = 8192
-
-
-class MultipartProblem(Exception):
-    """The body is not acceptable; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass
@@ -46,11 +39,11 @@ class Part:
 def boundary_of(content_type: str) -> bytes:
     kind, params = parse_options_header(content_type)
     if kind != b"multipart/form-data":
-        raise MultipartProblem(415, "send the images as multipart/form-data "
+        raise RequestError(415, "send the images as multipart/form-data "
                                     "(e.g. curl -F image=@cell.bmp)")
     boundary = params.get(b"boundary")
     if not boundary or len(boundary) > 200:
-        raise MultipartProblem(400, "the multipart Content-Type has no valid boundary")
+        raise RequestError(400, "the multipart Content-Type has no valid boundary")
     return boundary
 
 
@@ -88,7 +81,7 @@ class _Collector:
 
     def _check_header(self) -> None:
         if len(self._header_name) + len(self._header_value) > MAX_HEADER_BYTES:
-            raise MultipartProblem(400, "a multipart part header is too long")
+            raise RequestError(400, "a multipart part header is too long")
 
     def on_header_end(self) -> None:
         if bytes(self._header_name).lower() == b"content-disposition":
@@ -99,18 +92,18 @@ class _Collector:
     def on_headers_finished(self) -> None:
         kind, options = parse_options_header(self._disposition)
         if kind != b"form-data" or b"name" not in options:
-            raise MultipartProblem(400, "a multipart part has no Content-Disposition "
+            raise RequestError(400, "a multipart part has no Content-Disposition "
                                         "form-data name")
         if b"filename" in options:
             self.files += 1
             if self.files > self.max_images:
-                raise MultipartProblem(413, f"too many images in one request (the limit is "
+                raise RequestError(413, f"too many images in one request (the limit is "
                                             f"{self.max_images}; send several requests)")
             filename: str | None = _text(options[b"filename"])
         else:
             self.fields += 1
             if self.fields > self.max_fields:
-                raise MultipartProblem(400, f"too many form fields (the limit is "
+                raise RequestError(400, f"too many form fields (the limit is "
                                             f"{self.max_fields}; images are file parts)")
             filename = None
         self._current = Part(_text(options[b"name"]), filename)
@@ -131,7 +124,7 @@ class _Collector:
 def parse(body: bytes, content_type: str, max_images: int, max_fields: int = 16) -> list[Part]:
     """The parts of a complete ``multipart/form-data`` body, in order.
 
-    Raises :class:`MultipartProblem` (400 malformed or truncated, 413 too many images,
+    Raises :class:`RequestError` (400 malformed or truncated, 413 too many images,
     415 not multipart).
     """
     boundary = boundary_of(content_type)
@@ -151,9 +144,9 @@ def parse(body: bytes, content_type: str, max_images: int, max_fields: int = 16)
         parser.write(body)
         parser.finalize()
     except FormParserError as exc:
-        raise MultipartProblem(400, f"malformed multipart body ({_first(exc)})") from exc
+        raise RequestError(400, f"malformed multipart body ({_first(exc)})") from exc
     if not c.ended:
-        raise MultipartProblem(400, "the multipart body is incomplete (no closing boundary)")
+        raise RequestError(400, "the multipart body is incomplete (no closing boundary)")
     return c.parts
 
 
