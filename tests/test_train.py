@@ -341,6 +341,9 @@ def test_parity_rule_bound_and_near_threshold_flips() -> None:
     # a label flip away from the threshold fails and is named as a flip
     v = judge(runs(f64 + [0.0, 0.0, 0.0, -0.6]), names, 0.0, k=4.0, floor=1e-6)
     assert not v["passed"] and v["label_flips"] == ["d"] and v["failures"] == ["d"]
+    # a NaN from the ONNX file is outside every bound
+    v = judge(runs(f64 + [0.0, float("nan"), 0.0, 0.0]), names, 0.0, k=4.0, floor=1e-6)
+    assert not v["passed"] and v["failures"] == ["b"] and v["worst"][0].name == "b"
 
 
 # Broken exports of the trained test model: each must fail parity by >= 10x the bound.

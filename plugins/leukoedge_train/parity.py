@@ -23,7 +23,7 @@ measurements on both architectures (docs/training.md, "Parity"). A label that di
 the oracle's fails, except for images whose oracle logit lies within the bound of the
 threshold (named as near-threshold: rounding alone may flip them).
 
-The oracle is slow (float64 ResNet50 at 224 px: about half a second per image on 2 CPU
+The oracle is slow (float64 ResNet50 at 224 px: about 1 s per image on 2 shared CPU
 cores), so at most :data:`MAX_IMAGES` images are used, spread evenly over ``--data``; the
 time the check took is reported. ``--provider cuda`` runs the ONNX side on the GPU with
 onnxruntime's TF32 off (``use_tf32=0``); the bound is still earned by fp32 on the CPU.
@@ -116,7 +116,8 @@ class ParityResult:
                 f"bound max({self.k:g}x that, {self.floor:g}*(1+|logit|)))")
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        """JSON-ready (a non-finite error, from a NaN logit, becomes null)."""
+        return _finite({
             "passed": self.passed, "model": str(self.model), "images": self.images,
             "images_available": self.available, "image_cap": MAX_IMAGES,
             "source": self.source, "batch_sizes": list(self.batch_sizes),
@@ -135,7 +136,17 @@ class ParityResult:
                       for w in self.worst],
             "outside_bound": self.failures, "label_flips": self.label_flips,
             "near_threshold": self.near_threshold, "skipped": self.skipped,
-        }
+        })
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def spread(n_total: int, n: int) -> list[int]:
@@ -237,8 +248,13 @@ def judge(runs: Runs, names: list[str], threshold: float, k: float = K,
           floor: float = FLOOR) -> dict[str, Any]:
     """The rule (module docstring) applied to ``runs``; a dict of ParityResult fields."""
     f64 = runs.oracle
+    if not (np.isfinite(f64).all() and np.isfinite(runs.fp32).all()):
+        raise ParityError("the PyTorch model itself gives non-finite logits (NaN or inf) on "
+                          "the parity images; there is nothing to compare the ONNX file with",
+                          "check the checkpoint (leukoedge train wrote it?)")
     fp32_err = float(np.abs(runs.fp32 - f64).max())
     err = np.abs(runs.onnx - f64).max(axis=0)  # [n]: the worse batch size per image
+    err[~np.isfinite(err)] = np.inf  # a NaN from the ONNX file is never within a bound
     bound = np.maximum(k * fp32_err, floor * (1.0 + np.abs(f64)))
     ratio = err / bound
     outside = err > bound
