@@ -22,9 +22,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from leukoedge.cli import assemble  # noqa: E402
+from leukoedge.errors import RequestError  # noqa: E402
 from leukoedge.serve.app import Limits, Settings, create_app  # noqa: E402
 from leukoedge.serve.batcher import Batcher  # noqa: E402
-from leukoedge.errors import RequestError  # noqa: E402
 from leukoedge.serve.multipart import parse  # noqa: E402
 from leukoedge.serve.security import allowed_hosts  # noqa: E402
 from leukoedge.session import load_model  # noqa: E402
@@ -253,14 +253,13 @@ def test_uploads_are_never_written_to_disk(tiny_model: Path, shared_cells: Path,
     """Every way the stdlib makes a temporary file fails during the request; a 3 MB request
     (over Starlette's 1 MiB spool threshold) is still answered. The trap is shown to work
     on Starlette's own form parser."""
+    import io
+
+    from PIL import Image
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
-
-    import io
-
-    from PIL import Image
 
     big = io.BytesIO()
     Image.new("RGB", (1000, 1000), (90, 40, 120)).save(big, format="BMP")  # 3 MB, one part

@@ -4,9 +4,10 @@ Decoded images (uint8 ``[S, S, 3]``, from the one preprocessing function) are qu
 :meth:`Batcher.submit`; one inference thread takes the first waiting image, then keeps
 taking more until it has ``max_batch`` of them or ``max_wait`` seconds have passed since
 the first (it stops waiting early when ``coming()`` says no other image is being decoded:
-a lone request is not delayed for company that cannot arrive), copies them into one reused batch buffer and runs the model once. Each image's
-future gets its own logit back (position in the batch, never shared state), so an answer
-cannot reach the wrong request whatever the batch composition.
+a lone request is not delayed for company that cannot arrive), copies them into one
+reused batch buffer and runs the model once. Each image's future gets its own logit back
+(position in the batch, never shared state), so an answer cannot reach the wrong request
+whatever the batch composition.
 """
 
 from __future__ import annotations

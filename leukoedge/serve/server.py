@@ -20,6 +20,7 @@ import uvicorn
 
 from ..errors import UsageError
 
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: a free one)."""
     try:

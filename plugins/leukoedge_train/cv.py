@@ -151,13 +151,12 @@ class FoldResult:
     oof: Path
     seconds: float
     epochs: int
-    resumed: bool = False
     skipped: bool = False
 
 
 def run_fold(items: Sequence[Item], folds: dict[str, int], fold: int, recipe_name: str,
-             out: Path, root: Path, screen: bool = False, threads: int | None = None,
-             overrides: dict[str, Any] | None = None) -> FoldResult:
+             out: Path, root: Path, screen: bool = False,
+             threads: int | None = None) -> FoldResult:
     """Train on every fold but ``fold`` and write the out-of-fold logits of ``fold``."""
     from .data import Split
     from .recipes import apply_recipe, get_recipe
@@ -178,7 +177,7 @@ def run_fold(items: Sequence[Item], folds: dict[str, int], fold: int, recipe_nam
     run_dir = out / f"fold-{fold}"
     resume = (run_dir / "last.pt").exists()
     cfg = TrainConfig(arch=recipe.arch, data=root, out=run_dir, resume=resume,
-                      threads=threads, **(overrides or {}))
+                      threads=threads)
     cfg = apply_recipe(cfg, recipe_name, screen)
     if recipe.selection == "inner":
         tr, va = split_by_patient(rest, cfg.val_fraction or 0.2, cfg.seed or 0)
@@ -192,15 +191,14 @@ def run_fold(items: Sequence[Item], folds: dict[str, int], fold: int, recipe_nam
     result = train(cfg, split=split)
     logits = predict(run_dir / pick, held)
     write_oof(oof, held, fold, logits, root)
-    return FoldResult(fold, oof, time.perf_counter() - t0, result.epochs_done, resume)
+    return FoldResult(fold, oof, time.perf_counter() - t0, result.epochs_done)
 
 
 def predict(ckpt_path: Path, items: Sequence[Item]) -> np.ndarray:
     """Logits of ``items`` by the checkpoint's model (eval mode, CPU, fp32)."""
-    import torch
-
     from . import checkpoint as ckpt_io
     from .data import load_images
+    from .parity import torch_logits
 
     ckpt = ckpt_io.load(ckpt_path)
     spec = ckpt_io.spec_of(ckpt)
@@ -209,11 +207,7 @@ def predict(ckpt_path: Path, items: Sequence[Item]) -> np.ndarray:
     if loaded.skipped:
         raise DataError(f"{loaded.skipped[0][0].path}: {loaded.skipped[0][1]}",
                         "remove the unreadable file and run the fold again")
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(loaded.pixels), 64):
-            out.append(model(torch.from_numpy(loaded.pixels[i:i + 64])).float().numpy())
-    return np.concatenate(out).astype(np.float64)
+    return torch_logits(model, loaded.pixels, 64)
 
 
 def _rel(path: Path, root: Path) -> str:
