@@ -13,6 +13,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from browser import browser  # noqa: E402,F401  (the one headless-browser fixture)
 from onnx_models import mean_brightness_model, save  # noqa: E402
 
 REPO = HERE.parent

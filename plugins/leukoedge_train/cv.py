@@ -338,3 +338,58 @@ def write_report(out: Path) -> dict[str, Any]:
     atomic_write_text(out / "report.md", markdown(rep, title))
     note(f"{out / 'report.md'}: {len(files)} folds")
     return rep
+
+
+# -- the final model ----------------------------------------------------------------------
+
+#: every n-th cell is watched during the final fit (training cells: the figures printed
+#: then are fit, not estimates; the estimate is the recipe's cross-validated figure)
+WATCH_EVERY = 20
+
+
+def fit_final(items: Sequence[Item], recipe_name: str, out: Path, root: Path,
+              cv_report: Path | None = None, command: str = "",
+              threads: int | None = None) -> Path:
+    """Train ``recipe_name`` on every patient of ``items``; its ``last.pt`` carries the
+    provenance (patients, recipe, cross-validated figures) in ``ModelSpec.training``."""
+    from . import checkpoint as ckpt_io
+    from .data import Split
+    from .recipes import apply_recipe, get_recipe
+    from .train import TrainConfig, train
+
+    recipe = get_recipe(recipe_name)
+    if recipe.selection != "last":
+        raise UsageError(f"recipe {recipe_name} early-stops on an inner split; the final "
+                         "fit needs a fixed-epoch recipe (selection 'last')")
+    watched = list(items[::WATCH_EVERY])
+    split = Split(list(items), watched,
+                  f"none (all {len({it.patient for it in items})} patients train; every "
+                  f"{WATCH_EVERY}th training cell is watched, not an estimate)")
+    cfg = TrainConfig(arch=recipe.arch, data=root, out=out,
+                      resume=(out / "last.pt").exists(), threads=threads)
+    cfg = replace(apply_recipe(cfg, recipe_name), patience=0)
+    train(cfg, split=split)
+    training: dict[str, Any] = {
+        "patients": sorted({it.patient or "" for it in items}, key=_patient_key),
+        "recipe": recipe.to_json_dict(),
+        "data": f"{len(items)} labelled cells of {len({it.patient for it in items})} "
+                "patients (C-NMC 2019 training data)",
+    }
+    if cv_report is not None:
+        rep = json.loads(cv_report.read_text())
+        training["cv"] = {
+            "report": cv_report.as_posix(),
+            "folds_file": rep.get("run", {}).get("folds_file", ""),
+            "pooled": {k: rep["pooled"][k] for k in HEADLINE + ("cells",)},
+            "folds": [{k: r[k] for k in ("fold", "cells", "weighted_f1")}
+                      for r in rep["folds"]],
+            "mean_patient_accuracy": rep["mean_patient_accuracy"],
+        }
+    if command:
+        training["command"] = command
+    last = out / "last.pt"
+    state = ckpt_io.load(last)
+    spec = replace(ckpt_io.spec_of(state), training=training)
+    state["spec"] = spec.to_json()
+    ckpt_io.save(state, last)
+    return last

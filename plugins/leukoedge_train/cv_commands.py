@@ -1,4 +1,4 @@
-"""``leukoedge cv folds|run|report``: cross-validation by patient (see :mod:`.cv`)."""
+"""``leukoedge cv folds|run|final|report``: cross-validation by patient (see :mod:`.cv`)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,38 @@ def run(
         else:
             note(f"fold {f}: {res.epochs} epochs in {res.seconds / 60:.1f} min -> {res.oof}")
         cv.write_report(out)
+    return EXIT_OK
+
+
+@app.command("final")
+def final(
+    data: DataArg,
+    recipe: Annotated[str, typer.Option("--recipe", help="Recipe name (see docs/accuracy.md).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder for the final model.")],
+    cv_report: Annotated[Path | None, typer.Option(
+        "--cv-report", help="The recipe's 'cv run' report.json: its figures go into the "
+        "model's spec.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1)] = None,
+) -> int:
+    """Train a recipe on every patient (the model to ship); resumable (run it again)."""
+    from leukoedge.plugins import require_torch
+
+    require_torch("cv final")
+    from leukoedge.console import out as stdout
+
+    from . import cv
+
+    if cv_report is not None and not cv_report.is_file():
+        raise UsageError(f"--cv-report {cv_report}: file not found",
+                         "pass the report.json of 'leukoedge cv run' for this recipe")
+    items = cv.labelled_items(data)
+    command = " ".join(["leukoedge cv final", *map(str, data), "--recipe", recipe,
+                        "--out", str(out)]
+                       + (["--cv-report", str(cv_report)] if cv_report else []))
+    last = cv.fit_final(items, recipe, out, cv.common_root(data), cv_report,
+                        command, threads)
+    stdout.print(f"final model: {last} (export it with: leukoedge export {last})",
+                 markup=False)
     return EXIT_OK
 
 
