@@ -112,8 +112,9 @@ def browser() -> Iterator[Browser]:
                 "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--disable-default-apps",
                 "--allow-file-access-from-files",
-                # anything that would leave the machine goes to a closed port and fails
-                "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>"):
+                # anything that would leave the machine goes to a closed port and fails;
+                # loopback is bypassed (Chromium's default), so a local server is reached
+                "--proxy-server=http://127.0.0.1:9"):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=driver_bin), options=opts)

@@ -1,5 +1,5 @@
 """The ASGI application: ``POST /v1/classify``, ``GET /v1/model``, ``/healthz``,
-``/metrics``, ``/openapi.json``.
+``/metrics``, ``/openapi.json``, and the workstation page at ``/`` (:mod:`.page`).
 
 Every image of a request is decoded in the worker pool by the one preprocessing function
 (:func:`leukoedge.preprocess.preprocess_for`, from memory), queued on the
@@ -40,7 +40,8 @@ from ..session import Model
 from .batcher import Batcher
 from .metrics import Metrics
 from .multipart import Part, parse
-from .security import Guard
+from .page import PAGE_PATHS, add_page
+from .security import OPEN_PATHS, Guard
 
 MiB = 1024 * 1024
 
@@ -304,5 +305,6 @@ def create_app(model: Model, settings: Settings | None = None) -> Any:
         return Response(service.metrics.render(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    add_page(api)
     api.state.service = service
-    return Guard(api, cfg.hosts, cfg.token)
+    return Guard(api, cfg.hosts, cfg.token, OPEN_PATHS | PAGE_PATHS)

@@ -7,7 +7,8 @@
   that address; on a wildcard bind (``0.0.0.0``, ``::``) there is no name to check, and the
   token (required there) is the guard.
 - **Token**: ``Authorization: Bearer <token>``, compared with :func:`hmac.compare_digest`
-  (constant time). Required on every path but ``/healthz`` when a token is set.
+  (constant time). Required on every path but ``/healthz`` (and the paths the app names
+  in ``open_paths``: the page's static files, which hold no data) when a token is set.
 """
 
 from __future__ import annotations
@@ -71,10 +72,11 @@ class Guard:
     """Refuses requests with a wrong ``Host`` (400) or a missing/wrong token (401)."""
 
     def __init__(self, app: ASGIApp, hosts: frozenset[str] | None,
-                 token: str | None) -> None:
+                 token: str | None, open_paths: frozenset[str] = OPEN_PATHS) -> None:
         self.app = app
         self.hosts = hosts
         self.token = token.encode() if token else None
+        self.open_paths = open_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -91,7 +93,7 @@ class Guard:
             await _answer(send, 400, "Host header not accepted (this server answers only to "
                                      "the name it is bound to)")
             return
-        if self.token is not None and scope["path"] not in OPEN_PATHS:
+        if self.token is not None and scope["path"] not in self.open_paths:
             scheme, _, given = auth.partition(b" ")
             ok = scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self.token)
             if not ok:
