@@ -41,6 +41,8 @@ class RunStats:
     positives: int = 0
     seconds: float = 0.0
     error_examples: list[str] = field(default_factory=list)
+    #: (patient, drift score) of every classified cell that has a score
+    drift: list[tuple[str | None, float]] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -112,10 +114,11 @@ def predict_stream(
                 decoded = [f.result() for f in futures]
                 arrays = [a for a in decoded if isinstance(a, np.ndarray)]
                 logits = np.empty(0, dtype=np.float32)
+                drift: np.ndarray | None = None
                 if arrays:
                     for j, arr in enumerate(arrays):
                         buf[j] = arr
-                    logits = model.logits(buf[: len(arrays)])
+                    logits, drift = model.predict(buf[: len(arrays)])
                 probs = spec.probability(logits)  # once per batch, not per image
                 out: list[Prediction] = []
                 k = 0
@@ -127,6 +130,7 @@ def predict_stream(
                         continue
                     logit = float(logits[k])
                     prob = float(probs[k])
+                    score = None if drift is None else float(drift[k])
                     k += 1
                     if math.isnan(logit):  # NaN >= threshold is False: it would read "hem"
                         row = Row(escape_path(it.path), patient, None, None,
@@ -134,7 +138,8 @@ def predict_stream(
                         out.append(Prediction(it, row))
                         continue
                     label = labels[1] if logit >= threshold else labels[0]
-                    row = Row(escape_path(it.path), patient, prob, label, None, logit)
+                    row = Row(escape_path(it.path), patient, prob, label, None, logit,
+                              drift=score if score is None or math.isfinite(score) else None)
                     out.append(Prediction(it, row))
                 if on_batch is not None:
                     on_batch(out)
@@ -182,6 +187,8 @@ def classify_files(
                     stats.error_examples.append(p.row.error)
             elif p.row.label == model.spec.positive:
                 stats.positives += 1
+            if p.row.drift is not None:
+                stats.drift.append((p.row.patient, p.row.drift))
         if progress is not None:
             progress(len(preds))
 

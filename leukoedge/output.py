@@ -6,9 +6,10 @@ interrupted keeps every complete line; ``resume`` drops a torn last line (a SIGK
 mid-write) and reports which paths are done, so the caller processes each file exactly
 once. An existing file is never overwritten unless the caller asks for it.
 
-Files written before the ``logit`` and ``heatmap`` columns (:data:`V1_COLUMNS`) are
-resumed as they are: a CSV keeps its header and gets rows with its own columns, a JSON
-Lines file gets rows with every key (each line names its keys).
+Files written before the ``logit`` and ``heatmap`` columns (:data:`V1_COLUMNS`), or
+before ``drift`` (:data:`V2_COLUMNS`), are resumed as they are: a CSV keeps its header
+and gets rows with its own columns, a JSON Lines file gets rows with every key (each line
+names its keys).
 
 Paths that are not valid UTF-8 (Linux allows any bytes) are written escaped, reversibly:
 a backslash becomes ``\\\\``, and each byte that is not part of valid UTF-8, and each
@@ -33,9 +34,11 @@ from .errors import DataError, OutputExistsError, UsageError
 
 #: The prediction row, in CSV column order. Columns added after the first release come
 #: last, so a reader that indexes the old columns keeps working.
-COLUMNS = ("path", "patient", "prob_all", "label", "error", "logit", "heatmap")
+COLUMNS = ("path", "patient", "prob_all", "label", "error", "logit", "heatmap", "drift")
 #: The row of releases before ``logit`` and ``heatmap``.
 V1_COLUMNS = COLUMNS[:5]
+#: The row of releases before ``drift``.
+V2_COLUMNS = COLUMNS[:7]
 FORMATS = ("csv", "jsonl")
 
 
@@ -92,6 +95,9 @@ class Row:
     error: str | None
     logit: float | None = None  # the model's raw output for the positive class
     heatmap: str | None = None  # a heatmap file written for this image, if any
+    #: how unlike the training cells this image is (leukoedge.drift; 1.0 = the 95th
+    #: percentile of the training cells' own scores); None when the model has no statistics
+    drift: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON Lines object: every column, ``null`` where empty."""
@@ -105,6 +111,7 @@ class Row:
             "label": self.label or "", "error": self.error or "",
             "logit": "" if self.logit is None else f"{self.logit:.6f}",
             "heatmap": self.heatmap or "",
+            "drift": "" if self.drift is None else f"{self.drift:.4f}",
         }
 
 

@@ -313,3 +313,39 @@ def preprocess_for(source: Source, spec: object) -> np.ndarray:
         spec.crop_fraction,  # type: ignore[attr-defined]
         spec.interpolation,  # type: ignore[attr-defined]
     )
+
+
+#: A pixel belongs to the cell when its R+G+B (0-765) exceeds this: the background of the
+#: C-NMC cells is black (the same rule as the training plugin's greyworld normalisation).
+CELL_LEVEL = 30
+
+
+def cell_colour(images: np.ndarray) -> np.ndarray:
+    """Colour statistics of each cell of a batch of model inputs (uint8 ``[N, S, S, 3]``,
+    what :func:`preprocess` returns): float64 ``[N, 6]``, the mean and the standard
+    deviation of each channel's optical density ``-ln((I + 1) / 256)`` over the cell's
+    pixels (R+G+B > :data:`CELL_LEVEL`; the whole image when none is).
+
+    Optical density rather than RGB because stains absorb light (Beer-Lambert): the amount
+    of each stain is linear in optical density, so a lighter or darker staining moves these
+    statistics along a line instead of bending them near white. Used by the drift score
+    (:mod:`leukoedge.drift`), so classify, serve and validation compute it alike.
+    """
+    x = np.asarray(images)
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
+        raise ValueError(f"expected uint8 [N,S,S,3], got {x.dtype} {x.shape}")
+    n = x.shape[0]
+    flat = x.reshape(n, -1, 3)
+    mask = flat.astype(np.int32).sum(axis=2) > CELL_LEVEL
+    empty = ~mask.any(axis=1)
+    mask[empty] = True
+    od = _OD_TABLE[flat]  # [N, P, 3] float64 via a 256-entry lookup table
+    w = mask[:, :, None].astype(np.float64)
+    count = w.sum(axis=1)
+    mean = (od * w).sum(axis=1) / count
+    var = (((od - mean[:, None, :]) ** 2) * w).sum(axis=1) / count
+    out: np.ndarray = np.concatenate([mean, np.sqrt(var)], axis=1)
+    return out
+
+
+_OD_TABLE = -np.log((np.arange(256, dtype=np.float64) + 1.0) / 256.0)

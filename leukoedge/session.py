@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from .drift import DriftStats, from_spec
 from .errors import MissingExtraError, ModelError, ProviderError, SpecError, UsageError
+from .preprocess import cell_colour
 from .spec import SPEC_KEY, ModelSpec
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
@@ -161,25 +163,60 @@ class Model:
     notes: list[str] = field(default_factory=list)
     load_seconds: float = 0.0
     device_id: int = 0
+    #: the graph's output names by the spec's names (``{"logit": ..., "features": ...}``)
+    outputs: dict[str, str] = field(default_factory=dict)
+    #: the spec's drift statistics (None: the model carries none; rows get no score)
+    drift: DriftStats | None = None
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Run uint8 ``[N, H, W, 3]`` images; return float32 logits ``[N]``."""
+    def run(self, batch: np.ndarray, names: tuple[str, ...] = ("logit",)
+            ) -> dict[str, np.ndarray]:
+        """Run uint8 ``[N, H, W, 3]`` images; return the outputs the spec calls ``names``
+        (only those are computed and copied), as arrays of the graph's own dtype."""
         if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
             raise ValueError(f"expected uint8 [N,H,W,3], got {batch.dtype} {batch.shape}")
+        graph_names = [self.outputs.get(n, self.output_name if n == "logit" else n)
+                       for n in names]
         try:
             if self.provider in ("cuda", "tensorrt"):
                 io = self.session.io_binding()
                 io.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
-                io.bind_output(self.output_name, "cuda", self.device_id)
+                for g in graph_names:
+                    io.bind_output(g, "cuda", self.device_id)
                 self.session.run_with_iobinding(io)
-                out = io.copy_outputs_to_cpu()[0]
+                got = io.copy_outputs_to_cpu()
             else:
-                out = self.session.run([self.output_name], {self.input_name: batch})[0]
-            logits = np.asarray(out, dtype=np.float32)
+                got = self.session.run(graph_names, {self.input_name: batch})
         except ort_errors(import_ort()) as exc:
             raise ModelError(f"{self.path}: the model failed while running "
                              f"({_first_line(exc)})",
                              "the graph does not run on a valid input; re-export it") from exc
+        return {n: np.asarray(a) for n, a in zip(names, got)}
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits ``[N]`` and, when the model carries drift statistics, each image's
+        drift score ``[N]`` (:mod:`leukoedge.drift`); else None."""
+        if self.drift is None:
+            return self.logits(batch), None
+        outs = self.run(batch, ("logit", *self.drift.outputs))
+        logits = self._check_logits(outs["logit"], batch)
+        for name in self.drift.outputs:
+            a = outs[name]
+            if a.ndim < 1 or a.shape[0] != batch.shape[0]:
+                raise ModelError(f"{self.path}: output {name!r} has shape {list(a.shape)} "
+                                 f"for {batch.shape[0]} images", "re-export the model")
+        try:
+            scores = self.drift.score(cell_colour(batch), outs)
+        except ValueError as exc:  # a feature width that disagrees with the statistics
+            raise ModelError(f"{self.path}: its drift statistics do not fit its outputs "
+                             f"({_first_line(exc)})", "re-export the model") from exc
+        return logits, scores
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Run uint8 ``[N, H, W, 3]`` images; return float32 logits ``[N]``."""
+        return self._check_logits(self.run(batch)["logit"], batch)
+
+    def _check_logits(self, out: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        logits = np.asarray(out, dtype=np.float32)
         if logits.size != batch.shape[0]:
             raise ModelError(f"{self.path}: the model returned {logits.size} values for "
                              f"{batch.shape[0]} images; a leukoedge model returns one logit "
@@ -302,15 +339,36 @@ def load_model(path: str | os.PathLike[str], config: SessionConfig | None = None
         inputs, outputs = sess.get_inputs(), sess.get_outputs()
         check_graph(spec, inputs, outputs, where)
         input_name, output_name = inputs[0].name, outputs[0].name
+        names = {n: o.name for n, o in zip(spec.outputs, outputs)}
+        shapes = {n: list(o.shape) for n, o in zip(spec.outputs, outputs)}
     except ort_errors(ort) as exc:
         raise ModelError(f"{where}: cannot read the model's metadata or interface "
                          f"({_first_line(exc)})", "re-export it with 'leukoedge export'") \
             from exc
+    drift = _drift_of(spec, shapes, where)
     return Model(
         path=p, spec=spec, session=sess, provider=active,
         input_name=input_name, output_name=output_name,
         notes=notes, load_seconds=time.perf_counter() - t0, device_id=cfg.device_id,
+        outputs=names, drift=drift,
     )
+
+
+def _drift_of(spec: ModelSpec, shapes: dict[str, list[Any]], where: str) -> DriftStats | None:
+    """The spec's drift statistics, checked against the widths of the outputs they use."""
+    try:
+        drift = from_spec(spec)
+    except SpecError as exc:
+        raise SpecError(f"{where}: {exc.message}", exc.hint) from exc
+    if drift is None:
+        return None
+    for c in drift.components:
+        shape = shapes.get(c.name)
+        if shape and isinstance(shape[-1], int) and shape[-1] != c.gaussian.dim:
+            raise SpecError(f"{where}: output {c.name!r} has {shape[-1]} values per image; "
+                            f"its drift statistics describe {c.gaussian.dim}",
+                            "re-export the model")
+    return drift
 
 
 def _first_line(exc: BaseException) -> str:

@@ -317,6 +317,15 @@ def _v2_problems(s: ModelSpec) -> list[str]:
         for key, (what, ok) in keys.items():
             if key in value and not ok(value[key]):
                 p.append(f"{name}.{key} must be {what}")
+    if not p and isinstance(s.extensions, dict) and "leukoedge.drift" in s.extensions:
+        # this project's own extension: checked by the releases that know it, ignored by
+        # older ones (leukoedge.drift; docs/design.md, "The ModelSpec")
+        from .drift import check
+
+        try:
+            check(s)
+        except SpecError as exc:
+            p.append(exc.message)
     return p
 
 

@@ -15,11 +15,12 @@ def mean_brightness_model(size: int = 32, centre: float = 40.0, scale: float = 0
                           batch_dim: int | str = "N", spec: ModelSpec | None | str = "default",
                           input_size_in_graph: int | None = None,
                           input_type: int = TensorProto.UINT8,
-                          cam: bool = False) -> onnx.ModelProto:
+                          cam: bool = False, features: bool = False) -> onnx.ModelProto:
     """logit = (mean pixel value - centre) * scale, over a uint8 [N, S, S, 3] input.
 
     ``cam``: a second output, "cam" ``[N, S, S]`` (the mean over channels), as a model with
-    a heatmap output has.
+    a heatmap output has. ``features``: an output "features" ``[N, 3]`` (each channel's
+    mean), as a model exported with ``--drift-data`` has.
     """
     s = input_size_in_graph or size
     inp = helper.make_tensor_value_info("image", input_type, [batch_dim, s, s, 3])
@@ -27,6 +28,8 @@ def mean_brightness_model(size: int = 32, centre: float = 40.0, scale: float = 0
     outs = [out]
     if cam:
         outs.append(helper.make_tensor_value_info("cam", TensorProto.FLOAT, [batch_dim, s, s]))
+    if features:
+        outs.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, [batch_dim, 3]))
     nodes = [
         helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["f", "axes"], ["m"], keepdims=0),
@@ -41,6 +44,9 @@ def mean_brightness_model(size: int = 32, centre: float = 40.0, scale: float = 0
     if cam:
         nodes.append(helper.make_node("ReduceMean", ["f", "chan"], ["cam"], keepdims=0))
         inits.append(numpy_helper.from_array(np.array([3], dtype=np.int64), "chan"))
+    if features:
+        nodes.append(helper.make_node("ReduceMean", ["f", "hw"], ["features"], keepdims=0))
+        inits.append(numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "hw"))
     graph = helper.make_graph(nodes, "mean_brightness", [inp], outs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
                               producer_name="leukoedge-tests")

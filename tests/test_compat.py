@@ -36,7 +36,8 @@ def sigmoid(x: float) -> float:
 
 
 def test_the_row_format(real_cells: Path, tiny_model: Path, tmp_path: Path) -> None:
-    assert COLUMNS == ("path", "patient", "prob_all", "label", "error", "logit", "heatmap")
+    assert COLUMNS == ("path", "patient", "prob_all", "label", "error", "logit", "heatmap",
+                       "drift")
     (real_cells / "x.bmp").write_text("not an image")
     out = tmp_path / "p.csv"
     assert invoke("classify", real_cells, "--model", tiny_model, "--out", out).exit_code == 1

@@ -51,7 +51,7 @@ def test_resume_drops_a_torn_line_and_knows_what_is_done(tmp_path: Path, ext: st
     assert text.endswith("\n")
     if ext == "csv":
         lines = text.splitlines()
-        assert lines[0] == "path,patient,prob_all,label,error,logit,heatmap"
+        assert lines[0] == "path,patient,prob_all,label,error,logit,heatmap,drift"
         assert len(lines) == 6
     else:
         assert [json.loads(line)["path"] for line in text.splitlines()] == [
@@ -72,7 +72,27 @@ def test_resuming_a_file_without_the_logit_column_keeps_its_columns(tmp_path: Pa
     new = tmp_path / "new.csv"
     with ResultWriter(new) as w:
         w.write([Row("/x/1.bmp", "UID_1", 0.75, "all", None, logit=1.0986, heatmap="h.png")])
-    assert new.read_text().splitlines()[1] == "/x/1.bmp,UID_1,0.750000,all,,1.098600,h.png"
+    assert new.read_text().splitlines()[1] == "/x/1.bmp,UID_1,0.750000,all,,1.098600,h.png,"
+
+
+def test_resuming_a_file_without_the_drift_column_keeps_its_columns(tmp_path: Path) -> None:
+    """A CSV of the release before ``drift`` (seven columns) gets seven-column rows; a
+    JSON Lines file gets complete rows, drift included."""
+    from leukoedge.output import V2_COLUMNS
+
+    out = tmp_path / "old.csv"
+    out.write_text(",".join(V2_COLUMNS) + "\n/x/0.bmp,UID_1,0.250000,hem,,-1.098600,\n")
+    row = Row("/x/1.bmp", "UID_1", 0.75, "all", None, logit=1.0986, drift=2.5)
+    with ResultWriter(out, resume=True) as w:
+        assert w.columns == V2_COLUMNS and w.done == {"/x/0.bmp"}
+        w.write([row])
+    assert out.read_text().splitlines()[2] == "/x/1.bmp,UID_1,0.750000,all,,1.098600,"
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({c: None for c in V2_COLUMNS} | {"path": "/x/0.bmp"}) + "\n")
+    with ResultWriter(old, resume=True) as w:
+        w.write([row])
+    last = json.loads(old.read_text().splitlines()[1])
+    assert last["drift"] == 2.5 and last["path"] == "/x/1.bmp"
 
 
 def test_never_overwrites_without_permission(tmp_path: Path) -> None:

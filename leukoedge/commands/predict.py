@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..classify import Prediction, RunStats
     from ..evaluate import Report
     from ..session import Model
+    from ..spec import ModelSpec
 
 from .options import (
     BatchOpt,
@@ -70,7 +71,41 @@ def classify(
         with progress_bar(todo, "classify") as advance:
             stats = classify_files(m, items, writer, batch_size, workers, advance)
     _summary(stats, m, out_file, len(items))
+    _drift(stats, writer.previous_rows, m)
     return EXIT_SOME_FAILED if stats.errors else EXIT_OK
+
+
+def _drift(stats: RunStats, previous: list[dict[str, Any]], m: Model) -> None:
+    """Per patient: median drift score and share of cells above 1.0 (this run's rows and a
+    resumed file's), and the one line naming drifted patients."""
+    if m.drift is None:
+        return
+    from ..drift import summary
+
+    pairs = list(stats.drift)
+    for r in previous:
+        try:
+            score = float(str(r.get("drift") or ""))
+        except ValueError:
+            continue
+        patient = r.get("patient")
+        pairs.append((str(patient) if patient else None, score))
+    print_drift(summary([p for p, _ in pairs], [s for _, s in pairs], m.drift.patient_flag))
+
+
+def print_drift(summary: dict[str, Any] | None) -> None:
+    """The per-patient drift table and its one line (flagged patients: on stderr)."""
+    if summary is None:
+        return
+    t = Table(title="drift per patient (1.0 = the 95th percentile of the training cells)",
+              title_justify="left")
+    for c in ("patient", "cells", "median drift", "cells > 1.0", "drifted"):
+        t.add_column(c, justify="left" if c == "patient" else "right")
+    for r in summary["patients"]:
+        t.add_row(escape(r["patient"]), str(r["cells"]), f"{r['median']:.2f}",
+                  f"{r['share_above']:.0%}", "[red]yes[/red]" if r["flagged"] else "no")
+    out.print(t)
+    (err if summary["flagged"] else out).print(escape(summary["line"]))
 
 
 def _summary(stats: RunStats, m: Model, out_file: Path, total: int) -> None:
@@ -98,7 +133,9 @@ def _summary(stats: RunStats, m: Model, out_file: Path, total: int) -> None:
 
 
 def evaluate(
-    paths: Paths,
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="Image files or folders (searched recursively); not with --from-predictions.",
+        show_default=False)] = None,
     model: ModelOpt = None,
     labels: LabelsOpt = None,
     report: Annotated[Path | None, typer.Option(
@@ -114,12 +151,42 @@ def evaluate(
     threads: ThreadsOpt = None,
     workers: WorkersOpt = None,
     threshold: ThresholdOpt = None,
+    from_predictions: Annotated[Path | None, typer.Option(
+        "--from-predictions", help="Score this predictions file (classify's rows, or "
+        "out-of-fold predictions with logits) instead of running the model; --model then "
+        "only gives the spec (temperature, threshold).", show_default=False)] = None,
+    folds: Annotated[str | None, typer.Option(
+        "--folds", help="With --from-predictions: only the rows of these folds "
+        "(comma-separated).", show_default=False)] = None,
+    resamples: Annotated[int, typer.Option(
+        "--resamples", min=0, max=100_000,
+        help="Patient-bootstrap resamples for the 95% intervals (0: none).")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
 ) -> int:
-    """Classify labelled images and report accuracy, weighted F1, AUC, per patient..."""
+    """Classify labelled images and report accuracy, weighted F1, AUC, calibration (ECE,
+    Brier, log-loss), 95% intervals by patient, per patient..."""
     from ..classify import predict_stream
     from ..data import collect
-    from ..evaluate import build_report, clean
+    from ..evaluate import build_report
 
+    if from_predictions is not None:
+        if paths:
+            from ..errors import UsageError
+
+            raise UsageError("give images or --from-predictions, not both")
+        rep = evaluate_predictions(from_predictions, model, labels, threshold, folds,
+                                   resamples, seed)
+        return _finish(rep, report, overwrite, as_json)
+    if not paths:
+        from ..errors import UsageError
+
+        raise UsageError("no images given", "leukoedge evaluate IMAGES..., or "
+                         "leukoedge evaluate --from-predictions FILE")
+    if folds is not None:
+        from ..errors import UsageError
+
+        raise UsageError("--folds selects rows of a predictions file",
+                         "use it with --from-predictions")
     items = collect(paths, labels)
     if not any(it.label is not None for it in items):
         raise DataError("no labels found for these images",
@@ -153,7 +220,20 @@ def evaluate(
     finally:
         if writer is not None:
             writer.close()
-    rep = build_report(preds, m)
+    rep = build_report(preds, m, resamples, seed)
+    return _finish(rep, report, overwrite, as_json)
+
+
+def _finish(rep: Report, report: Path | None, overwrite: bool, as_json: bool) -> int:
+    from ..evaluate import clean
+
+    if report is not None and report.exists() and not overwrite:
+        from ..errors import OutputExistsError
+
+        raise OutputExistsError(f"report {report} already exists",
+                                "add --overwrite or choose another --report")
+    for w in rep["warnings"]:
+        err.print(f"[yellow]warning:[/yellow] {escape(w)}")
     if report is not None:
         atomic_write_text(report, json.dumps(clean(rep), indent=2) + "\n")
     if as_json:
@@ -163,6 +243,44 @@ def evaluate(
         if report is not None:
             note(f"report written to {report}")
     return EXIT_SOME_FAILED if rep["errors"] else EXIT_OK
+
+
+def spec_for_predictions(model: Path | None, threshold: float | None) -> tuple[str, ModelSpec]:
+    """The spec that scores a predictions file: the model's (read and checked against its
+    graph, never run), or without --model temperature 1 and threshold 0.5."""
+    from ..session import SessionConfig, load_model
+    from ..spec import ModelSpec
+
+    if model is None:
+        note("no --model: scoring the rows' logits at temperature 1, threshold 0.5")
+        spec = ModelSpec(architecture="unknown", input_size=8)
+        name = "(none)"
+    else:
+        spec = load_model(model, SessionConfig(provider="cpu", threads=1)).spec
+        name = str(model)
+    if threshold is not None:
+        spec = spec.with_updates(threshold=threshold)
+    return name, spec
+
+
+def evaluate_predictions(path: Path, model: Path | None, labels: Path | None,
+                         threshold: float | None, folds: str | None, resamples: int,
+                         seed: int) -> Report:
+    from ..errors import DataError
+    from ..evaluate import report_of
+    from ..predictions import read_predictions
+    from .calibrate import parse_folds
+
+    ps = read_predictions(path, labels, parse_folds(folds))
+    if not any(t is not None for t in ps.truth):
+        raise DataError(f"{path}: no row has a label",
+                        "give --labels FILE, or rows whose paths lie in all/ and hem/")
+    name, spec = spec_for_predictions(model, threshold)
+    if not ps.has_logits and spec.temperature != 1.0:
+        note("the rows carry no logits: their prob_all is used as written, without this "
+             "model's temperature")
+    return report_of(ps.scores(spec), spec, model=name, provider="(predictions file)",
+                     files=ps.files, error_rows=ps.errors, resamples=resamples, seed=seed)
 
 
 def _f(x: object) -> str:
@@ -181,7 +299,22 @@ def print_report(rep: Report) -> None:
         head.add_row("images scored", str(mt["n"]))
         for k in ("weighted_f1", "accuracy", "balanced_accuracy", "sensitivity_all",
                   "specificity_all", "roc_auc", "majority_rate"):
-            head.add_row(k.replace("_", " "), _f(mt[k]))
+            iv = (rep["intervals"] or {}).get(k)
+            ci = f"  (95% CI {iv['low']:.4f}-{iv['high']:.4f})" if iv else ""
+            head.add_row(k.replace("_", " "), _f(mt[k]) + ci)
+    cal = rep["calibration"]
+    if cal:
+        head.add_row("temperature", f"{rep['temperature']:.4f}")
+        before = cal.get("uncalibrated")
+        for k in ("ece", "brier", "log_loss"):
+            was = f"  (temperature 1: {before[k]:.4f})" if before else ""
+            head.add_row(k.replace("_", " ") if k != "ece" else "ECE (15 bins)",
+                         f"{cal[k]:.4f}{was}")
+    iv = rep["intervals"]
+    if iv:
+        head.add_row("intervals", f"patient bootstrap stratified by class: {iv['resamples']} "
+                     f"resamples, seed {iv['seed']}, {iv['patients_all']} ALL + "
+                     f"{iv['patients_hem']} HEM patients")
     out.print(head)
     if mt:
         pc = Table(title="per class", title_justify="left")
@@ -211,6 +344,7 @@ def print_report(rep: Report) -> None:
     if pv:
         out.print(f"patient-level vote: {pv['patients']} patients, accuracy "
                   f"{pv['accuracy']:.4f}, weighted F1 {pv['weighted_f1']:.4f}")
+    print_drift(rep.get("drift"))
     if rep["errors"]:
         err.print(f"[red]{rep['errors']} files could not be read[/red] (not in the metrics):")
         for e in rep["error_rows"][:5]:

@@ -188,6 +188,10 @@ def export(
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the export, parity and precision reports as one JSON object "
         "instead of tables.")] = False,
+    drift_data: Annotated[list[Path] | None, typer.Option(
+        "--drift-data", help="The model's training cells (repeatable): adds a 'features' "
+        "output and their drift statistics, so every call gets a drift score.",
+        show_default=False)] = None,
 ) -> int:
     """Export a run to one self-contained ONNX file with its ModelSpec; parity-checked."""
     from leukoedge.plugins import require_torch
@@ -203,7 +207,8 @@ def export(
 
     try:
         res = export_onnx(run, out, opset, exporter, data, overwrite, precision=precision,
-                          calibration=calibration, report_data=report_data)
+                          calibration=calibration, report_data=report_data,
+                          drift_data=drift_data)
     except ExportError as exc:
         failed_parity = getattr(exc, "parity", None)
         failed_report = getattr(exc, "report", None)

@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,9 @@ def default_out(ckpt_path: Path) -> Path:
 
 def _torch_export(model: torch.nn.Module, size: int, path: Path, opset: int,
                   exporter: str) -> None:
+    """Export ``model``; its outputs are named by its ``outputs`` attribute (default just
+    ``logit``; :class:`.models.WithFeatures` adds ``features``)."""
+    outputs: tuple[str, ...] = getattr(model, "outputs", ("logit",))
     example = (torch.zeros((2, size, size, 3), dtype=torch.uint8),)
     onnx_errors: tuple[type[BaseException], ...] = (RuntimeError, ValueError, TypeError,
                                                     AssertionError, NotImplementedError)
@@ -78,14 +82,14 @@ def _torch_export(model: torch.nn.Module, size: int, path: Path, opset: int,
 
                 torch.onnx.export(
                     model, example, str(path), dynamo=True, opset_version=opset,
-                    input_names=["image"], output_names=["logit"],
+                    input_names=["image"], output_names=list(outputs),
                     dynamic_shapes={"image": {0: Dim("N", min=1, max=65536)}},
                     external_data=False, verbose=False)
             else:
                 torch.onnx.export(
                     model, example, str(path), dynamo=False, opset_version=opset,
-                    input_names=["image"], output_names=["logit"],
-                    dynamic_axes={"image": {0: "N"}, "logit": {0: "N"}},
+                    input_names=["image"], output_names=list(outputs),
+                    dynamic_axes={"image": {0: "N"}, **{o: {0: "N"} for o in outputs}},
                     do_constant_folding=True)
     except onnx_errors as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
@@ -103,18 +107,20 @@ def _finish(path: Path, spec: ModelSpec, final: Path) -> int:
     g = proto.graph
     inits = {i.name for i in g.initializer}
     inputs = [i for i in g.input if i.name not in inits]
-    if len(inputs) != 1 or inputs[0].name != "image" or len(g.output) != 1 \
-            or g.output[0].name != "logit":
+    if len(inputs) != 1 or inputs[0].name != "image" \
+            or [o.name for o in g.output] != list(spec.outputs):
         raise ExportError(f"exported graph has inputs {[i.name for i in inputs]} and outputs "
-                          f"{[o.name for o in g.output]}; expected image -> logit")
+                          f"{[o.name for o in g.output]}; expected image -> "
+                          f"{', '.join(spec.outputs)}")
     dim0 = inputs[0].type.tensor_type.shape.dim[0]
     if not dim0.dim_param:
         raise ExportError(f"exported graph has a fixed batch axis ({dim0.dim_value})",
                           "try the other --exporter")
     dim0.dim_param = "N"
-    odim = g.output[0].type.tensor_type.shape.dim
-    if odim:
-        odim[0].dim_param = "N"
+    for o in g.output:
+        odim = o.type.tensor_type.shape.dim
+        if odim:
+            odim[0].dim_param = "N"
     keep = [p for p in proto.metadata_props if p.key != SPEC_KEY]
     del proto.metadata_props[:]
     proto.metadata_props.extend(keep)
@@ -135,12 +141,17 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
                 exporter: str = "dynamo", parity_data: Path | None = None,
                 overwrite: bool = False, parity_batch: int = 16, precision: str = "fp32",
                 calibration: Path | None = None, report_data: Path | None = None,
-                report_images: int | None = None) -> ExportResult:
+                report_images: int | None = None,
+                drift_data: Sequence[Path] | None = None) -> ExportResult:
     """Export a run's best checkpoint (or the one named) and check it; see module doc.
 
     ``precision`` fp16/int8: the fp32 export (parity-checked against PyTorch) is converted
     (see :mod:`.precision`), compared with itself on at least ``report_images`` cells and
     refused below 98% label agreement; only the converted model is written.
+
+    ``drift_data`` (the model's training cells): the graph gets a second output,
+    ``features``, checked against PyTorch, and the spec the drift statistics of those cells
+    (:mod:`.drift_fit`), computed with the fp32 graph before any conversion.
     """
     if precision not in PRECISIONS:
         raise UsageError(f"--precision {precision!r} is unknown",
@@ -159,12 +170,21 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
     ckpt = ckpt_io.load(ckpt_path)
     spec = ckpt_io.spec_of(ckpt)
     model = ckpt_io.model_of(ckpt).float().to("cpu")
+    graph_model: torch.nn.Module = model
+    pixels = None
+    if drift_data:
+        from . import drift_fit
+        from .models import WithFeatures
+
+        pixels = drift_fit.training_pixels(drift_data, spec)  # before any work: bad data
+        graph_model = WithFeatures(model).eval()
+        spec = spec.with_updates(outputs=("logit", "features"))
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         raw = work / "raw.onnx"
         final = work / out.name
-        _torch_export(model, spec.input_size, raw, opset, exporter)
+        _torch_export(graph_model, spec.input_size, raw, opset, exporter)
         got_opset = _finish(raw, spec, final)
         result = parity.check(final, model, spec, parity_data, parity_batch)
         if not result.passed:
@@ -174,6 +194,13 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
                               "nothing was written; try --exporter legacy")
             exc.parity = result  # type: ignore[attr-defined]  # so the CLI can report it
             raise exc
+        if pixels is not None:
+            from . import drift_fit
+            from .precision import embed_spec
+
+            drift_fit.require(drift_fit.check_features(final, graph_model, pixels))
+            spec = drift_fit.with_stats(spec, drift_fit.fit(final, pixels))
+            embed_spec(final, spec)
         report = None
         if precision != "fp32":
             from . import precision as prec

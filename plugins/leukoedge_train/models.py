@@ -52,13 +52,46 @@ class Normalize(nn.Module):
         self.register_buffer("shift", -m / s)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(self.prepare(image)).reshape(-1)
+
+    def prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC -> the backbone's normalised float NCHW input."""
         # cast to the buffers' dtype: float32 normally, float64 in the parity oracle
         # (``copy.deepcopy(model).double()``), so the oracle is float64 from the input on
         x = image.permute(0, 3, 1, 2).to(self.scale.dtype)
         if self.colour_norm == "greyworld":
             x = greyworld(x)
-        x = x * self.scale + self.shift
-        return self.net(x).reshape(-1)
+        return x * self.scale + self.shift
+
+
+class WithFeatures(nn.Module):
+    """The same model with a second output: its penultimate features ``[N, d]`` (the input
+    of the last linear layer, the one that makes the logit). Outputs ``(logit [N],
+    features [N, d])``; the logit is computed exactly as :class:`Normalize` computes it.
+    The drift score (``leukoedge.drift``) describes the training cells by these features.
+    """
+
+    outputs = ("logit", "features")  # the exported graph's output names, in order
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        import copy
+
+        if not isinstance(model, Normalize):
+            raise TrainingError("a features output needs a leukoedge model (Normalize)")
+        self.model = copy.deepcopy(model)
+        last = [(n, m) for n, m in self.model.net.named_modules() if isinstance(m, nn.Linear)]
+        if not last or last[-1][1].out_features != 1:
+            raise TrainingError("cannot find the model's final one-logit linear layer")
+        name, linear = last[-1]
+        self.last = linear
+        parent = self.model.net.get_submodule(name.rpartition(".")[0]) if "." in name \
+            else self.model.net
+        setattr(parent, name.rpartition(".")[2], nn.Identity())
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.model.net(self.model.prepare(image)).flatten(1)
+        return self.last(feats).reshape(-1), feats
 
 
 COLOUR_NORMS = ("none", "greyworld")

@@ -1,0 +1,101 @@
+"""Drift statistics of a model's training cells, fitted at export (``--drift-data``).
+
+The exported graph has a second output, ``features`` (the penultimate layer, through
+:class:`.models.WithFeatures`). The statistics are computed with that very graph, run by
+the runtime (:meth:`leukoedge.session.Model.run`), over the given training cells, and the
+colour statistics with the runtime's :func:`leukoedge.preprocess.cell_colour`: the numbers
+in the spec are those a reader will compute. The features output is checked against
+PyTorch's (:func:`check_features`) as the logit is by the parity check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from leukoedge import drift
+from leukoedge.data import collect
+from leukoedge.errors import DataError, ExportError
+from leukoedge.preprocess import cell_colour
+from leukoedge.session import SessionConfig, load_model
+from leukoedge.spec import ModelSpec
+
+from .data import load_images
+
+#: what the shipped score combines, and how (docs/accuracy.md, "Drift": measured)
+COMPONENTS = ("colour", "features")
+COMBINE = "max"
+#: principal directions kept per component (the rest share one variance)
+RANK = 16
+#: patients whose median score exceeds this are flagged (docs/accuracy.md, "Drift")
+PATIENT_FLAG = drift.DEFAULT_PATIENT_FLAG
+#: features output vs PyTorch: max |difference| / max |PyTorch feature|
+FEATURE_TOLERANCE = 1e-4
+
+
+@dataclass
+class FeatureCheck:
+    images: int
+    max_error: float  # relative to the largest PyTorch feature
+    passed: bool
+
+
+def training_pixels(data: Sequence[Path], spec: ModelSpec) -> np.ndarray:
+    """Every readable cell under ``data``, preprocessed as the spec says."""
+    items = collect(list(data))
+    loaded = load_images(items, spec.input_size, spec.crop_fraction, spec.interpolation)
+    if not len(loaded.items):
+        raise DataError("--drift-data: no readable image")
+    return loaded.pixels
+
+
+def run_graph(onnx_path: Path, x: np.ndarray, names: tuple[str, ...],
+              batch: int = 64) -> dict[str, np.ndarray]:
+    """The named outputs of the ONNX file over ``x``, on the CPU, through the runtime."""
+    m = load_model(onnx_path, SessionConfig(provider="cpu"))
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for i in range(0, len(x), batch):
+        got = m.run(x[i:i + batch], names)
+        for n in names:
+            parts[n].append(np.asarray(got[n], dtype=np.float64))
+    return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+def fit(onnx_path: Path, x: np.ndarray, components: Sequence[str] = COMPONENTS,
+        combine: str = COMBINE, rank: int = RANK,
+        patient_flag: float = PATIENT_FLAG) -> drift.DriftStats:
+    """Drift statistics of the cells ``x`` as the exported graph sees them."""
+    outs = [c for c in components if c != drift.COLOUR]
+    got = run_graph(onnx_path, x, tuple(outs)) if outs else {}
+    colour = cell_colour(x) if drift.COLOUR in components else None
+    return drift.fit(colour, got, combine=combine, max_rank=rank, patient_flag=patient_flag)
+
+
+def check_features(onnx_path: Path, model: torch.nn.Module, x: np.ndarray) -> FeatureCheck:
+    """The graph's features output against PyTorch fp32 (``model`` returns (logit,
+    features)) on up to 64 cells."""
+    x = x[np.linspace(0, len(x) - 1, min(64, len(x))).astype(int)]
+    ours = run_graph(onnx_path, x, ("features",))["features"]
+    with torch.no_grad():
+        ref = model.eval().float()(torch.from_numpy(x))[1].double().numpy()
+    scale = max(float(np.abs(ref).max()), 1e-6)
+    err = float(np.abs(ours - ref).max()) / scale if ours.shape == ref.shape else float("inf")
+    return FeatureCheck(len(x), err, err <= FEATURE_TOLERANCE)
+
+
+def with_stats(spec: ModelSpec, stats: drift.DriftStats) -> ModelSpec:
+    ext = dict(spec.extensions)
+    ext[drift.EXTENSION_KEY] = stats.to_json()
+    return spec.with_updates(extensions=ext)
+
+
+def require(check: FeatureCheck) -> None:
+    if not check.passed:
+        raise ExportError(f"export rejected: the graph's features differ from PyTorch's by "
+                          f"{check.max_error:.2e} of their range on {check.images} cells "
+                          f"(bound {FEATURE_TOLERANCE:g})",
+                          "nothing was written; try --exporter legacy")

@@ -1,0 +1,233 @@
+"""Cross-validate the drift score on real cells, by patient (docs/accuracy.md, "Drift").
+
+For each patient-grouped fold k (docs/cv/folds.csv) with a trained model
+(``RUNS/fold-k/last.pt``, from ``leukoedge cv run``): the drift statistics are fitted on
+the fold's training-side cells with that fold's model, exactly as ``leukoedge export
+--drift-data`` fits them (``leukoedge.drift.fit`` over the runtime's colour statistics and
+the model's penultimate features), and the held-out patients are scored. Pooled over the
+folds, each held-out patient has a median score and an accuracy (its cells' labels by the
+fold model at the spec's threshold); the script reports, per score:
+
+- Spearman's rho between a patient's median score and its accuracy, with its p-value;
+- the mean accuracy of flagged (median > T) and unflagged patients for several T;
+- the patients the model gets mostly wrong (accuracy < 0.5) and how many are flagged.
+
+Scores compared: colour only (Mahalanobis on the 6 colour statistics: the baseline),
+features only (low-rank Mahalanobis; k-nearest neighbours), both (max or mean of the
+scaled distances), and the logit's energy (confidence). Every score is scaled so that 1.0
+is the 95th percentile of the fold's training cells' own scores.
+
+Needs the train extra (torch) and scipy. Usage::
+
+    nice -n 10 .venv/bin/python scripts/drift_cv.py ../shared/data/cnmc-real \\
+        ../shared/data/cnmc-sample --folds docs/cv/folds.csv --runs cv-runs/full-gap \\
+        --json docs/cv/drift.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from leukoedge_train import checkpoint as ckpt_io
+from leukoedge_train.cv import read_folds
+from leukoedge_train.data import load_images
+from leukoedge_train.models import WithFeatures
+from scipy import stats as sstats
+
+from leukoedge import drift
+from leukoedge.data import collect
+from leukoedge.preprocess import cell_colour
+
+THRESHOLDS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0)
+KNN = 5
+RANK = 16
+
+
+def forward(model: WithFeatures, x: np.ndarray, batch: int = 128) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+    logits, feats = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            z, f = model(torch.from_numpy(x[i:i + batch]))
+            logits.append(z.double().numpy())
+            feats.append(f.double().numpy())
+    return np.concatenate(logits), np.concatenate(feats)
+
+
+def knn_distance(train: np.ndarray, query: np.ndarray, k: int, self_: bool) -> np.ndarray:
+    """Mean Euclidean distance to the k nearest training rows (itself left out when the
+    query rows are the training rows)."""
+    tt = (train * train).sum(axis=1)
+    out = np.empty(len(query))
+    for i in range(0, len(query), 512):
+        q = query[i:i + 512]
+        d2 = np.maximum((q * q).sum(axis=1)[:, None] + tt[None, :] - 2 * q @ train.T, 0.0)
+        if self_:
+            d2[np.arange(len(q)), np.arange(i, i + len(q))] = np.inf
+        part = np.partition(d2, k - 1, axis=1)[:, :k]
+        out[i:i + 512] = np.sqrt(part).mean(axis=1)
+    return out
+
+
+def energy(z: np.ndarray) -> np.ndarray:
+    """Energy of the two-class logits (-z/2, z/2): -log(2 cosh(z/2)); low = confident.
+    Returned negated, so that larger = less confident = more suspect."""
+    a = np.abs(z) / 2
+    return a + np.log1p(np.exp(-2 * a))
+
+
+def scores_for_fold(colour: np.ndarray, feats: np.ndarray, logits: np.ndarray,
+                    train: np.ndarray, held: np.ndarray) -> dict[str, np.ndarray]:
+    """Every candidate score of the held-out cells, each scaled by the training cells'
+    95th percentile."""
+    out: dict[str, np.ndarray] = {}
+
+    def fitted(name: str, c: np.ndarray | None, o: dict[str, np.ndarray], combine: str) -> None:
+        st = drift.fit(None if c is None else c[train], {k: v[train] for k, v in o.items()},
+                       combine=combine, max_rank=RANK)
+        out[name] = st.score(None if c is None else c[held], {k: v[held] for k, v in o.items()})
+
+    fitted("colour (Mahalanobis)", colour, {}, "max")
+    fitted("features (Mahalanobis)", None, {"features": feats}, "max")
+    fitted("colour + features (max)", colour, {"features": feats}, "max")
+    fitted("colour + features (mean)", colour, {"features": feats}, "mean")
+    ref = knn_distance(feats[train], feats[train], KNN, self_=True)
+    out[f"features ({KNN}-NN)"] = knn_distance(feats[train], feats[held], KNN, False) / \
+        drift.q95(ref)
+    # energy is a confidence, not a distance: larger = less confident
+    e_train = -energy(logits[train])
+    out["logit energy"] = (-energy(logits[held]) - np.min(e_train)) / \
+        (drift.q95(e_train - np.min(e_train)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", nargs="+", type=Path)
+    ap.add_argument("--folds", type=Path, default=Path("docs/cv/folds.csv"))
+    ap.add_argument("--runs", type=Path, default=Path("cv-runs/full-gap"))
+    ap.add_argument("--checkpoint", default="last.pt")
+    ap.add_argument("--json", type=Path, default=None, help="write every figure here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+
+    folds = read_folds(args.folds)
+    items = [it for it in collect(list(args.data)) if it.label is not None]
+    fold_of = np.array([folds.get(it.patient or "", -1) for it in items])
+    patients = np.array([it.patient or "" for it in items])
+    truth = np.array([int(it.label or 0) for it in items])
+    ks = sorted({f for f in folds.values()
+                 if (args.runs / f"fold-{f}" / args.checkpoint).is_file()})
+    if not ks:
+        print(f"no fold model under {args.runs}/fold-*/{args.checkpoint}", file=sys.stderr)
+        return 2
+    pixels: np.ndarray | None = None
+    colour: np.ndarray | None = None
+    per_cell: dict[str, list[np.ndarray]] = {}
+    held_idx: list[np.ndarray] = []
+    held_logits: list[np.ndarray] = []
+    oof_check: dict[int, float] = {}
+    for k in ks:
+        ckpt = ckpt_io.load(args.runs / f"fold-{k}" / args.checkpoint)
+        spec = ckpt_io.spec_of(ckpt)
+        if pixels is None:
+            loaded = load_images(items, spec.input_size, spec.crop_fraction,
+                                 spec.interpolation)
+            if loaded.skipped:
+                print(f"unreadable: {loaded.skipped[0]}", file=sys.stderr)
+                return 2
+            pixels = loaded.pixels
+            colour = cell_colour(pixels)
+        assert colour is not None
+        model = WithFeatures(ckpt_io.model_of(ckpt)).eval()
+        logits, feats = forward(model, pixels)
+        train = np.flatnonzero((fold_of != k) & (fold_of >= 0))
+        held = np.flatnonzero(fold_of == k)
+        for name, s in scores_for_fold(colour, feats, logits, train, held).items():
+            per_cell.setdefault(name, []).append(s)
+        held_idx.append(held)
+        held_logits.append(logits[held] >= spec.logit_threshold)
+        oof = args.runs / f"oof-fold-{k}.csv"
+        if oof.is_file():  # the cv run's own out-of-fold logits: the same model's
+            with open(oof, newline="") as fh:
+                ref = {r["path"]: float(r["logit"]) for r in csv.DictReader(fh)}
+            mine = {Path(items[i].path).name: float(logits[i]) for i in held}
+            diffs = [abs(mine[Path(p).name] - z) for p, z in ref.items()
+                     if Path(p).name in mine]
+            oof_check[k] = max(diffs) if diffs else float("nan")
+        print(f"fold {k}: {len(train)} training cells, {len(held)} held out "
+              f"({len(set(patients[held]))} patients)", file=sys.stderr)
+
+    idx = np.concatenate(held_idx)
+    pred = np.concatenate(held_logits).astype(int)
+    correct = pred == truth[idx]
+    pts = patients[idx]
+    names = sorted(set(pts))
+    acc = np.array([correct[pts == p].mean() for p in names])
+    cells = np.array([(pts == p).sum() for p in names])
+    result: dict[str, object] = {"folds": ks, "patients": len(names), "cells": int(len(idx)),
+                                 "oof_max_abs_logit_difference": oof_check, "scores": {}}
+    rows = []
+    for name, parts in per_cell.items():
+        s = np.concatenate(parts)
+        med = np.array([np.median(s[pts == p]) for p in names])
+        share = np.array([(s[pts == p] > 1.0).mean() for p in names])
+        rho, pval = sstats.spearmanr(med, acc)
+        rho_s, pval_s = sstats.spearmanr(share, acc)
+        flags = {}
+        for t in THRESHOLDS:
+            f = med > t
+            flags[str(t)] = {
+                "flagged": int(f.sum()),
+                "acc_flagged": float(acc[f].mean()) if f.any() else None,
+                "acc_unflagged": float(acc[~f].mean()) if (~f).any() else None,
+                "cell_acc_flagged": float(correct[np.isin(pts, np.array(names)[f])].mean())
+                if f.any() else None,
+                "cell_acc_unflagged": float(correct[np.isin(pts, np.array(names)[~f])].mean())
+                if (~f).any() else None,
+                "wrong_flagged": int(((acc < 0.5) & f).sum()),
+            }
+        result["scores"][name] = {  # type: ignore[index]
+            "spearman_median": float(rho), "p_median": float(pval),
+            "spearman_share": float(rho_s), "p_share": float(pval_s),
+            "held_out_cells_above_1": float((s > 1.0).mean()),
+            "flags": flags,
+            "per_patient": {p: {"median": float(m), "share_above": float(sh),
+                                "accuracy": float(a), "cells": int(c)}
+                            for p, m, sh, a, c in zip(names, med, share, acc, cells)},
+        }
+        rows.append((name, rho, pval, rho_s, pval_s, float((s > 1.0).mean())))
+    wrong = int((acc < 0.5).sum())
+    result["patients_mostly_wrong"] = wrong
+    print(f"\n{len(names)} held-out patients ({len(idx)} cells) in folds {ks}; "
+          f"{wrong} patients with accuracy < 0.5\n")
+    print("| score | Spearman (median, accuracy) | p | Spearman (share > 1, accuracy) | p "
+          "| held-out cells > 1 |")
+    print("|---|---|---|---|---|---|")
+    for name, rho, pval, rho_s, pval_s, above in rows:
+        print(f"| {name} | {rho:+.3f} | {pval:.3g} | {rho_s:+.3f} | {pval_s:.3g} "
+              f"| {above:.1%} |")
+    print("\nflag = patient median score > T: patients flagged, their mean accuracy vs the "
+          "others', patients with accuracy < 0.5 among the flagged\n")
+    print("| score | T | flagged | accuracy flagged | accuracy others | "
+          f"wrong flagged (of {wrong}) |")
+    print("|---|---|---|---|---|---|")
+    for name in per_cell:
+        for t, f in result["scores"][name]["flags"].items():  # type: ignore[index]
+            af = "-" if f["acc_flagged"] is None else f"{f['acc_flagged']:.3f}"
+            au = "-" if f["acc_unflagged"] is None else f"{f['acc_unflagged']:.3f}"
+            print(f"| {name} | {t} | {f['flagged']} | {af} | {au} | {f['wrong_flagged']} |")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
