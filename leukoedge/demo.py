@@ -1,9 +1,14 @@
 """``leukoedge demo``: the whole job on built-in data, in a few minutes on a CPU.
 
-synthetic cells -> train the scratch CNN briefly -> export to ONNX (with its parity check)
--> classify and evaluate held-out synthetic patients -> classify the real C-NMC cells
-shipped with the package. Everything stays in the work folder. The model learns synthetic
-cells: it is a demonstration of the pipeline, not a diagnostic model.
+Part 1 (:func:`shipped_demo`, torch-free): the model shipped with leukoedge (trained on real
+C-NMC cells) classifies the real cells shipped with the package; its cross-validated figure
+comes first, and cells of its training patients are marked as such, next to the call of the
+cross-validation model that never saw their patient.
+
+Part 2 (:func:`run_demo`, the train extra): the pipeline on synthetic cells -> train the
+scratch CNN briefly -> export to ONNX (with its parity check) -> classify and evaluate
+held-out synthetic patients. Everything stays in the work folder; that model learns
+synthetic cells and is not a diagnostic model.
 """
 
 from __future__ import annotations
@@ -15,8 +20,70 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import collect, sample_cells_dir
+from .data import LABEL_NAMES, collect, sample_cells_dir
 from .output import ResultWriter, atomic_write_text
+
+#: out-of-fold logits of the shipped cells: the shipped recipe's cross-validation models,
+#: each of which never saw the cell's patient (scripts/sample_cells_oof.py writes it)
+SAMPLE_OOF = "out-of-fold.csv"
+
+
+@dataclass
+class ShippedCell:
+    name: str  # path under sample_cells/
+    truth: str | None
+    call: str | None
+    prob_all: float | None
+    training_patient: bool  # the shipped model was trained on this cell's patient
+    oof_prob_all: float | None = None  # P(ALL) by the fold model that never saw the patient
+    error: str | None = None
+
+
+@dataclass
+class ShippedResult:
+    model: Path
+    training: dict[str, Any]
+    cells: list[ShippedCell]
+    predictions: Path
+
+
+def read_sample_oof(folder: Path) -> dict[str, float]:
+    """name under ``folder`` -> out-of-fold logit (empty when the file is absent)."""
+    import csv
+
+    path = folder / SAMPLE_OOF
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        return {r["path"]: float(r["logit"]) for r in csv.DictReader(fh)}
+
+
+def shipped_demo(workdir: Path, model_path: Path) -> ShippedResult:
+    """Classify the shipped real cells with the shipped model (no torch needed)."""
+    from .classify import predict_stream
+    from .session import SessionConfig, load_model
+
+    model = load_model(model_path, SessionConfig(provider="auto"))
+    training = dict(model.spec.training)
+    seen = {str(p) for p in training.get("patients", [])}
+    folder = sample_cells_dir()
+    oof = read_sample_oof(folder)
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "real-cells-predictions.csv"
+    cells = []
+    with ResultWriter(out) as w:
+        for p in predict_stream(model, collect([folder]), 32,
+                                on_batch=lambda b: w.write([q.row for q in b])):
+            name = p.item.path.relative_to(folder).as_posix()
+            z = oof.get(name)
+            cells.append(ShippedCell(
+                name=name,
+                truth=None if p.item.label is None else LABEL_NAMES[p.item.label],
+                call=p.row.label, prob_all=p.row.prob_all,
+                training_patient=(p.item.patient or "") in seen,
+                oof_prob_all=None if z is None else float(model.spec.probability([z])[0]),
+                error=p.row.error))
+    return ShippedResult(model_path, training, cells, out)
 
 
 @dataclass(frozen=True)
@@ -62,7 +129,7 @@ def run_demo(workdir: Path, cfg: DemoConfig = DemoConfig(),
     without the train extra this fails at once with the extra to install.
     """
     from .capabilities import exporter, trainer
-    from .classify import classify_files, predict_stream
+    from .classify import predict_stream
     from .evaluate import build_report, clean
     from .session import SessionConfig, load_model
     from .synth import SynthConfig, generate
@@ -76,7 +143,7 @@ def run_demo(workdir: Path, cfg: DemoConfig = DemoConfig(),
         res.steps[name] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    say(f"1/5 synthesising cells: {cfg.train_patients} training and {cfg.test_patients} "
+    say(f"1/4 synthesising cells: {cfg.train_patients} training and {cfg.test_patients} "
         f"held-out patients x {cfg.cells_per_patient} cells")
     generate(workdir / "synthetic-train", SynthConfig(
         patients=cfg.train_patients, cells_per_patient=cfg.cells_per_patient,
@@ -87,7 +154,7 @@ def run_demo(workdir: Path, cfg: DemoConfig = DemoConfig(),
     step("synthesise", t)
 
     t = time.perf_counter()
-    say(f"2/5 training the scratch CNN at {cfg.input_size} px for {cfg.epochs} epochs "
+    say(f"2/4 training the scratch CNN at {cfg.input_size} px for {cfg.epochs} epochs "
         "(validation split by patient)")
     tr = train(workdir / "synthetic-train", workdir / "run", arch="scratch",
                input_size=cfg.input_size, epochs=cfg.epochs, patience=cfg.epochs,
@@ -97,7 +164,7 @@ def run_demo(workdir: Path, cfg: DemoConfig = DemoConfig(),
     step("train", t)
 
     t = time.perf_counter()
-    say("3/5 exporting to ONNX; the parity check compares it with PyTorch on the real cells")
+    say("3/4 exporting to ONNX; the parity check compares it with PyTorch on the real cells")
     ex = export(workdir / "run", workdir / "model.onnx", parity_data=sample_cells_dir())
     res.facts["model"] = str(ex.path)
     res.facts["parity_max_abs_diff"] = ex.parity_max_abs_diff
@@ -105,7 +172,7 @@ def run_demo(workdir: Path, cfg: DemoConfig = DemoConfig(),
     step("export + parity", t)
 
     t = time.perf_counter()
-    say("4/5 classifying and evaluating the held-out synthetic patients with onnxruntime")
+    say("4/4 classifying and evaluating the held-out synthetic patients with onnxruntime")
     model = load_model(ex.path, SessionConfig(provider="auto"))
     res.facts["provider"] = model.provider
     held = collect([workdir / "synthetic-heldout"])
@@ -118,13 +185,4 @@ def run_demo(workdir: Path, cfg: DemoConfig = DemoConfig(),
     res.facts["heldout"] = rep
     step("classify + evaluate", t)
 
-    t = time.perf_counter()
-    say("5/5 classifying the real C-NMC cells shipped with leukoedge")
-    real = collect([sample_cells_dir()])
-    with ResultWriter(workdir / "real-cells-predictions.csv") as w:
-        stats = classify_files(model, real, w, 32)
-    res.facts["real_cells"] = stats.files
-    res.facts["real_errors"] = stats.errors
-    res.facts["real_predicted_all"] = stats.positives
-    step("real cells", t)
     return res

@@ -144,16 +144,31 @@ def test_no_images_and_missing_path(tmp_path: Path, tiny_model: Path) -> None:
     assert r.exit_code == 3 and "no such file" in r.output
 
 
-def test_default_model_is_newest_in_exported(
+def test_default_model_is_newest_in_exported_else_the_shipped_one(
         real_cells: Path, tiny_model: Path, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
+    import leukoedge.models
+
     monkeypatch.chdir(tmp_path)
+    shipped = leukoedge.models.DEFAULT_MODEL
+    # an installation without the shipped model and no exported/: say what to do
+    monkeypatch.setattr(leukoedge.models, "DEFAULT_MODEL", tmp_path / "absent.onnx")
     r = invoke("classify", real_cells, "--out", "p.csv")
     assert r.exit_code == 3 and "no model given" in r.output
+    # the shipped model, said in one line
+    monkeypatch.setattr(leukoedge.models, "DEFAULT_MODEL", tiny_model)
+    r = invoke("classify", real_cells, "--out", "p1.csv")
+    assert r.exit_code == 0, r.output
+    said = [ln for ln in r.output.splitlines() if "using the shipped model" in ln]
+    assert len(said) == 1 and str(tiny_model.name) in r.output
+    # a model in exported/ wins over the shipped one; --model wins over both
     (tmp_path / "exported").mkdir()
     shutil.copy(tiny_model, tmp_path / "exported" / "a.onnx")
-    r = invoke("classify", real_cells, "--out", "p.csv")
-    assert r.exit_code == 0 and "a.onnx" in r.output
+    r = invoke("classify", real_cells, "--out", "p2.csv")
+    assert r.exit_code == 0 and "a.onnx" in r.output and "shipped" not in r.output
+    monkeypatch.setattr(leukoedge.models, "DEFAULT_MODEL", shipped)
+    r = invoke("classify", real_cells, "--model", tiny_model, "--out", "p3.csv")
+    assert r.exit_code == 0 and "shipped" not in r.output and "exported/" not in r.output
 
 
 def test_bad_models_are_refused(real_cells: Path, tmp_path: Path, tiny_model: Path) -> None:

@@ -17,17 +17,32 @@ EXPORTED = Path("exported")
 
 def open_model(model: Path | None, provider: str, threads: int | None,
                threshold: float | None = None) -> Model:
-    from ..session import SessionConfig, load_model, newest_model
+    from ..session import SessionConfig, load_model
 
-    path = model if model is not None else newest_model(EXPORTED)
-    if model is None:
-        note(f"using the newest model in {EXPORTED}/: {path.name}")
+    path = model if model is not None else choose_model()
     m = load_model(path, SessionConfig(provider=provider, threads=threads))
     for n in m.notes:
         note(n)
     if threshold is not None:
         m.spec = m.spec.with_updates(threshold=threshold)
     return m
+
+
+def choose_model() -> Path:
+    """No ``--model``: the newest model in ``exported/``, else the shipped model."""
+    from ..models import default_model
+    from ..session import newest_model
+
+    if any(EXPORTED.glob("*.onnx")):
+        path = newest_model(EXPORTED)
+        note(f"using the newest model in {EXPORTED}/: {path.name}")
+        return path
+    shipped = default_model()
+    if shipped is None:
+        return newest_model(EXPORTED)  # raises: no model anywhere, says what to do
+    note(f"using the shipped model {shipped} (trained on real C-NMC cells; "
+         "'leukoedge info' describes it)")
+    return shipped
 
 
 @contextmanager

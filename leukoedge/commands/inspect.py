@@ -6,7 +6,7 @@ import json
 import platform
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -16,12 +16,17 @@ from ..errors import EXIT_CANNOT_RUN, EXIT_OK, MissingExtraError, SpecError
 
 
 def info(
-    model: Annotated[Path, typer.Argument(help="An ONNX model file.")],
+    model: Annotated[Path | None, typer.Argument(
+        help="An ONNX model file [default: the model classify would use: the newest in "
+             "exported/, else the shipped one].", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> int:
     """Show a model's spec, inputs and outputs, opset, size and data fingerprint."""
     from ..inspect_model import describe_model
+    from .common import choose_model
 
+    if model is None:
+        model = choose_model()
     d = describe_model(model)
     if as_json:
         out.print_json(json.dumps(d))
@@ -46,7 +51,10 @@ def info(
                 t.add_row(f"spec.{k}", escape(str(spec[k])))
             for k in ("precision", "temperature", "outputs", "tta", "training",
                       "calibration", "extensions"):  # written only when not the default
-                if k in spec:
+                if k == "training" and spec.get(k):
+                    for what, text in provenance_rows(spec[k]):
+                        t.add_row(what, escape(text))
+                elif k in spec:
                     t.add_row(f"spec.{k}", escape(json.dumps(spec[k])))
         else:
             t.add_row("spec", f"[red]{escape(str(d['spec_error']))}[/red]")
@@ -134,3 +142,33 @@ def _probe_session(ort: object, provider: str) -> str | None:
         return "the provider's library loads but the session fell back to the CPU " \
                "(no usable GPU or driver?)"
     return None
+
+
+def provenance_rows(training: dict[str, Any]) -> list[tuple[str, str]]:
+    """``spec.training`` as table rows: data, patients, recipe, cross-validated figures."""
+    rows: list[tuple[str, str]] = []
+    if training.get("data"):
+        rows.append(("trained on", str(training["data"])))
+    pats = training.get("patients") or []
+    if pats:
+        rows.append(("training patients", f"{len(pats)}: {', '.join(map(str, pats))}"))
+    recipe = training.get("recipe") or {}
+    if recipe:
+        rows.append(("recipe", f"{recipe.get('name')}: {recipe.get('description', '')}"))
+    cv = training.get("cv") or {}
+    pooled = cv.get("pooled") or {}
+    if pooled:
+        figs = ", ".join(f"{label} {pooled[k]:.3f}" for k, label in (
+            ("weighted_f1", "weighted F1"), ("roc_auc", "ROC AUC"),
+            ("balanced_accuracy", "balanced accuracy"), ("sensitivity_all", "sensitivity"),
+            ("specificity_all", "specificity")) if isinstance(pooled.get(k), (int, float)))
+        folds = cv.get("folds") or []
+        rows.append(("cross-validated (by patient)",
+                     f"{figs} ({pooled.get('cells')} cells, out-of-fold, {len(folds)} folds; "
+                     f"{cv.get('report', '')})"))
+        if folds:
+            rows.append(("per fold weighted F1", ", ".join(
+                f"fold {f['fold']} {f['weighted_f1']:.3f}" for f in folds)))
+    if training.get("command"):
+        rows.append(("made by", str(training["command"])))
+    return rows
