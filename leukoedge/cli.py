@@ -63,9 +63,13 @@ def command(fn: Callable[..., int | None], name: str | None = None, **kw: Any) -
 
 def _register_builtin() -> None:
     from .commands import bench, demo, inspect, predict, serve, synth
+    from .commands import calibrate as calibrate_cmd
+    from .commands import report as report_cmd
 
     command(predict.classify, "classify")
     command(predict.evaluate, "evaluate")
+    command(calibrate_cmd.calibrate, "calibrate")
+    command(report_cmd.report, "report")
     command(inspect.info, "info")
     command(inspect.doctor, "doctor")
     command(bench.bench, "bench")

@@ -3,6 +3,10 @@
 Positive class = ALL (label 1). Weighted F1 (the ISBI 2019 challenge metric) is the mean of
 the per-class F1 scores weighted by each class's support. ROC AUC is the Mann-Whitney
 statistic with ties counted half. Error rows are counted apart and never enter a metric.
+Calibration: expected calibration error of P(ALL) over 15 equal-width bins, Brier score,
+log-loss. Intervals: a patient-level bootstrap stratified by class
+(:func:`bootstrap_intervals`). Reports are built from :class:`Scores` (:func:`report_of`),
+whether the cells came from running a model or from a predictions file.
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
+import numpy.typing as npt
 
 from .data import LABEL_NAMES
 
 if TYPE_CHECKING:
+    from typing import NotRequired  # Python 3.11; only an annotation here (3.10 runs)
+
     from .classify import Prediction
     from .session import Model
+    from .spec import ModelSpec
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
@@ -45,6 +53,14 @@ def per_class(m: np.ndarray) -> dict[str, dict[str, float]]:
     return out
 
 
+def _average_ranks(s: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``s``, ties sharing their average rank."""
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    avg = ends - (counts - 1) / 2.0
+    return np.asarray(avg[inverse.reshape(-1)], dtype=np.float64)
+
+
 def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float | None:
     """Area under the ROC curve; None when only one class is present."""
     y = np.asarray(y_true).astype(bool)
@@ -52,18 +68,7 @@ def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float | None:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return None
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    # average ranks over ties
-    i = 0
-    n = len(s)
-    while i < n:
-        j = i
-        while j + 1 < n and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
+    ranks = _average_ranks(s)
     u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
 
@@ -94,6 +99,144 @@ def metrics(y_true: Sequence[int], y_pred: Sequence[int],
                       "rows": "true", "columns": "predicted"},
         "majority_rate": float(max(support) / n) if n else 0.0,
     }
+
+
+#: Equal-width bins of the expected calibration error and the reliability diagram.
+ECE_BINS = 15
+#: Patient-level bootstrap defaults (evaluate --resamples/--seed).
+RESAMPLES = 2000
+SEED = 0
+LEVEL = 0.95
+
+
+def reliability(y_true: npt.ArrayLike, prob: npt.ArrayLike,
+                bins: int = ECE_BINS) -> dict[str, Any]:
+    """Equal-width bins of P(ALL) over [0, 1] (1.0 falls in the last bin), as
+    scikit-learn's ``calibration_curve`` draws them: per bin the number of cells, their
+    mean P(ALL) and the fraction that are ALL (``None`` for an empty bin)."""
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(prob, dtype=np.float64)
+    idx = np.clip((p * bins).astype(np.int64), 0, bins - 1)
+    count = np.bincount(idx, minlength=bins)
+    psum = np.bincount(idx, weights=p, minlength=bins)
+    ysum = np.bincount(idx, weights=y, minlength=bins)
+    mean_prob = [float(a / c) if c else None for a, c in zip(psum, count)]
+    frac_all = [float(a / c) if c else None for a, c in zip(ysum, count)]
+    return {"bins": bins, "edges": [i / bins for i in range(bins + 1)],
+            "count": count.tolist(), "mean_prob": mean_prob, "frac_all": frac_all}
+
+
+def calibration_metrics(y_true: npt.ArrayLike, prob: npt.ArrayLike,
+                        scaled_logits: npt.ArrayLike | None = None,
+                        bins: int = ECE_BINS) -> dict[str, Any]:
+    """How trustworthy P(ALL) is: expected calibration error (``bins`` equal-width bins,
+    sum over bins of cells/N x |fraction ALL - mean P(ALL)|), Brier score (mean squared
+    error of P(ALL)) and log-loss (mean negative log-likelihood; from the logits divided by
+    the temperature when given, which stays exact where P(ALL) rounds to 0 or 1, else from
+    P(ALL) clipped to [1e-15, 1 - 1e-15])."""
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(prob, dtype=np.float64)
+    n = len(y)
+    rel = reliability(y, p, bins)
+    ece = 0.0
+    for c, mp, fa in zip(rel["count"], rel["mean_prob"], rel["frac_all"]):
+        if c:
+            ece += c / n * abs(fa - mp)
+    if scaled_logits is not None:
+        z = np.asarray(scaled_logits, dtype=np.float64)
+        softplus = np.logaddexp(0.0, z)
+        log_loss = float(np.mean(softplus - y * z))
+    else:
+        q = np.clip(p, 1e-15, 1 - 1e-15)
+        log_loss = float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+    return {"ece": float(ece), "brier": float(np.mean((p - y) ** 2)), "log_loss": log_loss,
+            "bins": bins, "reliability": rel}
+
+
+def _weighted_auc(w: np.ndarray, y: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """ROC AUC of each row of cell weights ``w`` [B, n] (ties count half)."""
+    order = np.argsort(score, kind="mergesort")
+    s = score[order]
+    pos = y[order].astype(bool)
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    ws = w[:, order]
+    wp = np.add.reduceat(np.where(pos, ws, 0.0), starts, axis=1)
+    wn = np.add.reduceat(np.where(pos, 0.0, ws), starts, axis=1)
+    below = np.cumsum(wn, axis=1) - wn
+    num = (wp * (below + 0.5 * wn)).sum(axis=1)
+    den = wp.sum(axis=1) * wn.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan))
+
+
+def bootstrap_intervals(y_true: Sequence[int], y_pred: Sequence[int], score: Sequence[float],
+                        patients: Sequence[str | None], resamples: int = RESAMPLES,
+                        seed: int = SEED, level: float = LEVEL) -> dict[str, Any]:
+    """Percentile intervals for weighted F1, sensitivity, specificity and ROC AUC by a
+    patient-level bootstrap stratified by class.
+
+    Patients are the unit: ALL patients and HEM patients are resampled separately (with
+    replacement, as many as there are), so every resample holds both classes, and a patient's
+    cells always travel together. A patient's class is that of the majority of its cells.
+    Cells without a patient id count as patients of their own (``unit`` says so). A resample
+    is the original cells weighted by how often their patient was drawn, which is the same
+    as concatenating the drawn patients.
+    """
+    y = np.asarray(y_true, dtype=np.int64)
+    yp = np.asarray(y_pred, dtype=np.int64)
+    sc = np.asarray(score, dtype=np.float64)
+    keys = [p if p else f"\0cell{i}" for i, p in enumerate(patients)]
+    ids = sorted(set(keys))
+    index = {k: i for i, k in enumerate(ids)}
+    cell_patient = np.array([index[k] for k in keys], dtype=np.int64)
+    n_all_cells = np.bincount(cell_patient, weights=(y == 1), minlength=len(ids))
+    n_cells = np.bincount(cell_patient, minlength=len(ids))
+    patient_all = n_all_cells * 2 > n_cells
+    groups = [np.flatnonzero(patient_all), np.flatnonzero(~patient_all)]
+    rng = np.random.default_rng(seed)
+    est = metrics(y.tolist(), yp.tolist(), sc.tolist())
+    names = ("weighted_f1", "sensitivity_all", "specificity_all", "roc_auc")
+    draws: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    chunk = max(1, min(resamples, 4_000_000 // max(1, len(y))))
+    done = 0
+    while done < resamples:
+        b = min(chunk, resamples - done)
+        pw = np.zeros((b, len(ids)))
+        for g in groups:
+            if len(g):
+                pw[:, g] = rng.multinomial(len(g), np.full(len(g), 1.0 / len(g)), size=b)
+        w = pw[:, cell_patient]
+        tp = w @ ((y == 1) & (yp == 1)).astype(np.float64)
+        fn = w @ ((y == 1) & (yp == 0)).astype(np.float64)
+        fp = w @ ((y == 0) & (yp == 1)).astype(np.float64)
+        tn = w @ ((y == 0) & (yp == 0)).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            f1_all = np.where(tp > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+            f1_hem = np.where(tn > 0, 2 * tn / (2 * tn + fp + fn), 0.0)
+            draws["weighted_f1"].append(((tp + fn) * f1_all + (tn + fp) * f1_hem)
+                                        / (tp + fn + tn + fp))
+            draws["sensitivity_all"].append(np.where(tp + fn > 0, tp / (tp + fn), np.nan))
+            draws["specificity_all"].append(np.where(tn + fp > 0, tn / (tn + fp), np.nan))
+        draws["roc_auc"].append(_weighted_auc(w, y, sc))
+        done += b
+    alpha = (1.0 - level) / 2.0
+    out: dict[str, Any] = {
+        "method": "patient bootstrap, stratified by class (ALL and HEM patients resampled "
+                  "separately), percentile interval",
+        "unit": "patient" if all(patients) else "patient (cells without one: each its own)",
+        "resamples": resamples, "seed": seed, "level": level,
+        "patients_all": int(len(groups[0])), "patients_hem": int(len(groups[1])),
+    }
+    for k in names:
+        v = np.concatenate(draws[k])
+        v = v[np.isfinite(v)]
+        e = est[k]
+        if len(v) == 0 or e is None:
+            out[k] = None
+            continue
+        lo, hi = (float(x) for x in np.quantile(v, [alpha, 1.0 - alpha]))
+        out[k] = {"estimate": float(e), "low": lo, "high": hi, "width": hi - lo}
+    return out
 
 
 @dataclass
@@ -150,43 +293,151 @@ class Report(TypedDict):
     model: str
     architecture: str
     threshold: float
+    temperature: float
     provider: str
     files: int
     errors: int
     error_rows: list[ErrorRow]  # at most 1000
     unlabelled: int
     metrics: dict[str, Any] | None  # see :func:`metrics`; None without a labelled image
+    #: see :func:`calibration_metrics`, at the spec's temperature; ``uncalibrated`` holds
+    #: the same at temperature 1 when the temperature is not 1 and logits are known
+    calibration: dict[str, Any] | None
+    intervals: dict[str, Any] | None  # see :func:`bootstrap_intervals`
     patients: list[dict[str, Any]]  # :class:`PatientRow` fields
     patient_vote: dict[str, Any] | None  # see :func:`patient_vote_metrics`
+    warnings: list[str]  # e.g. evaluated on the patients the model was calibrated on
+    #: see :func:`leukoedge.drift.summary`; set by :func:`build_report` when the model has
+    #: drift statistics
+    drift: NotRequired[dict[str, Any] | None]
 
 
-def build_report(preds: Sequence[Prediction], model: Model) -> Report:
-    """The evaluation report of one run over labelled (and unlabelled) images.
+@dataclass
+class Scores:
+    """The cells of one evaluation: what every report is built from.
 
-    Error rows are counted and listed, never scored; images without a label are counted
-    as ``unlabelled``. Probabilities are the rows' ``prob_all`` (the spec's
-    :meth:`~leukoedge.spec.ModelSpec.probability`).
+    ``logits`` are the model's raw outputs (NaN where unknown); ``probs`` are
+    :meth:`~leukoedge.spec.ModelSpec.probability` of them, or a file's ``prob_all`` when it
+    has no logits. ``truth`` is 1 (ALL), 0 (HEM) or None (unlabelled).
     """
-    ok = [p for p in preds if p.row.error is None]
-    labelled = [p for p in ok if p.item.label is not None]
-    y_true = [p.item.label for p in labelled if p.item.label is not None]
-    y_pred = [LABEL_NAMES.index(p.row.label or "") for p in labelled]
-    prob = [p.row.prob_all if p.row.prob_all is not None else math.nan for p in labelled]
-    rows = per_patient([p.item.patient for p in labelled], y_true, y_pred, prob)
+
+    paths: list[str]
+    patients: list[str | None]
+    truth: list[int | None]
+    logits: np.ndarray
+    probs: np.ndarray
+
+    @property
+    def has_logits(self) -> bool:
+        return bool(len(self.logits)) and bool(np.all(np.isfinite(self.logits)))
+
+    def predicted(self, spec: ModelSpec) -> np.ndarray:
+        """1 = ALL: the logit against ``spec.logit_threshold`` (as classify labels), or,
+        without logits, P(ALL) against ``spec.threshold``."""
+        if self.has_logits:
+            return (self.logits >= spec.logit_threshold).astype(np.int64)
+        return (self.probs >= spec.threshold).astype(np.int64)
+
+
+def scores_of(spec: ModelSpec, paths: Sequence[str], patients: Sequence[str | None],
+              truth: Sequence[int | None], logits: Sequence[float] | None,
+              probs: Sequence[float] | None = None) -> Scores:
+    """:class:`Scores` whose probabilities come from the spec (its temperature) when the
+    logits are known, else from ``probs`` as given."""
+    n = len(paths)
+    lg = (np.full(n, np.nan) if logits is None
+          else np.asarray(logits, dtype=np.float64).reshape(n))
+    sc = Scores(list(paths), list(patients), list(truth), lg, np.full(n, np.nan))
+    if sc.has_logits or probs is None:
+        sc.probs = spec.probability(lg)
+    else:
+        sc.probs = np.asarray(probs, dtype=np.float64).reshape(n)
+    return sc
+
+
+def patient_warnings(spec: ModelSpec, patients: Sequence[str | None]) -> list[str]:
+    """Warn when the evaluated patients include the model's calibration or training
+    patients (both listed in its spec): the figures would be optimistic."""
+    seen = {p for p in patients if p}
+    out = []
+    for what, listed in (("calibrated", spec.calibration.get("patients")),
+                         ("trained", spec.training.get("patients"))):
+        both = sorted(seen & set(listed or ()))
+        if both:
+            shown = ", ".join(both[:8]) + (", ..." if len(both) > 8 else "")
+            out.append(f"{len(both)} of the {len(seen)} patients evaluated are patients the "
+                       f"model was {what} on ({shown}): these figures are optimistic")
+    return out
+
+
+def report_of(scores: Scores, spec: ModelSpec, *, model: str, provider: str, files: int,
+              error_rows: Sequence[ErrorRow], resamples: int = RESAMPLES, seed: int = SEED,
+              ) -> Report:
+    """The evaluation report of scored cells: metrics, calibration, patient-bootstrap
+    intervals, the per-patient table, warnings. Error rows are counted and listed, never
+    scored; cells without a label are counted as ``unlabelled``."""
+    lab = [i for i, t in enumerate(scores.truth) if t is not None]
+    y_true = [int(scores.truth[i] or 0) for i in lab]
+    pred_all = scores.predicted(spec)
+    y_pred = [int(pred_all[i]) for i in lab]
+    prob = [float(scores.probs[i]) for i in lab]
+    patients = [scores.patients[i] for i in lab]
+    if lab:
+        rows = per_patient(patients, y_true, y_pred, prob)
+    else:  # nothing labelled: the table and the vote still say what the model thinks
+        rows = per_patient(scores.patients, [None] * len(scores.paths),
+                           [int(v) for v in pred_all], scores.probs.tolist())
+    cal: dict[str, Any] | None = None
+    intervals: dict[str, Any] | None = None
+    if lab:
+        z = scores.logits[lab] if scores.has_logits else None
+        cal = calibration_metrics(y_true, prob, None if z is None else z / spec.temperature)
+        if z is not None and spec.temperature != 1.0:
+            raw = spec.with_updates(temperature=1.0).probability(z)
+            cal["uncalibrated"] = calibration_metrics(y_true, raw, z)
+        if resamples > 0:
+            intervals = bootstrap_intervals(y_true, y_pred, prob, patients, resamples, seed)
     return {
-        "model": str(model.path),
-        "architecture": model.spec.architecture,
-        "threshold": model.spec.threshold,
-        "provider": model.provider,
-        "files": len(preds),
-        "errors": len(preds) - len(ok),
-        "error_rows": [ErrorRow(path=p.row.path, error=p.row.error)
-                       for p in preds if p.row.error][:1000],
-        "unlabelled": len(ok) - len(labelled),
-        "metrics": metrics(y_true, y_pred, prob) if labelled else None,
+        "model": model,
+        "architecture": spec.architecture,
+        "threshold": spec.threshold,
+        "temperature": spec.temperature,
+        "provider": provider,
+        "files": files,
+        "errors": len(error_rows),
+        "error_rows": list(error_rows)[:1000],
+        "unlabelled": len(scores.paths) - len(lab),
+        "metrics": metrics(y_true, y_pred, prob) if lab else None,
+        "calibration": cal,
+        "intervals": intervals,
         "patients": [asdict(r) for r in rows],
         "patient_vote": patient_vote_metrics(rows),
+        "warnings": patient_warnings(spec, patients),
     }
+
+
+def build_report(preds: Sequence[Prediction], model: Model, resamples: int = RESAMPLES,
+                 seed: int = SEED) -> Report:
+    """The evaluation report of one run over labelled (and unlabelled) images.
+
+    Probabilities are the spec's :meth:`~leukoedge.spec.ModelSpec.probability` of the
+    rows' logits (what classify wrote as ``prob_all``).
+    """
+    ok = [p for p in preds if p.row.error is None]
+    scores = scores_of(model.spec, [p.row.path for p in ok], [p.item.patient for p in ok],
+                       [p.item.label for p in ok],
+                       [p.row.logit if p.row.logit is not None else math.nan for p in ok],
+                       [p.row.prob_all if p.row.prob_all is not None else math.nan
+                        for p in ok])
+    errors = [ErrorRow(path=p.row.path, error=p.row.error) for p in preds if p.row.error]
+    rep = report_of(scores, model.spec, model=str(model.path), provider=model.provider,
+                    files=len(preds), error_rows=errors, resamples=resamples, seed=seed)
+    if model.drift is not None:
+        from .drift import summary
+
+        rep["drift"] = summary([p.row.patient for p in ok], [p.row.drift for p in ok],
+                               model.drift.patient_flag)
+    return rep
 
 
 def clean(obj: Any) -> Any:

@@ -1,0 +1,63 @@
+"""``report``: a predictions file -> one self-contained HTML page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..console import err, escape, note
+from ..errors import EXIT_OK, OutputExistsError
+from .calibrate import FoldsOpt, parse_folds
+from .options import LabelsOpt, ThresholdOpt
+
+
+def report(
+    predictions: Annotated[Path, typer.Argument(
+        help="A predictions file: classify's rows (.csv/.jsonl), or out-of-fold predictions "
+             "with logits.", show_default=False)],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")]
+    = Path("report.html"),
+    labels: LabelsOpt = None,
+    model: Annotated[Path | None, typer.Option(
+        "--model", "-m", help="The model whose spec (temperature, threshold) scores the "
+        "rows' logits; default: temperature 1, threshold 0.5.", show_default=False)] = None,
+    folds: FoldsOpt = None,
+    images_root: Annotated[Path | None, typer.Option(
+        "--images-root", help="Folder the rows' relative paths start from (default: the "
+        "predictions file's folder).", show_default=False)] = None,
+    title: Annotated[str, typer.Option("--title", help="The page's title.")]
+    = "leukoedge report",
+    cells: Annotated[int, typer.Option("--cells", min=0, max=200,
+                                       help="Cells per thumbnail montage.")] = 12,
+    resamples: Annotated[int, typer.Option(
+        "--resamples", min=0, max=100_000,
+        help="Patient-bootstrap resamples for the 95% intervals (0: none).")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    threshold: ThresholdOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite",
+                                            help="Replace an existing --out.")] = False,
+) -> int:
+    """Write an HTML report of a predictions file: figures with intervals, histograms, ROC,
+    reliability, confusion, per patient, thumbnails (needs the report extra)."""
+    from ..evaluate import report_of
+    from ..output import atomic_write_text
+    from ..predictions import read_predictions
+    from ..report import render, require_matplotlib
+    from .predict import spec_for_predictions
+
+    require_matplotlib()
+    if out_file.exists() and not overwrite:
+        raise OutputExistsError(f"{out_file} already exists",
+                                "add --overwrite or choose another --out")
+    ps = read_predictions(predictions, labels, parse_folds(folds))
+    name, spec = spec_for_predictions(model, threshold)
+    rep = report_of(ps.scores(spec), spec, model=name, provider="(predictions file)",
+                    files=ps.files, error_rows=ps.errors, resamples=resamples, seed=seed)
+    for w in rep["warnings"]:
+        err.print(f"[yellow]warning:[/yellow] {escape(w)}")
+    page = render(ps, spec, rep, title=title, images_root=images_root, per_montage=cells)
+    atomic_write_text(out_file, page)
+    note(f"report written to {out_file} ({len(page) / 1e6:.1f} MB)")
+    return EXIT_OK
