@@ -221,3 +221,28 @@ def test_statistics_that_do_not_fit_the_graph_are_refused(real_cells: Path,
     r = invoke("classify", real_cells, "--model", bad, "--out", tmp_path / "o.csv")
     assert r.exit_code == 3
     assert "has 3 values per image; its drift statistics describe 5" in r.output
+
+
+def test_the_service_answers_the_same_drift_as_classify(drift_model: Path, real_cells: Path,
+                                                        tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from leukoedge.serve.app import Settings, create_app
+    from leukoedge.serve.security import allowed_hosts
+
+    out = tmp_path / "p.jsonl"
+    assert invoke("classify", real_cells, "--model", drift_model, "--out", out).exit_code == 0
+    ref = {Path(d["path"]).name: d["drift"]
+           for d in map(json.loads, out.read_text().splitlines())}
+    cells = sorted(real_cells.rglob("*.bmp"))[:6]
+    app = create_app(load_model(drift_model),
+                     Settings(hosts=allowed_hosts("127.0.0.1", 8000)))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        r = client.post("/v1/classify", files=[("image", (p.name, p.read_bytes(), "image/bmp"))
+                                               for p in cells])
+    assert r.status_code == 200, r.text
+    got = {x["name"]: x["drift"] for x in r.json()["results"]}
+    assert got.keys() == {p.name for p in cells}
+    for name, score in got.items():
+        assert score == pytest.approx(ref[name], abs=1e-4)  # the CSV keeps 4 decimals

@@ -93,7 +93,7 @@ def test_answers_equal_classify_one_and_many_per_request(
         results += r.json()["results"]
     assert [x["name"] for x in results] == [p.name for p in cells]  # request order
     assert set(results[0]) == {"name", "patient", "prob_all", "label", "error", "logit",
-                               "heatmap"}
+                               "heatmap", "drift"}
     for x in results:
         assert_same(x, ref[x["name"]])
     for p in cells[:5]:
@@ -362,7 +362,7 @@ def test_batcher_gives_each_image_its_own_logit(tiny_model: Path) -> None:
     values = list(range(0, 250, 10))  # 25 images, each one flat grey level
     futs = [b.submit(np.full((32, 32, 3), v, dtype=np.uint8)) for v in values]
     b.start()
-    got = [f.result(timeout=60) for f in futs]
+    got = [f.result(timeout=60).logit for f in futs]
     b.close()
     assert sizes == [8, 8, 8, 1]
     np.testing.assert_allclose(got, [(v - 40) * 0.2 for v in values], rtol=1e-6, atol=1e-5)
@@ -378,13 +378,14 @@ def test_batcher_does_not_wait_for_images_that_are_not_coming(tiny_model: Path) 
     b = Batcher(model, max_batch=8, max_wait=30.0, coming=lambda: coming[0],
                 on_batch=lambda n, s: sizes.append(n))
     b.start()
-    assert abs(b.submit(np.full((32, 32, 3), 50, dtype=np.uint8)).result(timeout=20) - 2.0) \
-        < 1e-5
+    assert abs(b.submit(np.full((32, 32, 3), 50, dtype=np.uint8)).result(timeout=20).logit
+               - 2.0) < 1e-5
     coming[0] = 1
     first = b.submit(np.full((32, 32, 3), 60, dtype=np.uint8))
     second = b.submit(np.full((32, 32, 3), 70, dtype=np.uint8))
     coming[0] = 0
-    assert abs(first.result(timeout=20) - 4.0) < 1e-5 and abs(second.result(20) - 6.0) < 1e-5
+    assert abs(first.result(timeout=20).logit - 4.0) < 1e-5
+    assert abs(second.result(20).logit - 6.0) < 1e-5
     b.close()
     assert sizes[0] == 1 and sum(sizes) == 3
 
@@ -398,7 +399,7 @@ def test_batcher_from_many_threads(tiny_model: Path) -> None:
     def client(k: int) -> None:
         for i in range(20):
             v = (k * 20 + i) % 256
-            got = b.submit(np.full((32, 32, 3), v, dtype=np.uint8)).result(timeout=60)
+            got = b.submit(np.full((32, 32, 3), v, dtype=np.uint8)).result(timeout=60).logit
             if abs(got - (v - 40) * 0.2) > 1e-4:
                 wrong.append((v, got))
 

@@ -37,7 +37,7 @@ from ..errors import ImageError, LeukoedgeError, RequestError
 from ..output import Row, escape_path
 from ..preprocess import preprocess_for
 from ..session import Model
-from .batcher import Batcher
+from .batcher import Batcher, Scored
 from .metrics import Metrics
 from .multipart import Part, parse
 from .page import PAGE_PATHS, add_page
@@ -104,7 +104,7 @@ class Service:
             self.pool.shutdown(wait=True)
         self.batcher.close()
 
-    def _decode_and_queue(self, data: bytes | bytearray, name: str) -> Future[float] | ImageError:
+    def _decode_and_queue(self, data: bytes | bytearray, name: str) -> Future[Scored] | ImageError:
         try:
             stream = io.BytesIO(data)
             stream.name = name  # what ImageError messages call the image
@@ -123,22 +123,22 @@ class Service:
         self._count(len(images))
         queued = [loop.run_in_executor(self.pool, self._decode_and_queue, data, name)
                   for name, data in images]
-        results: list[float | ImageError] = []
+        results: list[Scored | ImageError] = []
         for q in queued:
             r = await q
             if isinstance(r, ImageError):
                 results.append(r)
             else:
-                logit: float = await asyncio.wrap_future(r)
-                results.append(logit)
+                scored: Scored = await asyncio.wrap_future(r)
+                results.append(scored)
         return rows_for(self.model, [name for name, _ in images], results)
 
 
-def rows_for(model: Model, names: list[str], results: list[float | ImageError]) -> list[Row]:
+def rows_for(model: Model, names: list[str], results: list[Scored | ImageError]) -> list[Row]:
     """Prediction rows as ``classify`` makes them: the probability from the spec
     (:meth:`ModelSpec.probability`), the label from the logit threshold, NaN as an error."""
     spec = model.spec
-    logits = [r for r in results if not isinstance(r, ImageError)]
+    logits = [r.logit for r in results if not isinstance(r, ImageError)]
     probs = spec.probability(np.asarray(logits, dtype=np.float32)).tolist()
     threshold = spec.logit_threshold
     rows: list[Row] = []
@@ -150,11 +150,13 @@ def rows_for(model: Model, names: list[str], results: list[float | ImageError]) 
             continue
         prob = float(probs[k])
         k += 1
-        if math.isnan(r):
+        logit, drift = r
+        if math.isnan(logit):
             rows.append(Row(name, patient, None, None, "the model returned NaN for this image"))
             continue
-        label = spec.labels[1] if r >= threshold else spec.labels[0]
-        rows.append(Row(name, patient, prob, label, None, r))
+        label = spec.labels[1] if logit >= threshold else spec.labels[0]
+        ok = drift is not None and math.isfinite(drift)
+        rows.append(Row(name, patient, prob, label, None, logit, drift=drift if ok else None))
     return rows
 
 

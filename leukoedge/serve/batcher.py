@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,7 +29,15 @@ from ..session import Model
 @dataclass
 class _Job:
     array: np.ndarray
-    future: Future[float]
+    future: Future[Scored]
+
+
+class Scored(NamedTuple):
+    """One image's answer: its logit and, when the model carries drift statistics, its
+    drift score (leukoedge.drift)."""
+
+    logit: float
+    drift: float | None = None
 
 
 class Batcher:
@@ -53,9 +62,10 @@ class Batcher:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, array: np.ndarray) -> Future[float]:
-        """Queue one decoded image; the future resolves to its logit (or the model's error)."""
-        fut: Future[float] = Future()
+    def submit(self, array: np.ndarray) -> Future[Scored]:
+        """Queue one decoded image; the future resolves to its logit and drift score (or
+        the model's error)."""
+        fut: Future[Scored] = Future()
         with self._lock:
             if self._closed:
                 fut.set_exception(RuntimeError("the server is stopping"))
@@ -124,7 +134,7 @@ class Batcher:
                 buf[i] = job.array
             t0 = time.perf_counter()
             try:
-                logits = self.model.logits(buf[:n])
+                logits, drift = self.model.predict(buf[:n])
             except (LeukoedgeError, ValueError) as exc:  # the model failed on this batch
                 for job in jobs:
                     job.future.set_exception(exc)
@@ -132,7 +142,8 @@ class Batcher:
             except BaseException as exc:  # a bug: no request may wait for ever; it surfaces
                 self._fail_all(jobs, exc)
                 raise
-            for job, logit in zip(jobs, logits.tolist()):
-                job.future.set_result(float(logit))
+            scores = [None] * n if drift is None else drift.tolist()
+            for job, logit, score in zip(jobs, logits.tolist(), scores):
+                job.future.set_result(Scored(float(logit), score))
             if self._on_batch is not None:
                 self._on_batch(n, time.perf_counter() - t0)
