@@ -6,14 +6,16 @@ console error and no request leaves the machine. A larger drop checks that the g
 one page, not every cell.
 
 Screenshots go to a temporary folder, or to ``docs/img/`` with
-``LEUKOEDGE_PAGE_SCREENSHOTS=1``. The large drop has ``LEUKOEDGE_PAGE_DROP`` cells (240 by
-default, for CI); docs/serve.md gives the time of a 2,000-cell drop measured with::
+``LEUKOEDGE_PAGE_SCREENSHOTS=1``; ``LEUKOEDGE_PAGE_MODEL`` serves another model than the
+test one. The large drop has ``LEUKOEDGE_PAGE_DROP`` cells (240 by default, for CI);
+docs/serve.md gives the time of a 2,000-cell drop measured with::
 
     LEUKOEDGE_PAGE_DROP=2000 .venv/bin/python -m pytest -q -s tests/test_serve_page.py -k large
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
@@ -48,8 +50,12 @@ def cells(shared_cells: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def page_model(model_dir: Path, cells: list[Path]) -> Path:
-    """A 32-px mean-brightness model that splits the 43 cells at their median (both calls)."""
+    """A 32-px mean-brightness model that splits the 43 cells at their median (both calls);
+    ``LEUKOEDGE_PAGE_MODEL`` names another (the screenshots in docs use the shipped one)."""
     from onnx_models import mean_brightness_model, save
+
+    if os.environ.get("LEUKOEDGE_PAGE_MODEL"):
+        return Path(os.environ["LEUKOEDGE_PAGE_MODEL"])
 
     from leukoedge.preprocess import preprocess
 
@@ -245,6 +251,88 @@ def test_page_calls_equal_classify(browser: Browser, server: Served, cells: list
 
     assert browser.console_errors() == []
     assert browser.external_requests() == []
+
+
+def test_a_drop_takes_the_same_way_as_the_file_picker(
+        browser: Browser, server: Served, cells: list[Path],
+        reference: tuple[list[str], dict[str, Any]]) -> None:
+    """Files dropped on the drop zone (a DragEvent carrying them) are classified as picked
+    ones are; a drop outside the zone does not navigate away from the page."""
+    _, ref = reference
+    open_page(browser, server)
+    picked = cells[:2] + cells[-2:]
+    payload = [{"name": p.name, "b64": base64.b64encode(p.read_bytes()).decode()}
+               for p in picked]
+    browser.driver.execute_script("""
+        const dt = new DataTransfer();
+        for (const f of arguments[0]) {
+          const bytes = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
+          dt.items.add(new File([bytes], f.name, {type: "image/bmp"}));
+        }
+        document.body.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true,
+                                                            cancelable: true}));
+        document.getElementById("drop").dispatchEvent(
+          new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));""",
+                                  payload)
+    wait_for(browser, "window.leukoedge.state === 'done'", 60, "the dropped cells")
+    shown = {c["name"]: c for c in rendered_cells(browser)}
+    assert sorted(shown) == sorted(p.name for p in picked)
+    for name, c in shown.items():
+        assert c["label"] == ref[name]["label"]
+        assert abs(float(c["prob"]) - float(ref[name]["prob_all"])) <= 1e-6
+    assert browser.driver.current_url.endswith(f":{server.port}/")
+
+    # keyboard: Tab reaches the drop zone, both pickers and every control, in page order
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    browser.driver.execute_script("document.activeElement.blur()")
+    seen: list[str] = []
+    for _ in range(30):
+        ActionChains(browser.driver).send_keys(Keys.TAB).perform()
+        seen.append(browser.driver.execute_script("return document.activeElement.id"))
+    order = ["drop", "files", "folder", "view", "f-call", "f-min", "f-max", "f-patient",
+             "sort", "download", "clear"]
+    assert [i for i in seen if i in order][:len(order)] == order, seen
+    assert browser.console_errors() == []
+    assert browser.external_requests() == []
+
+
+def test_a_server_with_a_token_gets_it_from_the_page(
+        browser: Browser, page_model: Path, cells: list[Path],
+        reference: tuple[list[str], dict[str, Any]], tmp_path: Path) -> None:
+    """The page loads without the token, asks for it when the API answers 401, sends it,
+    and then classifies; before that, nothing was classified."""
+    from selenium.webdriver.common.by import By
+
+    _, ref = reference
+    token = "a-token-for-the-page-test-0123456789"
+    token_file = tmp_path / "token.txt"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    s = Served("--model", str(page_model), "--token-file", str(token_file))
+    try:
+        browser.open(f"http://127.0.0.1:{s.port}/")
+        wait_for(browser, "!document.getElementById('token-box').hidden", 30, "the token box")
+        picked = cells[:3]
+        browser.driver.find_element(By.ID, "files").send_keys(
+            "\n".join(str(p) for p in picked))
+        wait_for(browser, "window.leukoedge.state === 'stopped'", 30, "the 401 to stop it")
+        assert browser.driver.execute_script("return window.leukoedge.done") == 0
+        browser.driver.find_element(By.ID, "token").send_keys(token)
+        browser.driver.find_element(By.ID, "token-retry").click()
+        wait_for(browser, "window.leukoedge.state === 'done'", 60, "the page to finish")
+        wait_for(browser, "document.getElementById('model').textContent.includes('.onnx')", 30,
+                 "the model line")
+        shown = {c["name"]: c["label"] for c in rendered_cells(browser)}
+        assert shown == {p.name: ref[p.name]["label"] for p in picked}
+        # the only console errors are the two refused API calls before the token was given
+        errors = browser.console_errors()
+        assert len(errors) == 2 and all("401" in e for e in errors), errors
+        assert browser.external_requests() == []
+    finally:
+        browser.driver.execute_script("sessionStorage.clear()")
+        assert s.stop() == 0, "".join(s.lines)
 
 
 def test_large_drop_draws_one_page(browser: Browser, server: Served, cells: list[Path],
