@@ -714,3 +714,31 @@ def test_plugin_import_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={"PYTHONPATH": env_path}, check=True)
     assert out.stdout.strip() == "False"
+
+
+@needs_real
+def test_export_with_drift_data(scratch_run: dict[str, object], synth: Path, work: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """--drift-data: a features output (checked against PyTorch) and the statistics of the
+    training cells: about 5 % of them score above 1.0, the real cells (never seen, unlike
+    the synthetic ones) mostly do."""
+    from leukoedge.drift import EXTENSION_KEY
+    from leukoedge.session import load_model
+
+    target = work / "export-drift" / "m.onnx"
+    code, _, err = run_cli(capsys, "export", scratch_run["run"], "--out", target,
+                           "--drift-data", synth)
+    assert code == 0, err
+    m = load_model(target)
+    assert m.spec.outputs == ("logit", "features") and m.drift is not None
+    assert EXTENSION_KEY in m.spec.extensions and m.drift.cells > 0
+    scores = {}
+    for name, data in (("train", synth), ("real", REAL)):
+        out = work / "export-drift" / f"{name}.csv"
+        code, _, err = run_cli(capsys, "classify", data, "--model", target, "--out", out)
+        assert code == 0, err
+        with open(out, newline="") as fh:
+            scores[name] = [float(r["drift"]) for r in csv.DictReader(fh)]
+    train = torch.tensor(scores["train"])
+    assert len(train) == m.drift.cells and 0.02 <= (train > 1.0).float().mean() <= 0.08
+    assert torch.tensor(scores["real"]).median() > 1.0
