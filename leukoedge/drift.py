@@ -332,3 +332,18 @@ def summary(patients: Sequence[str | None], scores: Sequence[float | None],
     return {"flag": flag, "patients": [asdict(r) for r in rows],
             "flagged": [r.patient for r in rows if r.flagged],
             "line": flag_line(rows, flag)}
+
+
+def describe(raw: Any) -> str:
+    """One line for ``info``: what the statistics describe (never the numbers)."""
+    try:
+        st = parse(raw)
+    except SpecError as exc:
+        return f"malformed ({exc.message})"
+    parts = []
+    for c in st.components:
+        g = c.gaussian
+        what = "colour statistics" if c.name == COLOUR else f"output '{c.name}'"
+        parts.append(f"{what} ({g.dim} values, {len(g.variances)} directions)")
+    return (f"{' and '.join(parts)} of {st.cells} training cells, combined by {st.combine}; "
+            f"patients flagged above a median of {st.patient_flag:g}")

@@ -246,3 +246,15 @@ def test_the_service_answers_the_same_drift_as_classify(drift_model: Path, real_
     assert got.keys() == {p.name for p in cells}
     for name, score in got.items():
         assert score == pytest.approx(ref[name], abs=1e-4)  # the CSV keeps 4 decimals
+
+
+def test_info_describes_the_statistics_in_one_row(drift_model: Path) -> None:
+    r = invoke("info", drift_model)
+    assert r.exit_code == 0, r.output
+    assert "drift statistics" in r.output
+    assert '"variances"' not in r.output  # the numbers themselves are not dumped
+    raw = load_model(drift_model).spec.extensions[drift.EXTENSION_KEY]
+    assert drift.describe(raw) == (
+        "colour statistics (6 values, 6 directions) and output 'features' (3 values, "
+        "3 directions) of 43 training cells, combined by max; patients flagged above a "
+        "median of 1")

@@ -54,6 +54,13 @@ def info(
                 if k == "training" and spec.get(k):
                     for what, text in provenance_rows(spec[k]):
                         t.add_row(what, escape(text))
+                elif k == "extensions" and "leukoedge.drift" in spec.get(k, {}):
+                    from ..drift import describe
+
+                    rest = {e: v for e, v in spec[k].items() if e != "leukoedge.drift"}
+                    t.add_row("drift statistics", escape(describe(spec[k]["leukoedge.drift"])))
+                    if rest:
+                        t.add_row(f"spec.{k}", escape(json.dumps(rest)))
                 elif k in spec:
                     t.add_row(f"spec.{k}", escape(json.dumps(spec[k])))
         else:
