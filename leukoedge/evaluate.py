@@ -355,9 +355,12 @@ def scores_of(spec: ModelSpec, paths: Sequence[str], patients: Sequence[str | No
     return sc
 
 
-def patient_warnings(spec: ModelSpec, patients: Sequence[str | None]) -> list[str]:
+def patient_warnings(spec: ModelSpec, patients: Sequence[str | None],
+                     from_file: bool = False) -> list[str]:
     """Warn when the evaluated patients include the model's calibration or training
-    patients (both listed in its spec): the figures would be optimistic."""
+    patients (both listed in its spec): the figures would be optimistic. ``from_file``:
+    the logits come from a predictions file, perhaps made by other models (out-of-fold),
+    so the training patients of this model are named as a condition."""
     seen = {p for p in patients if p}
     out = []
     for what, listed in (("calibrated", spec.calibration.get("patients")),
@@ -365,14 +368,20 @@ def patient_warnings(spec: ModelSpec, patients: Sequence[str | None]) -> list[st
         both = sorted(seen & set(listed or ()))
         if both:
             shown = ", ".join(both[:8]) + (", ..." if len(both) > 8 else "")
-            out.append(f"{len(both)} of the {len(seen)} patients evaluated are patients the "
-                       f"model was {what} on ({shown}): these figures are optimistic")
+            line = (f"{len(both)} of the {len(seen)} patients evaluated are patients the "
+                    f"model was {what} on ({shown})")
+            if what == "trained" and from_file:
+                line += ("; if these rows' logits are this model's (not out-of-fold), the "
+                         "figures are optimistic")
+            else:
+                line += ": these figures are optimistic"
+            out.append(line)
     return out
 
 
 def report_of(scores: Scores, spec: ModelSpec, *, model: str, provider: str, files: int,
               error_rows: Sequence[ErrorRow], resamples: int = RESAMPLES, seed: int = SEED,
-              ) -> Report:
+              from_file: bool = False) -> Report:
     """The evaluation report of scored cells: metrics, calibration, patient-bootstrap
     intervals, the per-patient table, warnings. Error rows are counted and listed, never
     scored; cells without a label are counted as ``unlabelled``."""
@@ -412,7 +421,7 @@ def report_of(scores: Scores, spec: ModelSpec, *, model: str, provider: str, fil
         "intervals": intervals,
         "patients": [asdict(r) for r in rows],
         "patient_vote": patient_vote_metrics(rows),
-        "warnings": patient_warnings(spec, patients),
+        "warnings": patient_warnings(spec, patients, from_file),
     }
 
 

@@ -243,7 +243,7 @@ table{border-collapse:collapse;font-size:13px}
 td,th{border-bottom:1px solid #eee;padding:3px 10px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .grid{display:flex;flex-wrap:wrap;gap:8px}
-.grid figure{margin:0;width:110px;font-size:11px;color:#444}
+.grid figure{margin:0;width:110px;font-size:11px;color:#444;overflow-wrap:anywhere}
 .grid img{display:block;border-radius:4px}
 .missing{width:96px;height:96px;background:#eee;color:#888;font-size:11px;display:flex;
 align-items:center;justify-content:center}

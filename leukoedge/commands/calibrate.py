@@ -132,9 +132,12 @@ def calibrate(
         source = "images " + ", ".join(str(d) for d in data)[:200]
     trained = sorted(set(patients) & set(spec.training.get("patients") or ()))
     if trained:
-        warn(f"calibrating on {len(trained)} patients the model was trained on "
-             f"({', '.join(trained[:8])}{', ...' if len(trained) > 8 else ''}): their logits "
-             "are over-confident, so the temperature will be too low")
+        shown = f"{', '.join(trained[:8])}{', ...' if len(trained) > 8 else ''}"
+        why = ("if these logits are this model's (not out-of-fold), they are over-confident "
+               "and the temperature will be too low" if from_predictions is not None else
+               "their logits are over-confident, so the temperature will be too low")
+        warn(f"calibrating on {len(trained)} patients the model was trained on ({shown}): "
+             f"{why}")
     cal = calibrate(spec, logits, y, patients, rule)
     new = calibrated_spec(spec, cal, fp, source)
     write_model(model, out_file, new)

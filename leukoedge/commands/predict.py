@@ -280,7 +280,8 @@ def evaluate_predictions(path: Path, model: Path | None, labels: Path | None,
         note("the rows carry no logits: their prob_all is used as written, without this "
              "model's temperature")
     return report_of(ps.scores(spec), spec, model=name, provider="(predictions file)",
-                     files=ps.files, error_rows=ps.errors, resamples=resamples, seed=seed)
+                     files=ps.files, error_rows=ps.errors, resamples=resamples, seed=seed,
+                     from_file=True)
 
 
 def _f(x: object) -> str:

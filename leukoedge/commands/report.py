@@ -54,7 +54,8 @@ def report(
     ps = read_predictions(predictions, labels, parse_folds(folds))
     name, spec = spec_for_predictions(model, threshold)
     rep = report_of(ps.scores(spec), spec, model=name, provider="(predictions file)",
-                    files=ps.files, error_rows=ps.errors, resamples=resamples, seed=seed)
+                    files=ps.files, error_rows=ps.errors, resamples=resamples, seed=seed,
+                    from_file=True)
     for w in rep["warnings"]:
         err.print(f"[yellow]warning:[/yellow] {escape(w)}")
     page = render(ps, spec, rep, title=title, images_root=images_root, per_montage=cells)
