@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(set(pts))
     acc = np.array([correct[pts == p].mean() for p in names])
     cells = np.array([(pts == p).sum() for p in names])
+    klass = np.array([int(truth[idx][pts == p][0]) for p in names])  # 1 = ALL patient
     result: dict[str, object] = {"folds": ks, "patients": len(names), "cells": int(len(idx)),
                                  "oof_max_abs_logit_difference": oof_check, "scores": {}}
     rows = []
@@ -180,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         share = np.array([(s[pts == p] > 1.0).mean() for p in names])
         rho, pval = sstats.spearmanr(med, acc)
         rho_s, pval_s = sstats.spearmanr(share, acc)
+        by_class = {}
+        for c, cname in ((1, "all"), (0, "hem")):
+            sel = klass == c
+            r_c, p_c = sstats.spearmanr(med[sel], acc[sel]) if sel.sum() > 2 else (np.nan,
+                                                                                  np.nan)
+            by_class[cname] = {"patients": int(sel.sum()), "spearman": float(r_c),
+                               "p": float(p_c)}
         flags = {}
         for t in THRESHOLDS:
             f = med > t
@@ -196,23 +204,27 @@ def main(argv: list[str] | None = None) -> int:
         result["scores"][name] = {  # type: ignore[index]
             "spearman_median": float(rho), "p_median": float(pval),
             "spearman_share": float(rho_s), "p_share": float(pval_s),
+            "by_class": by_class,
             "held_out_cells_above_1": float((s > 1.0).mean()),
             "flags": flags,
             "per_patient": {p: {"median": float(m), "share_above": float(sh),
                                 "accuracy": float(a), "cells": int(c)}
                             for p, m, sh, a, c in zip(names, med, share, acc, cells)},
         }
-        rows.append((name, rho, pval, rho_s, pval_s, float((s > 1.0).mean())))
+        rows.append((name, rho, pval, rho_s, pval_s, float((s > 1.0).mean()), by_class))
     wrong = int((acc < 0.5).sum())
     result["patients_mostly_wrong"] = wrong
     print(f"\n{len(names)} held-out patients ({len(idx)} cells) in folds {ks}; "
           f"{wrong} patients with accuracy < 0.5\n")
+    n_all, n_hem = int(klass.sum()), int((1 - klass).sum())
     print("| score | Spearman (median, accuracy) | p | Spearman (share > 1, accuracy) | p "
-          "| held-out cells > 1 |")
-    print("|---|---|---|---|---|---|")
-    for name, rho, pval, rho_s, pval_s, above in rows:
+          f"| held-out cells > 1 | within ALL patients ({n_all}) | within HEM patients "
+          f"({n_hem}) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, rho, pval, rho_s, pval_s, above, bc in rows:
         print(f"| {name} | {rho:+.3f} | {pval:.3g} | {rho_s:+.3f} | {pval_s:.3g} "
-              f"| {above:.1%} |")
+              f"| {above:.1%} | {bc['all']['spearman']:+.2f} (p {bc['all']['p']:.2g}) "
+              f"| {bc['hem']['spearman']:+.2f} (p {bc['hem']['p']:.2g}) |")
     print("\nflag = patient median score > T: patients flagged, their mean accuracy vs the "
           "others', patients with accuracy < 0.5 among the flagged\n")
     print("| score | T | flagged | accuracy flagged | accuracy others | "
