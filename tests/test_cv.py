@@ -172,3 +172,36 @@ def test_gap_half_width_model_is_small_and_exports(tmp_path: Path) -> None:
     with torch.no_grad():
         want = m(x).numpy()
     assert np.allclose(got, want, atol=1e-4)
+
+
+def test_cv_final_trains_on_every_patient_and_records_provenance(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    import leukoedge_train.recipes as rec
+    from leukoedge_train import checkpoint as ckpt_io
+
+    data = write_dataset(tmp_path / "d", patients=6, cells=4, size=48, seed=7)
+    small = dict(rec.RECIPES["gap"].settings) | {"input_size": 32, "epochs": 1}
+    monkeypatch.setitem(rec.RECIPES, "gap", replace(rec.RECIPES["gap"], settings=small))
+    report = tmp_path / "report.json"
+    pooled = {k: 0.5 for k in cv.HEADLINE} | {"cells": 24}
+    report.write_text(json.dumps({
+        "pooled": pooled, "mean_patient_accuracy": 0.4,
+        "folds": [{"fold": 0, "cells": 12, "weighted_f1": 0.6},
+                  {"fold": 1, "cells": 12, "weighted_f1": 0.4}],
+        "run": {"folds_file": "folds.csv"}}))
+    out = tmp_path / "final"
+    assert cli.main(["cv", "final", str(data), "--recipe", "gap", "--out", str(out),
+                     "--cv-report", str(report), "--threads", "1"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    everyone = sorted({it.patient for it in collect([data])})
+    assert sorted(cfg["split"]["train_patients"]) == everyone  # nobody held out
+    tr = ckpt_io.spec_of(ckpt_io.load(out / "last.pt")).training
+    assert sorted(tr["patients"]) == everyone
+    assert tr["recipe"]["name"] == "gap" and tr["cv"]["pooled"] == pooled
+    assert [f["weighted_f1"] for f in tr["cv"]["folds"]] == [0.6, 0.4]
+    assert tr["command"].startswith("leukoedge cv final ") and "--recipe gap" in tr["command"]
+    # an early-stopping recipe cannot make the final model (nothing to stop on)
+    assert cli.main(["cv", "final", str(data), "--recipe", "baseline", "--out",
+                     str(tmp_path / "b")]) == 2
