@@ -348,3 +348,17 @@ def test_bootstrap_is_seeded_and_patient_level() -> None:
     assert a["sensitivity_all"]["width"] > 2 * cells["sensitivity_all"]["width"]
     assert a["patients_all"] + a["patients_hem"] == len(set(ps.patients))
 
+
+
+def test_classify_rows_calibrate_like_the_images(tiny_model: Path, real_cells: Path,
+                                                 tmp_path: Path) -> None:
+    rows = tmp_path / "rows.csv"
+    assert invoke("classify", real_cells, "--model", tiny_model, "--out", rows).exit_code == 0
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    assert invoke("calibrate", tiny_model, real_cells, "--out", a).exit_code == 0
+    r = invoke("calibrate", tiny_model, "--from-predictions", rows, "--out", b)
+    assert r.exit_code == 0, r.output
+    sa, sb = load_model(a).spec, load_model(b).spec
+    assert sb.temperature == pytest.approx(sa.temperature, rel=1e-5)  # rows: 6 decimals
+    assert sb.calibration["patients"] == sa.calibration["patients"]
+    assert sb.calibration["cells"] == sa.calibration["cells"] == 43

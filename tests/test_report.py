@@ -174,3 +174,21 @@ def test_report_refuses_to_overwrite_and_names_its_extra(tmp_path: Path,
     r = invoke("report", OOF, "--folds", "4", "--out", tmp_path / "x.html")
     assert r.exit_code == 3 and "leukoedge[report]" in r.stderr
     assert not (tmp_path / "x.html").exists()
+
+
+def test_thumbnails_blend_the_heatmap_the_rows_name(shared_cells: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from leukoedge.report import thumbnail
+
+    cell = next(shared_cells.rglob("*.bmp"))
+    plain = thumbnail(cell)
+    hm = tmp_path / "h.npy"
+    np.save(hm, np.outer(np.arange(20.0), np.ones(20)))
+    assert plain is not None and plain.startswith("data:image/jpeg;base64,")
+    blended = thumbnail(cell, hm)
+    assert blended is not None and blended != plain
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(b"not numpy")
+    assert thumbnail(cell, bad) == plain  # an unreadable heatmap: the cell alone
+    assert thumbnail(tmp_path / "missing.bmp") is None
