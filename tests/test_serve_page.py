@@ -253,11 +253,12 @@ def test_page_calls_equal_classify(browser: Browser, server: Served, cells: list
     assert browser.external_requests() == []
 
 
-def test_a_drop_takes_the_same_way_as_the_file_picker(
+def test_drop_folder_picker_and_keyboard(
         browser: Browser, server: Served, cells: list[Path],
-        reference: tuple[list[str], dict[str, Any]]) -> None:
+        reference: tuple[list[str], dict[str, Any]], tmp_path: Path) -> None:
     """Files dropped on the drop zone (a DragEvent carrying them) are classified as picked
-    ones are; a drop outside the zone does not navigate away from the page."""
+    ones are; a drop outside the zone does not navigate away from the page; the folder
+    picker sends the images under a folder with their paths; Tab reaches every control."""
     _, ref = reference
     open_page(browser, server)
     picked = cells[:2] + cells[-2:]
@@ -281,6 +282,20 @@ def test_a_drop_takes_the_same_way_as_the_file_picker(
         assert c["label"] == ref[name]["label"]
         assert abs(float(c["prob"]) - float(ref[name]["prob_all"])) <= 1e-6
     assert browser.driver.current_url.endswith(f":{server.port}/")
+
+    # the folder picker: every image under the folder, by path; other files left out
+    from selenium.webdriver.common.by import By
+
+    folder = tmp_path / "smear"
+    (folder / "sub").mkdir(parents=True)
+    for p in picked:
+        shutil.copyfile(p, folder / "sub" / p.name)
+    (folder / "notes.txt").write_text("not a cell")
+    browser.driver.find_element(By.ID, "folder").send_keys(str(folder))
+    wait_for(browser, f"window.leukoedge.state === 'done' && window.leukoedge.done === "
+                      f"{2 * len(picked)}", 60, "the folder's cells")
+    paths = sorted(c["path"] for c in rendered_cells(browser))
+    assert paths == sorted([p.name for p in picked] + [f"smear/sub/{p.name}" for p in picked])
 
     # keyboard: Tab reaches the drop zone, both pickers and every control, in page order
     from selenium.webdriver.common.action_chains import ActionChains
