@@ -123,9 +123,11 @@ def test_the_import_check_passes_what_is_allowed(source: str) -> None:
     assert forbidden_imports(source) == []
 
 
-def test_without_torch_demo_and_bench_name_the_extra(tmp_path: Path, tiny_model: Path) -> None:
-    """torch absent: ``demo`` and ``bench --checkpoint`` stop at once (nothing written,
-    nothing measured) with one line naming the extra."""
+def test_without_torch_demo_runs_its_torch_free_part_and_bench_names_the_extra(
+        tmp_path: Path, tiny_model: Path) -> None:
+    """torch absent: ``demo`` runs part 1 (the shipped model, torch-free) and skips the
+    training pipeline with one line naming the extra; ``bench --checkpoint`` stops at once
+    (nothing measured) with that line."""
     absent = tmp_path / "absent"
     for name in ("torch", "torchvision"):
         (absent / name).mkdir(parents=True)
@@ -133,12 +135,17 @@ def test_without_torch_demo_and_bench_name_the_extra(tmp_path: Path, tiny_model:
             f"raise ModuleNotFoundError(\"No module named '{name}'\", name='{name}')\n")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(absent), env.get("PYTHONPATH", "")])
-    for args in (["demo", "--workdir", str(tmp_path / "wd")],
-                 ["bench", str(tiny_model), "--checkpoint", str(tmp_path / "run"),
-                  "--json", str(tmp_path / "b.json")]):
-        r = run(env, *args)
-        said = " ".join(r.stderr.split())
-        assert r.returncode == 3, r.stderr
-        assert "needs torch, which is not installed" in said and "leukoedge[train" in said
-        assert "Traceback" not in r.stderr and "onnxruntime, batch" not in r.stdout
-    assert not (tmp_path / "wd").exists() and not (tmp_path / "b.json").exists()
+    r = run(env, "demo", "--workdir", str(tmp_path / "wd"))
+    said = " ".join(r.stderr.split())
+    assert r.returncode == 0, r.stderr
+    assert "part 2 (training pipeline) skipped" in said and "leukoedge[train" in said
+    assert "Traceback" not in r.stderr
+    assert (tmp_path / "wd" / "real-cells-predictions.csv").is_file()  # part 1 ran
+    assert not (tmp_path / "wd" / "pipeline").exists()
+    r = run(env, "bench", str(tiny_model), "--checkpoint", str(tmp_path / "run"),
+            "--json", str(tmp_path / "b.json"))
+    said = " ".join(r.stderr.split())
+    assert r.returncode == 3, r.stderr
+    assert "needs torch, which is not installed" in said and "leukoedge[train" in said
+    assert "Traceback" not in r.stderr and "onnxruntime, batch" not in r.stdout
+    assert not (tmp_path / "b.json").exists()

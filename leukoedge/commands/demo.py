@@ -44,7 +44,7 @@ def demo(
             trainer("demo")
             exporter("demo")
         except MissingExtraError as exc:
-            note(f"part 2 (training pipeline) skipped: {exc.message}")
+            note(f"part 2 (training pipeline) skipped: {exc}")
         else:
             _part2(wd, epochs, seed)
     out.print(f"total {time.perf_counter() - t0:.0f} s; everything is in {escape(str(wd))}")
@@ -80,9 +80,9 @@ def _part1(wd: Path, shipped: Path) -> None:
     out.print(Panel("\n".join(lines), title="leukoedge demo: the shipped model",
                     expand=False), soft_wrap=False)
     t = Table(title="real C-NMC cells shipped with leukoedge", title_justify="left")
-    for c in ("cell", "truth", "call", "P(ALL)", "patient in training",
-              "out-of-fold P(ALL)"):
-        t.add_column(c)
+    for col in ("cell", "truth", "call", "P(ALL)", "patient in training",
+                "out-of-fold P(ALL)"):
+        t.add_column(col)
     for c in res.cells:
         call = c.error or (c.call or "-").upper()
         ok = c.call is not None and c.call == c.truth

@@ -17,7 +17,7 @@ from ..errors import EXIT_CANNOT_RUN, EXIT_OK, MissingExtraError, SpecError
 
 def info(
     model: Annotated[Path | None, typer.Argument(
-        help="An ONNX model file [default: the model classify would use: the newest in "
+        help="An ONNX model file \\[default: the model classify would use: the newest in "
              "exported/, else the shipped one].", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> int:
