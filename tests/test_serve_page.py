@@ -313,6 +313,56 @@ def test_drop_folder_picker_and_keyboard(
     assert browser.external_requests() == []
 
 
+PIXEL_PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4"
+             "2mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")
+
+CONTRAST = """
+    const rgb = (c) => c.match(/[\\d.]+/g).map(Number);
+    const lum = (c) => { const v = rgb(c).slice(0, 3).map((x) => { x /= 255;
+      return x <= 0.03928 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4; });
+      return 0.2126 * v[0] + 0.7152 * v[1] + 0.0722 * v[2]; };
+    const bg = (el) => { for (; el; el = el.parentElement) {
+      const c = getComputedStyle(el).backgroundColor;
+      if (rgb(c).length < 4 || rgb(c)[3] > 0) return c; } return 'rgb(255, 255, 255)'; };
+    return [...document.querySelectorAll(arguments[0])].map((el) => {
+      const a = lum(getComputedStyle(el).color), b = lum(bg(el));
+      const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+      return [el.className || el.id || el.tagName, ratio];
+    });"""
+
+
+def test_heatmap_overlay_drift_and_contrast(browser: Browser, server: Served,
+                                            cells: list[Path]) -> None:
+    """Rows carrying a heatmap (an image URL) and a drift score: the overlay switch turns
+    on, draws one overlay per cell, and the drift is shown beside the call. (The server's
+    rows carry no heatmap yet, so the answer is amended in the page's fetch.) Text of the
+    calls, names, status and controls has a contrast of at least 4.5:1 (WCAG AA)."""
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, server)
+    browser.driver.execute_script("""
+        const real = window.fetch;
+        window.fetch = async (url, init) => {
+          const resp = await real(url, init);
+          if (!String(url).endsWith('/v1/classify') || !resp.ok) return resp;
+          const body = await resp.json();
+          for (const r of body.results) { r.heatmap = arguments[0]; r.drift = 0.25; }
+          return new Response(JSON.stringify(body), {status: 200,
+            headers: {'Content-Type': 'application/json'}});
+        };""", PIXEL_PNG)
+    upload(browser, cells[:3], 60)
+    assert browser.driver.find_element(By.ID, "heat").is_enabled()
+    assert browser.driver.execute_script("return document.querySelectorAll('img.heat').length") == 0
+    browser.driver.find_element(By.ID, "heat").click()
+    assert browser.driver.execute_script("return document.querySelectorAll('img.heat').length") == 3
+    assert all("drift 0.25" in c["text"] for c in rendered_cells(browser))
+    ratios = browser.driver.execute_script(
+        CONTRAST, ".call, .name, .cell div, #status, #counts, label, button, select, caption")
+    assert ratios and all(r >= 4.5 for _, r in ratios), [x for x in ratios if x[1] < 4.5]
+    assert browser.console_errors() == []
+    assert browser.external_requests() == []
+
+
 def test_a_server_with_a_token_gets_it_from_the_page(
         browser: Browser, page_model: Path, cells: list[Path],
         reference: tuple[list[str], dict[str, Any]], tmp_path: Path) -> None:
