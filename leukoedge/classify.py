@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from .errors import ImageError
 from .output import Row, escape_path
 from .preprocess import preprocess_for
 from .session import Model, cores
+
+if TYPE_CHECKING:
+    from .heatmap import OverlayWriter
 
 
 @dataclass
@@ -78,11 +82,17 @@ def predict_stream(
     workers: int | None = None,
     prefetch: int = 2,
     on_batch: Callable[[list[Prediction]], None] | None = None,
+    overlays: OverlayWriter | None = None,
 ) -> Iterator[Prediction]:
     """Yield one :class:`Prediction` per item, in order, with bounded memory.
 
     ``prefetch`` batches are decoded ahead of the one being run. ``on_batch`` (if given)
     sees each finished batch before its predictions are yielded.
+
+    ``overlays`` (the model has a ``cam`` output): each classified image's heatmap overlay
+    is drawn and written in the decode pool while the next batch runs, and its path goes
+    into the row; a batch's rows are released once its overlays are written (at most one
+    batch of maps waits: memory stays flat).
     """
     spec = model.spec
     threshold = spec.logit_threshold
@@ -91,6 +101,17 @@ def predict_stream(
     buf = np.empty((batch_size, s, s, 3), dtype=np.uint8)
     pending: deque[tuple[list[Item], list[Future[np.ndarray | ImageError]]]] = deque()
     batches = _batches(items, batch_size)
+    #: a batch whose overlays are being written: its predictions and (row index, future)
+    drawing: tuple[list[Prediction], list[tuple[int, Future[str | None]]]] | None = None
+
+    def release(held: tuple[list[Prediction], list[tuple[int, Future[str | None]]]]
+                ) -> list[Prediction]:
+        preds, futures = held
+        for j, fut in futures:
+            preds[j].row.heatmap = fut.result()
+        if on_batch is not None:
+            on_batch(preds)
+        return preds
     if model.provider in ("cuda", "tensorrt"):
         # the first run at a shape picks kernels (cuDNN) or builds an engine (TensorRT):
         # do it before the clock and the progress bar start, at the batch size used
@@ -115,12 +136,15 @@ def predict_stream(
                 arrays = [a for a in decoded if isinstance(a, np.ndarray)]
                 logits = np.empty(0, dtype=np.float32)
                 drift: np.ndarray | None = None
+                maps: np.ndarray | None = None
                 if arrays:
                     for j, arr in enumerate(arrays):
                         buf[j] = arr
-                    logits, drift = model.predict(buf[: len(arrays)])
+                    logits, drift, maps = model.predict_all(buf[: len(arrays)],
+                                                            cam=overlays is not None)
                 probs = spec.probability(logits)  # once per batch, not per image
                 out: list[Prediction] = []
+                drawn: list[tuple[int, Future[str | None]]] = []
                 k = 0
                 for it, d in zip(batch, decoded):
                     patient = it.patient
@@ -140,14 +164,28 @@ def predict_stream(
                     label = labels[1] if logit >= threshold else labels[0]
                     row = Row(escape_path(it.path), patient, prob, label, None, logit,
                               drift=score if score is None or math.isfinite(score) else None)
+                    if overlays is not None and maps is not None:
+                        drawn.append((len(out), pool.submit(overlays.write, it.path,
+                                                            maps[k - 1].copy())))
                     out.append(Prediction(it, row))
-                if on_batch is not None:
-                    on_batch(out)
-                yield from out
+                if overlays is None:
+                    if on_batch is not None:
+                        on_batch(out)
+                    yield from out
+                    continue
+                if drawing is not None:  # the previous batch's overlays ran meanwhile
+                    yield from release(drawing)
+                drawing = (out, drawn)
+            if drawing is not None:
+                held, drawing = drawing, None
+                yield from release(held)
         finally:
             for _, futures in pending:
                 for f in futures:
                     f.cancel()
+            if drawing is not None:
+                for _, fut in drawing[1]:
+                    fut.cancel()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -162,10 +200,12 @@ def classify_files(
     batch_size: int = 32,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    overlays: OverlayWriter | None = None,
 ) -> RunStats:
     """Classify ``items`` and write each batch's rows through ``writer`` as it finishes.
 
-    Items whose path is in ``writer.done`` (a resumed run) are skipped.
+    Items whose path is in ``writer.done`` (a resumed run) are skipped. ``overlays``:
+    heatmap overlays are written too (:func:`predict_stream`).
     """
     stats = RunStats()
     done: set[str] = writer.done  # type: ignore[attr-defined]
@@ -194,7 +234,8 @@ def classify_files(
 
     t0 = time.perf_counter()
     try:
-        for _ in predict_stream(model, todo(), batch_size, workers, on_batch=on_batch):
+        for _ in predict_stream(model, todo(), batch_size, workers, on_batch=on_batch,
+                                overlays=overlays):
             pass
     finally:
         stats.seconds = time.perf_counter() - t0

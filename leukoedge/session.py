@@ -192,24 +192,44 @@ class Model:
                              "the graph does not run on a valid input; re-export it") from exc
         return {n: np.asarray(a) for n, a in zip(names, got)}
 
+    @property
+    def has_cam(self) -> bool:
+        """Whether the graph has a heatmap output (``export --cam``)."""
+        return "cam" in self.spec.outputs
+
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits ``[N]`` and, when the model carries drift statistics, each image's
         drift score ``[N]`` (:mod:`leukoedge.drift`); else None."""
-        if self.drift is None:
-            return self.logits(batch), None
-        outs = self.run(batch, ("logit", *self.drift.outputs))
+        logits, scores, _ = self.predict_all(batch, cam=False)
+        return logits, scores
+
+    def predict_all(self, batch: np.ndarray, cam: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """:meth:`predict`, and with ``cam`` the heatmaps float32 ``[N, h, w]`` from the
+        same run (a model without a ``cam`` output is a UsageError)."""
+        if cam and not self.has_cam:
+            raise UsageError(f"{self.path} has no heatmap output",
+                             "export the model with 'leukoedge export --cam'")
+        extra = (*(self.drift.outputs if self.drift is not None else ()),
+                 *(("cam",) if cam else ()))
+        if not extra:
+            return self.logits(batch), None, None
+        outs = self.run(batch, ("logit", *extra))
         logits = self._check_logits(outs["logit"], batch)
-        for name in self.drift.outputs:
+        for name in extra:
             a = outs[name]
-            if a.ndim < 1 or a.shape[0] != batch.shape[0]:
+            if a.ndim < 1 or a.shape[0] != batch.shape[0] or (name == "cam" and a.ndim != 3):
                 raise ModelError(f"{self.path}: output {name!r} has shape {list(a.shape)} "
                                  f"for {batch.shape[0]} images", "re-export the model")
+        maps = np.asarray(outs["cam"], dtype=np.float32) if cam else None
+        if self.drift is None:
+            return logits, None, maps
         try:
             scores = self.drift.score(cell_colour(batch), outs)
         except ValueError as exc:  # a feature width that disagrees with the statistics
             raise ModelError(f"{self.path}: its drift statistics do not fit its outputs "
                              f"({_first_line(exc)})", "re-export the model") from exc
-        return logits, scores
+        return logits, scores, maps
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Run uint8 ``[N, H, W, 3]`` images; return float32 logits ``[N]``."""

@@ -54,6 +54,10 @@ def classify(
     workers: WorkersOpt = None,
     labels: LabelsOpt = None,
     threshold: ThresholdOpt = None,
+    cam: Annotated[Path | None, typer.Option(
+        "--cam", help="Write each image's heatmap overlay (PNG, original size) under this "
+        "folder, mirroring the inputs' paths; the row's 'heatmap' names it. Needs a model "
+        "exported with --cam.", show_default=False)] = None,
 ) -> int:
     """Classify every image under PATHS as ALL or HEM; rows go to --out as they come."""
     from ..classify import classify_files
@@ -62,6 +66,18 @@ def classify(
     items = collect(paths, labels)
     check_output_location(out_file, paths)
     m = open_model(model, provider, threads, threshold)
+    overlays = None
+    if cam is not None:
+        from ..errors import UsageError
+        from ..heatmap import OverlayWriter
+
+        check_output_location(cam, paths)
+        if not m.has_cam:
+            raise UsageError(f"--cam: {m.path} has no heatmap output",
+                             "export the model with 'leukoedge export --cam'")
+        overlays = OverlayWriter(cam, paths, m.spec.crop_fraction, overwrite or resume)
+        if not (resume or overwrite):
+            overlays.refuse_existing(it.path for it in items)
     with ResultWriter(out_file, fmt, resume=resume, overwrite=overwrite) as writer:
         if resume and writer.done:
             note(f"resuming {out_file}: {len(writer.done)} rows already there")
@@ -69,7 +85,7 @@ def classify(
         if writer.done:
             todo -= sum(1 for it in items if escape_path(it.path) in writer.done)
         with progress_bar(todo, "classify") as advance:
-            stats = classify_files(m, items, writer, batch_size, workers, advance)
+            stats = classify_files(m, items, writer, batch_size, workers, advance, overlays)
     _summary(stats, m, out_file, len(items))
     _drift(stats, writer.previous_rows, m)
     return EXIT_SOME_FAILED if stats.errors else EXIT_OK

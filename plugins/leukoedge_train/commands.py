@@ -192,6 +192,14 @@ def export(
         "--drift-data", help="The model's training cells (repeatable): adds a 'features' "
         "output and their drift statistics, so every call gets a drift score.",
         show_default=False)] = None,
+    cam: Annotated[bool, typer.Option(
+        "--cam", help="Add a 'cam' output: the ALL logit's class activation map [N, h, w] "
+        "(ResNet50: CAM; scratch: Grad-CAM computed in the graph), parity-checked; "
+        "'classify --cam DIR' draws it.")] = False,
+    tta: Annotated[int, typer.Option(
+        "--tta", help="Test-time symmetries inside the graph: 1 (none), 2 (mirror), "
+        "4 (rotations), 8 (all 8 symmetries of the square); logits (and maps) averaged.")
+    ] = 1,
 ) -> int:
     """Export a run to one self-contained ONNX file with its ModelSpec; parity-checked."""
     from leukoedge.plugins import require_torch
@@ -208,7 +216,7 @@ def export(
     try:
         res = export_onnx(run, out, opset, exporter, data, overwrite, precision=precision,
                           calibration=calibration, report_data=report_data,
-                          drift_data=drift_data)
+                          drift_data=drift_data, cam=cam, tta=tta)
     except ExportError as exc:
         failed_parity = getattr(exc, "parity", None)
         failed_report = getattr(exc, "report", None)
@@ -227,11 +235,16 @@ def export(
                                  "exporter": res.exporter, "precision": res.precision,
                                  "size_bytes": res.size_bytes},
                     "parity": res.parity.as_dict(),
-                    "precision": res.report.as_dict() if res.report else None})
+                    "precision": res.report.as_dict() if res.report else None,
+                    "maps": res.map_check.as_dict() if res.map_check else None})
         return EXIT_OK
     print_parity(res.parity)
     if res.report is not None:
         print_precision(res.report)
+    if res.map_check is not None:
+        note(res.map_check.line())
+    if res.spec.tta != "none" or "cam" in res.spec.outputs:
+        note(f"outputs {', '.join(res.spec.outputs)}; test-time symmetries {res.spec.tta}")
     if res.opset != opset:
         note(f"asked for opset {opset}; the exporter produced opset {res.opset}")
     note(f"from {res.checkpoint} ({res.spec.architecture}, {res.spec.input_size} px, "
@@ -312,6 +325,12 @@ def print_parity(res: ParityResult) -> None:
         ("label flips", str(len(res.label_flips))),
         ("near the threshold", str(len(res.near_threshold))),
     ]
+    if res.cam is not None:
+        c = res.cam
+        rows.append(("cam output", f"{'[green]pass[/green]' if c.passed else '[red]FAIL[/red]'} "
+                     f"({'x'.join(map(str, c.shape))}; ONNX vs oracle max {c.onnx_error:.3g}, "
+                     f"fp32 vs oracle {c.fp32_error:.3g}, worst {c.worst_ratio:.3g}x its "
+                     f"bound, largest |map| {c.max_abs:.3g})"))
     if res.tf32:
         rows.append(("TF32", res.tf32))
     rows.append(("time", f"{res.seconds:.1f} s (float64 oracle {res.oracle_seconds:.1f} s)"))

@@ -35,6 +35,7 @@ from leukoedge.spec import SPEC_KEY, ModelSpec
 
 from . import checkpoint as ckpt_io
 from . import parity
+from .cam import MapCheck
 from .precision import PrecisionReport
 
 EXPORTERS = ("dynamo", "legacy")
@@ -54,6 +55,7 @@ class ExportResult:
     parity: parity.ParityResult
     precision: str = "fp32"
     report: PrecisionReport | None = None  # fp16/int8: agreement with the fp32 export
+    map_check: MapCheck | None = None  # fp16/int8 with --cam: the maps against fp32's
 
 
 def default_out(ckpt_path: Path) -> Path:
@@ -142,7 +144,8 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
                 overwrite: bool = False, parity_batch: int = 16, precision: str = "fp32",
                 calibration: Path | None = None, report_data: Path | None = None,
                 report_images: int | None = None,
-                drift_data: Sequence[Path] | None = None) -> ExportResult:
+                drift_data: Sequence[Path] | None = None, cam: bool = False,
+                tta: int = 1) -> ExportResult:
     """Export a run's best checkpoint (or the one named) and check it; see module doc.
 
     ``precision`` fp16/int8: the fp32 export (parity-checked against PyTorch) is converted
@@ -152,6 +155,13 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
     ``drift_data`` (the model's training cells): the graph gets a second output,
     ``features``, checked against PyTorch, and the spec the drift statistics of those cells
     (:mod:`.drift_fit`), computed with the fp32 graph (fp32, fp16) or the int8 graph.
+
+    ``cam``: a further output, ``cam`` ``[N, h, w]``, the ALL logit's class activation map
+    (:mod:`.cam`); ``tta`` 2/4/8: the graph averages the model over that many symmetries of
+    the input (spec ``tta``: d1/c4/d4). Both are checked by parity against the same
+    computation in PyTorch (float64 oracle), the map like the logit. fp16/int8 convert the
+    map's branch too, and check it on its own against the fp32 export's maps
+    (:func:`.cam.compare_maps`; refused below a median correlation of 0.95).
     """
     if precision not in PRECISIONS:
         raise UsageError(f"--precision {precision!r} is unknown",
@@ -161,6 +171,9 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
                          f"choose {' or '.join(EXPORTERS)}")
     if not 7 <= opset <= 23:
         raise UsageError(f"--opset {opset} is out of range", "use 17..21; default 18")
+    from . import cam as cam_mod
+
+    tta_name = cam_mod.tta_name(tta)
     ckpt_path = ckpt_io.resolve(target)
     out = out or default_out(ckpt_path)
     if out.is_dir():
@@ -179,6 +192,11 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
         pixels = drift_fit.training_pixels(drift_data, spec)  # before any work: bad data
         graph_model = WithFeatures(model).eval()
         spec = spec.with_updates(outputs=("logit", "features"))
+    reference: torch.nn.Module = model  # what parity's float64 oracle runs
+    if cam or tta_name != "none":
+        in_graph = cam_mod.InGraph(model, cam=cam, features=bool(drift_data), tta=tta_name)
+        graph_model = reference = in_graph.eval()
+        spec = spec.with_updates(outputs=in_graph.outputs, tta=tta_name)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -186,7 +204,7 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
         final = work / out.name
         _torch_export(graph_model, spec.input_size, raw, opset, exporter)
         got_opset = _finish(raw, spec, final)
-        result = parity.check(final, model, spec, parity_data, parity_batch)
+        result = parity.check(final, reference, spec, parity_data, parity_batch)
         if not result.passed:
             which = result.failures or result.label_flips
             exc = ParityError(f"export rejected, {result.summary()}; differing: "
@@ -202,14 +220,18 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
             spec = drift_fit.with_stats(spec, drift_fit.fit(final, pixels))
             embed_spec(final, spec)
         report = None
+        map_check = None
         if precision != "fp32":
             from . import precision as prec
 
             fp32 = final.rename(work / "fp32.onnx")
             report = prec.convert(precision, fp32, final, spec, ckpt, calibration,
                                   report_data, report_images or prec.REPORT_IMAGES,
-                                  model=model)
+                                  model=reference)
             _gate(report)
+            if cam:
+                map_check = cam_mod.compare_maps(fp32, final, spec, parity_data)
+                cam_mod.require(map_check)
             if pixels is not None and precision == "int8":
                 # int8 features are not the fp32 graph's (measured: median score x1.5):
                 # the statistics are fitted again, with the int8 graph itself
@@ -225,7 +247,7 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ExportResult(out, ckpt_path, spec, got_opset, exporter, size, result, precision,
-                        report)
+                        report, map_check)
 
 
 def _gate(report: PrecisionReport) -> None:

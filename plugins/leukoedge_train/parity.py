@@ -98,6 +98,7 @@ class ParityResult:
     floor: float = FLOOR
     provider: str = "cpu"  # where the ONNX side ran
     tf32: str | None = None  # GPU providers: what was done about TF32
+    cam: MapParity | None = None  # the heatmap output, judged the same way (if any)
 
     @property
     def max_abs_diff(self) -> float:
@@ -113,7 +114,10 @@ class ParityResult:
         return (f"parity {verdict}: {self.images} images ({self.source}), batches "
                 f"{'/'.join(map(str, self.batch_sizes))}, |onnx - f64| {self.onnx_error:.3g} "
                 f"= {self.worst_ratio:.3g}x the bound (fp32 vs f64 {self.fp32_error:.3g}, "
-                f"bound max({self.k:g}x that, {self.floor:g}*(1+|logit|)))")
+                f"bound max({self.k:g}x that, {self.floor:g}*(1+|logit|)))"
+                + ("" if self.cam is None else
+                   f"; cam {'x'.join(map(str, self.cam.shape))} |onnx - f64| "
+                   f"{self.cam.onnx_error:.3g} = {self.cam.worst_ratio:.3g}x its bound"))
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (a non-finite error, from a NaN logit, becomes null)."""
@@ -136,6 +140,7 @@ class ParityResult:
                       for w in self.worst],
             "outside_bound": self.failures, "label_flips": self.label_flips,
             "near_threshold": self.near_threshold, "skipped": self.skipped,
+            "cam": None if self.cam is None else self.cam.as_dict(),
         })
 
 
@@ -187,12 +192,23 @@ def _synthetic(spec: ModelSpec, n: int) -> tuple[np.ndarray, list[str], str, lis
     return x, names, "synthetic", []
 
 
-def _run(model: torch.nn.Module, x: np.ndarray, batch: int) -> np.ndarray:
-    out = []
+def _run_all(model: torch.nn.Module, x: np.ndarray, batch: int) -> list[np.ndarray]:
+    """Every output of ``model`` over ``x`` (a model may return a tuple: logit first, then
+    the further outputs its ``outputs`` attribute names), as float64 arrays."""
+    parts: list[list[np.ndarray]] = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            out.append(model(torch.from_numpy(x[i:i + batch])).double().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+            got = model(torch.from_numpy(x[i:i + batch]))
+            got = got if isinstance(got, tuple) else (got,)
+            if not parts:
+                parts = [[] for _ in got]
+            for k, t in enumerate(got):
+                parts[k].append(t.double().numpy())
+    return [np.concatenate(p) for p in parts] if parts else [np.zeros(0)]
+
+
+def _run(model: torch.nn.Module, x: np.ndarray, batch: int) -> np.ndarray:
+    return _run_all(model, x, batch)[0]
 
 
 def torch_logits(model: torch.nn.Module, x: np.ndarray, batch: int) -> np.ndarray:
@@ -220,28 +236,93 @@ class Runs:
     oracle_seconds: float
     provider: str
     tf32: str | None
+    #: the heatmap output ``cam`` of the three runs, when the model has one:
+    #: oracle [n, h, w], fp32 and onnx [batch sizes, n, h, w]
+    maps: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
 
 def run_all(onnx_path: Path, model: torch.nn.Module, x: np.ndarray, batch: int = 16,
             provider: str = "cpu") -> Runs:
+    """``model`` may return several outputs (:class:`.cam.InGraph`); the logit is
+    compared, and the ``cam`` output too when the model names one."""
     torch.set_num_threads(cores())
     sizes = tuple(sorted({1, batch}))
+    names: tuple[str, ...] = getattr(model, "outputs", ("logit",))
+    ci = names.index("cam") if "cam" in names else None
     t0 = time.perf_counter()
-    oracle = oracle_logits(model, x, batch)
+    m64 = copy.deepcopy(model).to("cpu").double().eval()
+    try:
+        oracle_all = _run_all(m64, x, batch)
+    finally:
+        del m64
+    oracle = oracle_all[0]
     oracle_s = time.perf_counter() - t0
-    fp32 = np.stack([torch_logits(model, x, bs) for bs in sizes])
+    model = model.eval().to("cpu").float()
+    fp32_all = [_run_all(model, x, bs) for bs in sizes]
+    fp32 = np.stack([f[0] for f in fp32_all])
     cfg = SessionConfig(provider=provider, cuda_tf32=False)
     m = load_model(onnx_path, cfg)
-    onnx = np.stack([
-        np.concatenate([m.logits(x[i:i + bs]) for i in range(0, len(x), bs)]).astype(np.float64)
-        for bs in sizes])
+    want = ("logit", "cam") if ci is not None else ("logit",)
+    onnx_all = []
+    for bs in sizes:
+        got = [m.run(x[i:i + bs], want) for i in range(0, len(x), bs)]
+        onnx_all.append({n: np.concatenate([np.asarray(g[n], np.float64) for g in got])
+                         for n in want})
+    onnx = np.stack([o["logit"].reshape(len(x)) for o in onnx_all])
+    maps = None
+    if ci is not None:
+        maps = (oracle_all[ci], np.stack([f[ci] for f in fp32_all]),
+                np.stack([o["cam"] for o in onnx_all]))
     tf32 = None
     if m.provider == "cuda":
         tf32 = "off (CUDA provider use_tf32=0)"
     elif m.provider == "tensorrt":
         tf32 = ("off for nodes on CUDA (use_tf32=0); TensorRT's own kernels use its "
                 "default, which allows TF32")
-    return Runs(oracle, fp32, onnx, sizes, oracle_s, m.provider, tf32)
+    return Runs(oracle, fp32, onnx, sizes, oracle_s, m.provider, tf32, maps)
+
+
+@dataclass
+class MapParity:
+    """The ``cam`` output judged like the logit: per image, its largest element error
+    against the oracle within ``max(K * fp32's largest map error, FLOOR * (1 + the
+    image's largest |map value|))``."""
+
+    shape: tuple[int, ...]  # of one image's map
+    fp32_error: float
+    onnx_error: float
+    worst_ratio: float
+    bound_min: float
+    bound_max: float
+    max_abs: float  # the oracle maps' largest |value|
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "fp32_vs_oracle": self.fp32_error,
+                "onnx_vs_oracle": self.onnx_error, "worst_ratio": self.worst_ratio,
+                "bound": {"min": self.bound_min, "max": self.bound_max},
+                "max_abs": self.max_abs, "passed": self.passed,
+                "outside_bound": self.failures}
+
+
+def judge_maps(oracle: np.ndarray, fp32: np.ndarray, onnx: np.ndarray, names: list[str],
+               k: float = K, floor: float = FLOOR) -> MapParity:
+    """``oracle`` [n, h, w]; ``fp32``, ``onnx`` [batch sizes, n, h, w]."""
+    if onnx.shape != fp32.shape or not np.isfinite(oracle).all():
+        return MapParity(tuple(onnx.shape[2:]), float("nan"), float("inf"), float("inf"),
+                         0.0, 0.0, float("nan"), False, list(names))
+    n = oracle.shape[0]
+    fp32_err = float(np.abs(fp32 - oracle).max()) if n else 0.0
+    err = np.abs(onnx - oracle).reshape(onnx.shape[0], n, -1).max(axis=(0, 2))
+    err[~np.isfinite(err)] = np.inf
+    scale = np.abs(oracle).reshape(n, -1).max(axis=1)
+    bound = np.maximum(k * fp32_err, floor * (1.0 + scale))
+    ratio = err / bound
+    return MapParity(tuple(oracle.shape[1:]), fp32_err, float(err.max()),
+                     float(ratio.max()), float(bound.min()), float(bound.max()),
+                     float(scale.max()), bool((err <= bound).all()),
+                     [names[i] for i in np.flatnonzero(err > bound)])
 
 
 def judge(runs: Runs, names: list[str], threshold: float, k: float = K,
@@ -289,6 +370,11 @@ def check(onnx_path: Path, model: torch.nn.Module, spec: ModelSpec,
     x, names, source, skipped, available = images_for(spec, data, limit)
     runs = run_all(onnx_path, model, x, batch, provider)
     verdict = judge(runs, names, spec.logit_threshold)
+    if runs.maps is not None:
+        verdict["cam"] = judge_maps(*runs.maps, names)
+        verdict["passed"] = verdict["passed"] and verdict["cam"].passed
+        verdict["failures"] += [f for f in verdict["cam"].failures
+                                if f not in verdict["failures"]]
     return ParityResult(
         model=onnx_path, images=len(x), source=source, batch_sizes=runs.batch_sizes,
         seconds=time.perf_counter() - t0, oracle_seconds=runs.oracle_seconds,
