@@ -193,6 +193,20 @@ def _one_line(exc: BaseException) -> str:
     return text[:300]
 
 
+def tally(stats: RunStats, rows: Iterable[Row], positive: str) -> None:
+    """Count written rows into ``stats`` (every engine's summary comes from here)."""
+    for row in rows:
+        stats.files += 1
+        if row.error:
+            stats.errors += 1
+            if len(stats.error_examples) < 5:
+                stats.error_examples.append(row.error)
+        elif row.label == positive:
+            stats.positives += 1
+        if row.drift is not None:
+            stats.drift.append((row.patient, row.drift))
+
+
 def classify_files(
     model: Model,
     items: Iterable[Item],
@@ -218,17 +232,9 @@ def classify_files(
             yield it
 
     def on_batch(preds: list[Prediction]) -> None:
-        writer.write([p.row for p in preds])  # type: ignore[attr-defined]
-        for p in preds:
-            stats.files += 1
-            if p.row.error:
-                stats.errors += 1
-                if len(stats.error_examples) < 5:
-                    stats.error_examples.append(p.row.error)
-            elif p.row.label == model.spec.positive:
-                stats.positives += 1
-            if p.row.drift is not None:
-                stats.drift.append((p.row.patient, p.row.drift))
+        rows = [p.row for p in preds]
+        writer.write(rows)  # type: ignore[attr-defined]
+        tally(stats, rows, model.spec.positive)
         if progress is not None:
             progress(len(preds))
 

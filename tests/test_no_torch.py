@@ -1,4 +1,5 @@
-"""The runtime never imports torch: run the CLI with a poisoned ``torch`` first on the path."""
+"""The runtime never imports torch: run the CLI with a poisoned ``torch`` first on the path.
+Ray (the scale extra) is poisoned too: only ``classify --engine ray`` may import it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 @pytest.fixture()
 def poisoned_env(tmp_path: Path) -> dict[str, str]:
     poison = tmp_path / "poison"
-    for name in ("torch", "torchvision"):
+    for name in ("torch", "torchvision", "ray", "pyarrow"):
         (poison / name).mkdir(parents=True)
         (poison / name / "__init__.py").write_text(
             "import os, pathlib\n"
@@ -46,7 +47,7 @@ def test_runtime_commands_never_import_torch(poisoned_env: dict[str, str], tmp_p
     assert r.returncode == 0, r.stderr
     assert not mark.exists(), mark.read_text() if mark.exists() else ""
     code = "import leukoedge, leukoedge.cli, sys; leukoedge.cli.assemble(); " \
-           "print('torch' in sys.modules)"
+           "print(any(m in sys.modules for m in ('torch', 'ray', 'pyarrow')))"
     r = subprocess.run([sys.executable, "-c", code], env=poisoned_env, capture_output=True,
                        text=True, timeout=60)
     assert r.stdout.strip() == "False", r.stderr
@@ -149,3 +150,19 @@ def test_without_torch_demo_runs_its_torch_free_part_and_bench_names_the_extra(
     assert "needs torch, which is not installed" in said and "leukoedge[train" in said
     assert "Traceback" not in r.stderr and "onnxruntime, batch" not in r.stdout
     assert not (tmp_path / "b.json").exists()
+
+
+def test_ray_and_pyarrow_are_imported_by_their_engine_modules_only() -> None:
+    """The scale extra's packages appear in leukoedge/engines/ and nowhere else."""
+    allowed = {"ray": RUNTIME / "engines" / "ray_engine.py",
+               "pyarrow": RUNTIME / "engines" / "parts.py"}
+    found: dict[str, set[Path]] = {name: set() for name in allowed}
+    for f in sorted(RUNTIME.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"), str(f))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0
+                     and node.module else [])
+            for n in names:
+                if n.split(".")[0] in found:
+                    found[n.split(".")[0]].add(f)
+    assert found == {name: {path} for name, path in allowed.items()}

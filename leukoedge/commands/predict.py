@@ -18,6 +18,7 @@ from .common import open_model, progress_bar
 # that ``leukoedge --help`` stays fast (docs/performance.md).
 if TYPE_CHECKING:
     from ..classify import Prediction, RunStats
+    from ..engines.parts import PartWriter
     from ..evaluate import Report
     from ..session import Model
     from ..spec import ModelSpec
@@ -36,7 +37,41 @@ from .options import (
 OutOpt = Annotated[Path, typer.Option(
     "--out", "-o", help="Result file: .csv, or .jsonl for JSON Lines.")]
 FormatOpt = Annotated[str | None, typer.Option(
-    "--format", help="csv or jsonl (default: from the --out extension).", show_default=False)]
+    "--format", help="csv or jsonl (default: from the --out extension); parquet: --out is a "
+    "folder of part files (the scale extra).", show_default=False)]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="local (this process) or ray (a Ray cluster; the scale extra).")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    "--ray-address", help="With --engine ray: 'auto' or the cluster's address (default: a "
+    "local cluster on this machine).", show_default=False)]
+ActorsOpt = Annotated[int | None, typer.Option(
+    "--actors", min=1, help="With --engine ray: model actors (default: one per node, or one "
+    "per --gpus-per-actor GPUs).", show_default=False)]
+GpusPerActorOpt = Annotated[float, typer.Option(
+    "--gpus-per-actor", min=0.0, help="With --engine ray: GPUs reserved by each actor.")]
+
+
+def check_engine(engine: str, address: str | None, actors: int | None, gpus: float) -> None:
+    from ..errors import UsageError
+
+    if engine not in ("local", "ray"):
+        raise UsageError(f"unknown engine {engine!r}", "choose local or ray")
+    if engine != "ray" and (address is not None or actors is not None or gpus):
+        raise UsageError("--ray-address, --actors and --gpus-per-actor need --engine ray")
+    if engine == "ray":  # a missing extra is said before anything is written
+        from ..engines.ray_engine import import_ray
+
+        import_ray()
+
+
+def open_writer(out_file: Path, fmt: str | None, resume: bool,
+                overwrite: bool) -> ResultWriter | PartWriter:
+    """CSV/JSON Lines into one file, or Parquet part files into a folder (--format parquet)."""
+    if fmt == "parquet":
+        from ..engines.parts import PartWriter
+
+        return PartWriter(out_file, resume=resume, overwrite=overwrite)
+    return ResultWriter(out_file, fmt, resume=resume, overwrite=overwrite)
 
 
 def classify(
@@ -58,11 +93,16 @@ def classify(
         "--cam", help="Write each image's heatmap overlay (PNG, original size) under this "
         "folder, mirroring the inputs' paths; the row's 'heatmap' names it. Needs a model "
         "exported with --cam.", show_default=False)] = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
+    gpus_per_actor: GpusPerActorOpt = 0.0,
 ) -> int:
     """Classify every image under PATHS as ALL or HEM; rows go to --out as they come."""
     from ..classify import classify_files
     from ..data import collect
 
+    check_engine(engine, ray_address, actors, gpus_per_actor)
     items = collect(paths, labels)
     check_output_location(out_file, paths)
     m = open_model(model, provider, threads, threshold)
@@ -78,14 +118,22 @@ def classify(
         overlays = OverlayWriter(cam, paths, m.spec.crop_fraction, overwrite or resume)
         if not (resume or overwrite):
             overlays.refuse_existing(it.path for it in items)
-    with ResultWriter(out_file, fmt, resume=resume, overwrite=overwrite) as writer:
+    with open_writer(out_file, fmt, resume, overwrite) as writer:
         if resume and writer.done:
             note(f"resuming {out_file}: {len(writer.done)} rows already there")
         todo = len(items)
         if writer.done:
             todo -= sum(1 for it in items if escape_path(it.path) in writer.done)
         with progress_bar(todo, "classify") as advance:
-            stats = classify_files(m, items, writer, batch_size, workers, advance, overlays)
+            if engine == "ray":
+                from ..engines.ray_engine import RayOptions, classify_ray
+
+                stats = classify_ray(m, items, writer, batch_size, workers, advance,
+                                     RayOptions(ray_address, actors, gpus_per_actor),
+                                     threads, overlays)
+            else:
+                stats = classify_files(m, items, writer, batch_size, workers, advance,
+                                       overlays)
     _summary(stats, m, out_file, len(items))
     _drift(stats, writer.previous_rows, m)
     return EXIT_SOME_FAILED if stats.errors else EXIT_OK
