@@ -44,7 +44,7 @@ from leukoedge import drift
 from leukoedge.data import collect
 from leukoedge.preprocess import cell_colour
 
-THRESHOLDS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0)
+THRESHOLDS = (0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0)
 KNN = 5
 RANK = 16
 
@@ -107,76 +107,24 @@ def scores_for_fold(colour: np.ndarray, feats: np.ndarray, logits: np.ndarray,
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", nargs="+", type=Path)
-    ap.add_argument("--folds", type=Path, default=Path("docs/cv/folds.csv"))
-    ap.add_argument("--runs", type=Path, default=Path("cv-runs/full-gap"))
-    ap.add_argument("--checkpoint", default="last.pt")
-    ap.add_argument("--json", type=Path, default=None, help="write every figure here")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+def read_logits(path: Path) -> dict[str, float]:
+    """An out-of-fold file's logits by file name."""
+    with open(path, newline="") as fh:
+        return {Path(r["path"]).name: float(r["logit"]) for r in csv.DictReader(fh)}
 
-    folds = read_folds(args.folds)
-    items = [it for it in collect(list(args.data)) if it.label is not None]
-    fold_of = np.array([folds.get(it.patient or "", -1) for it in items])
-    patients = np.array([it.patient or "" for it in items])
-    truth = np.array([int(it.label or 0) for it in items])
-    ks = sorted({f for f in folds.values()
-                 if (args.runs / f"fold-{f}" / args.checkpoint).is_file()})
-    if not ks:
-        print(f"no fold model under {args.runs}/fold-*/{args.checkpoint}", file=sys.stderr)
-        return 2
-    pixels: np.ndarray | None = None
-    colour: np.ndarray | None = None
-    per_cell: dict[str, list[np.ndarray]] = {}
-    held_idx: list[np.ndarray] = []
-    held_logits: list[np.ndarray] = []
-    oof_check: dict[int, float] = {}
-    for k in ks:
-        ckpt = ckpt_io.load(args.runs / f"fold-{k}" / args.checkpoint)
-        spec = ckpt_io.spec_of(ckpt)
-        if pixels is None:
-            loaded = load_images(items, spec.input_size, spec.crop_fraction,
-                                 spec.interpolation)
-            if loaded.skipped:
-                print(f"unreadable: {loaded.skipped[0]}", file=sys.stderr)
-                return 2
-            pixels = loaded.pixels
-            colour = cell_colour(pixels)
-        assert colour is not None
-        model = WithFeatures(ckpt_io.model_of(ckpt)).eval()
-        logits, feats = forward(model, pixels)
-        train = np.flatnonzero((fold_of != k) & (fold_of >= 0))
-        held = np.flatnonzero(fold_of == k)
-        for name, s in scores_for_fold(colour, feats, logits, train, held).items():
-            per_cell.setdefault(name, []).append(s)
-        held_idx.append(held)
-        held_logits.append(logits[held] >= spec.logit_threshold)
-        oof = args.runs / f"oof-fold-{k}.csv"
-        if oof.is_file():  # the cv run's own out-of-fold logits: the same model's
-            with open(oof, newline="") as fh:
-                ref = {r["path"]: float(r["logit"]) for r in csv.DictReader(fh)}
-            mine = {Path(items[i].path).name: float(logits[i]) for i in held}
-            diffs = [abs(mine[Path(p).name] - z) for p, z in ref.items()
-                     if Path(p).name in mine]
-            oof_check[k] = max(diffs) if diffs else float("nan")
-        print(f"fold {k}: {len(train)} training cells, {len(held)} held out "
-              f"({len(set(patients[held]))} patients)", file=sys.stderr)
 
-    idx = np.concatenate(held_idx)
-    pred = np.concatenate(held_logits).astype(int)
-    correct = pred == truth[idx]
-    pts = patients[idx]
+def analyse(per_cell: dict[str, np.ndarray], pts: np.ndarray, correct: np.ndarray,
+            klass_of: dict[str, int], title: str) -> dict[str, object]:
+    """Per patient: median score, share above 1, accuracy; Spearman, flags; printed."""
     names = sorted(set(pts))
     acc = np.array([correct[pts == p].mean() for p in names])
     cells = np.array([(pts == p).sum() for p in names])
-    klass = np.array([int(truth[idx][pts == p][0]) for p in names])  # 1 = ALL patient
-    result: dict[str, object] = {"folds": ks, "patients": len(names), "cells": int(len(idx)),
-                                 "oof_max_abs_logit_difference": oof_check, "scores": {}}
+    klass = np.array([klass_of[p] for p in names])  # 1 = ALL patient
+    wrong = int((acc < 0.5).sum())
+    result: dict[str, object] = {"patients": len(names), "cells": int(len(pts)),
+                                 "patients_mostly_wrong": wrong, "scores": {}}
     rows = []
-    for name, parts in per_cell.items():
-        s = np.concatenate(parts)
+    for name, s in per_cell.items():
         med = np.array([np.median(s[pts == p]) for p in names])
         share = np.array([(s[pts == p] > 1.0).mean() for p in names])
         rho, pval = sstats.spearmanr(med, acc)
@@ -191,32 +139,28 @@ def main(argv: list[str] | None = None) -> int:
         flags = {}
         for t in THRESHOLDS:
             f = med > t
+            fl = np.isin(pts, np.array(names)[f])
             flags[str(t)] = {
                 "flagged": int(f.sum()),
                 "acc_flagged": float(acc[f].mean()) if f.any() else None,
                 "acc_unflagged": float(acc[~f].mean()) if (~f).any() else None,
-                "cell_acc_flagged": float(correct[np.isin(pts, np.array(names)[f])].mean())
-                if f.any() else None,
-                "cell_acc_unflagged": float(correct[np.isin(pts, np.array(names)[~f])].mean())
-                if (~f).any() else None,
+                "cell_acc_flagged": float(correct[fl].mean()) if fl.any() else None,
+                "cell_acc_unflagged": float(correct[~fl].mean()) if (~fl).any() else None,
                 "wrong_flagged": int(((acc < 0.5) & f).sum()),
             }
         result["scores"][name] = {  # type: ignore[index]
             "spearman_median": float(rho), "p_median": float(pval),
             "spearman_share": float(rho_s), "p_share": float(pval_s),
-            "by_class": by_class,
-            "held_out_cells_above_1": float((s > 1.0).mean()),
+            "by_class": by_class, "held_out_cells_above_1": float((s > 1.0).mean()),
             "flags": flags,
             "per_patient": {p: {"median": float(m), "share_above": float(sh),
-                                "accuracy": float(a), "cells": int(c)}
-                            for p, m, sh, a, c in zip(names, med, share, acc, cells)},
+                                "accuracy": float(a), "cells": int(c), "all": int(k)}
+                            for p, m, sh, a, c, k in zip(names, med, share, acc, cells, klass)},
         }
         rows.append((name, rho, pval, rho_s, pval_s, float((s > 1.0).mean()), by_class))
-    wrong = int((acc < 0.5).sum())
-    result["patients_mostly_wrong"] = wrong
-    print(f"\n{len(names)} held-out patients ({len(idx)} cells) in folds {ks}; "
-          f"{wrong} patients with accuracy < 0.5\n")
     n_all, n_hem = int(klass.sum()), int((1 - klass).sum())
+    print(f"\n### {title}\n\n{len(names)} held-out patients ({len(pts)} cells); {wrong} "
+          "with accuracy < 0.5\n")
     print("| score | Spearman (median, accuracy) | p | Spearman (share > 1, accuracy) | p "
           f"| held-out cells > 1 | within ALL patients ({n_all}) | within HEM patients "
           f"({n_hem}) |")
@@ -235,6 +179,108 @@ def main(argv: list[str] | None = None) -> int:
             af = "-" if f["acc_flagged"] is None else f"{f['acc_flagged']:.3f}"
             au = "-" if f["acc_unflagged"] is None else f"{f['acc_unflagged']:.3f}"
             print(f"| {name} | {t} | {f['flagged']} | {af} | {au} | {f['wrong_flagged']} |")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data", nargs="+", type=Path)
+    ap.add_argument("--folds", type=Path, default=Path("docs/cv/folds.csv"))
+    ap.add_argument("--runs", type=Path, default=Path("cv-runs/full-gap"))
+    ap.add_argument("--checkpoint", default="last.pt")
+    ap.add_argument("--oof", type=Path, default=Path("docs/cv/full/gap-oof.csv"),
+                    help="out-of-fold logits for the folds whose run has none yet "
+                         "(colour-only scores need no model)")
+    ap.add_argument("--json", type=Path, default=None, help="write every figure here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+
+    folds = read_folds(args.folds)
+    items = [it for it in collect(list(args.data)) if it.label is not None]
+    fold_of = np.array([folds.get(it.patient or "", -1) for it in items])
+    patients = np.array([it.patient or "" for it in items])
+    truth = np.array([int(it.label or 0) for it in items])
+    names = [Path(it.path).name for it in items]
+    klass_of = {str(p): int(t) for p, t in zip(patients, truth)}
+    # a fold is done when its out-of-fold file exists (written after its last epoch;
+    # last.pt is rewritten every epoch while the fold trains)
+    ks = sorted({f for f in folds.values()
+                 if (args.runs / f"fold-{f}" / args.checkpoint).is_file()
+                 and (args.runs / f"oof-fold-{f}.csv").is_file()})
+    pooled_oof = read_logits(args.oof) if args.oof.is_file() else {}
+    first = ckpt_io.load(args.runs / f"fold-{ks[0]}" / args.checkpoint) if ks else None
+    spec = ckpt_io.spec_of(first) if first is not None else None
+    if spec is None:
+        from leukoedge_train.recipes import get_recipe  # its preprocessing, no model
+
+        r = get_recipe("gap")
+        size, crop = int(r.settings.get("input_size", 96)), float(
+            r.settings.get("crop_fraction", 1.0))
+        interp = "bilinear"
+    else:
+        size, crop, interp = spec.input_size, spec.crop_fraction, spec.interpolation
+    loaded = load_images(items, size, crop, interp)
+    if loaded.skipped:
+        print(f"unreadable: {loaded.skipped[0]}", file=sys.stderr)
+        return 2
+    pixels = loaded.pixels
+    colour = cell_colour(pixels)
+
+    model_scores: dict[str, list[np.ndarray]] = {}
+    model_idx: list[np.ndarray] = []
+    model_correct: list[np.ndarray] = []
+    colour_scores: list[np.ndarray] = []
+    colour_idx: list[np.ndarray] = []
+    colour_correct: list[np.ndarray] = []
+    oof_check: dict[int, float] = {}
+    for k in sorted(set(folds.values())):
+        train = np.flatnonzero((fold_of != k) & (fold_of >= 0))
+        held = np.flatnonzero(fold_of == k)
+        if k in ks:
+            ckpt = ckpt_io.load(args.runs / f"fold-{k}" / args.checkpoint)
+            threshold = ckpt_io.spec_of(ckpt).logit_threshold
+            model = WithFeatures(ckpt_io.model_of(ckpt)).eval()
+            logits, feats = forward(model, pixels)
+            ref = read_logits(args.runs / f"oof-fold-{k}.csv")
+            diffs = [abs(float(logits[i]) - ref[names[i]]) for i in held if names[i] in ref]
+            oof_check[k] = max(diffs) if diffs else float("nan")
+            for name, s in scores_for_fold(colour, feats, logits, train, held).items():
+                model_scores.setdefault(name, []).append(s)
+            ok = (logits[held] >= threshold) == truth[held].astype(bool)
+            model_idx.append(held)
+            model_correct.append(ok)
+            src = "its model"
+        else:
+            missing = [names[i] for i in held if names[i] not in pooled_oof]
+            if missing:
+                print(f"fold {k}: no model and {len(missing)} cells without logits in "
+                      f"{args.oof}; left out", file=sys.stderr)
+                continue
+            z = np.array([pooled_oof[names[i]] for i in held])
+            ok = (z >= 0.0) == truth[held].astype(bool)  # threshold 0.5: logit 0
+            src = f"{args.oof} (no model yet: colour only)"
+        st = drift.fit(colour[train], {}, max_rank=RANK)
+        colour_scores.append(st.score(colour[held], {}))
+        colour_idx.append(held)
+        colour_correct.append(ok)
+        print(f"fold {k}: {len(train)} training cells, {len(held)} held out "
+              f"({len(set(patients[held]))} patients), accuracy from {src}", file=sys.stderr)
+
+    result: dict[str, object] = {"folds_with_models": ks,
+                                 "oof_max_abs_logit_difference": oof_check}
+    if ks:
+        idx = np.concatenate(model_idx)
+        result["with_models"] = analyse(
+            {n: np.concatenate(v) for n, v in model_scores.items()}, patients[idx],
+            np.concatenate(model_correct), klass_of,
+            f"Every score, folds {ks} (the folds whose model is trained)")
+    idx = np.concatenate(colour_idx)
+    result["colour_all_folds"] = analyse(
+        {"colour (Mahalanobis)": np.concatenate(colour_scores)}, patients[idx],
+        np.concatenate(colour_correct), klass_of,
+        "Colour only (needs no model), every fold")
+    print(f"\nlogits of the fold models vs their out-of-fold files: max |difference| "
+          f"{oof_check}", file=sys.stderr)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")

@@ -76,12 +76,13 @@ def fit(onnx_path: Path, x: np.ndarray, components: Sequence[str] = COMPONENTS,
 
 
 def check_features(onnx_path: Path, model: torch.nn.Module, x: np.ndarray) -> FeatureCheck:
-    """The graph's features output against PyTorch fp32 (``model`` returns (logit,
-    features)) on up to 64 cells."""
+    """The graph's features output against PyTorch fp32 (``model`` returns its
+    ``outputs``, ``features`` among them) on up to 64 cells."""
     x = x[np.linspace(0, len(x) - 1, min(64, len(x))).astype(int)]
     ours = run_graph(onnx_path, x, ("features",))["features"]
+    at = list(getattr(model, "outputs", ("logit", "features"))).index("features")
     with torch.no_grad():
-        ref = model.eval().float()(torch.from_numpy(x))[1].double().numpy()
+        ref = model.eval().float()(torch.from_numpy(x))[at].double().numpy()
     scale = max(float(np.abs(ref).max()), 1e-6)
     err = float(np.abs(ours - ref).max()) / scale if ours.shape == ref.shape else float("inf")
     return FeatureCheck(len(x), err, err <= FEATURE_TOLERANCE)
