@@ -1,7 +1,8 @@
 """Test-time symmetries (``export --tta``) on the real-cell patient folds (docs/accuracy.md).
 
 For each patient-grouped fold k (docs/cv/folds.csv) with a trained model
-(``RUNS/fold-k/last.pt``, from ``leukoedge cv run``): the model is exported twice with
+(``RUNS/fold-k/last.pt``, from ``leukoedge cv run``; a fold counts once its
+``RUNS/oof-fold-k.csv`` exists, i.e. training finished): the model is exported twice with
 ``leukoedge export``'s own function (parity-checked, on synthetic cells), without and with
 ``--tta`` (each count given), and each ONNX file classifies the fold's held-out patients'
 cells through the runtime (``predict_stream``, the code ``classify`` runs). Pooled over the
@@ -55,8 +56,10 @@ def main() -> int:
 
     folds = read_folds(args.folds)
     items = [it for it in collect(args.data) if it.patient in folds and it.label is not None]
+    # a fold is finished when the cv harness has written its out-of-fold logits
     ks = sorted(k for k in set(folds.values())
-                if (args.runs / f"fold-{k}" / "last.pt").is_file())
+                if (args.runs / f"fold-{k}" / "last.pt").is_file()
+                and (args.runs / f"oof-fold-{k}.csv").is_file())
     if not ks:
         print(f"no fold model under {args.runs}", file=sys.stderr)
         return 1
