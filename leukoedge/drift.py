@@ -243,9 +243,14 @@ def fit_gaussian(x: np.ndarray, max_rank: int) -> Gaussian:
 
 def fit(colour: np.ndarray | None, outputs: Mapping[str, np.ndarray],
         combine: str = "max", max_rank: int = 16,
-        patient_flag: float = DEFAULT_PATIENT_FLAG) -> DriftStats:
+        patient_flag: float = DEFAULT_PATIENT_FLAG,
+        patients: Sequence[str | None] | None = None) -> DriftStats:
     """Statistics of the training cells: one component for ``colour`` (if given) and one
-    per named output; every scale from the training cells' own (rounded) distances."""
+    per named output; every scale from the training cells' own (rounded) distances.
+
+    ``patients`` (each training cell's patient): the patient flag becomes
+    :func:`patient_limit` of the training cells' scores, when there are enough patients;
+    else ``patient_flag``."""
     if combine not in COMBINES:
         raise ValueError(f"combine must be one of {COMBINES}")
     inputs: list[tuple[str, np.ndarray]] = []
@@ -266,8 +271,34 @@ def fit(colour: np.ndarray | None, outputs: Mapping[str, np.ndarray],
     first = DriftStats(tuple(comps), combine, 1.0, patient_flag, n)
     all_inputs = dict(inputs)
     raw = first.score(all_inputs.get(COLOUR), all_inputs)
-    stats = DriftStats(tuple(comps), combine, _r(q95(raw)), patient_flag, n)
+    scale = _r(q95(raw))
+    if patients is not None:
+        limit = patient_limit(raw / scale, patients)
+        patient_flag = _r(limit) if limit is not None else patient_flag
+    stats = DriftStats(tuple(comps), combine, scale, patient_flag, n)
     return parse(stats.to_json())  # exactly what a reader of the spec gets
+
+
+#: the patient flag is this quantile of the training patients' median scores
+PATIENT_QUANTILE = 0.9
+#: patients with fewer training cells do not count towards it (their median is noise)
+PATIENT_MIN_CELLS = 5
+
+
+def patient_limit(scores: np.ndarray, patients: Sequence[str | None],
+                  quantile: float = PATIENT_QUANTILE,
+                  min_cells: int = PATIENT_MIN_CELLS) -> float | None:
+    """The ``quantile`` of the training patients' median scores (patients with at least
+    ``min_cells`` cells), or None with fewer than 5 such patients: a patient whose median
+    exceeds it looks less like the training cells than 90 % of the training patients do."""
+    groups: dict[str, list[float]] = {}
+    for p, s in zip(patients, np.asarray(scores, dtype=np.float64)):
+        if p:
+            groups.setdefault(p, []).append(float(s))
+    meds = [float(np.median(v)) for v in groups.values() if len(v) >= min_cells]
+    if len(meds) < 5:
+        return None
+    return float(np.quantile(meds, quantile))
 
 
 def _rounded(g: Gaussian) -> Gaussian:

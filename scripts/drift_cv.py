@@ -82,29 +82,48 @@ def energy(z: np.ndarray) -> np.ndarray:
     return a + np.log1p(np.exp(-2 * a))
 
 
+Pair = tuple[np.ndarray, np.ndarray]  # scores of the held-out cells, of the training cells
+
+
+def fitted(colour: np.ndarray | None, outs: dict[str, np.ndarray], combine: str,
+           train: np.ndarray, held: np.ndarray) -> Pair:
+    """leukoedge.drift's score, fitted on ``train``: of the held-out and training cells."""
+    st = drift.fit(None if colour is None else colour[train],
+                   {k: v[train] for k, v in outs.items()}, combine=combine, max_rank=RANK)
+    return tuple(st.score(None if colour is None else colour[i],  # type: ignore[return-value]
+                          {k: v[i] for k, v in outs.items()}) for i in (held, train))
+
+
 def scores_for_fold(colour: np.ndarray, feats: np.ndarray, logits: np.ndarray,
-                    train: np.ndarray, held: np.ndarray) -> dict[str, np.ndarray]:
-    """Every candidate score of the held-out cells, each scaled by the training cells'
-    95th percentile."""
-    out: dict[str, np.ndarray] = {}
+                    train: np.ndarray, held: np.ndarray) -> dict[str, Pair]:
+    """Every candidate score of the held-out (and training) cells, each scaled by the
+    training cells' 95th percentile."""
+    f = {"features": feats}
+    out: dict[str, Pair] = {
+        "colour (Mahalanobis)": fitted(colour, {}, "max", train, held),
+        "features (Mahalanobis)": fitted(None, f, "max", train, held),
+        "colour + features (max)": fitted(colour, f, "max", train, held),
+        "colour + features (mean)": fitted(colour, f, "mean", train, held),
+    }
 
-    def fitted(name: str, c: np.ndarray | None, o: dict[str, np.ndarray], combine: str) -> None:
-        st = drift.fit(None if c is None else c[train], {k: v[train] for k, v in o.items()},
-                       combine=combine, max_rank=RANK)
-        out[name] = st.score(None if c is None else c[held], {k: v[held] for k, v in o.items()})
-
-    fitted("colour (Mahalanobis)", colour, {}, "max")
-    fitted("features (Mahalanobis)", None, {"features": feats}, "max")
-    fitted("colour + features (max)", colour, {"features": feats}, "max")
-    fitted("colour + features (mean)", colour, {"features": feats}, "mean")
     ref = knn_distance(feats[train], feats[train], KNN, self_=True)
-    out[f"features ({KNN}-NN)"] = knn_distance(feats[train], feats[held], KNN, False) / \
-        drift.q95(ref)
+    q = drift.q95(ref)
+    out[f"features ({KNN}-NN)"] = (knn_distance(feats[train], feats[held], KNN, False) / q,
+                                   ref / q)
     # energy is a confidence, not a distance: larger = less confident
     e_train = -energy(logits[train])
-    out["logit energy"] = (-energy(logits[held]) - np.min(e_train)) / \
-        (drift.q95(e_train - np.min(e_train)))
+    lo, q = float(np.min(e_train)), drift.q95(e_train - np.min(e_train))
+    out["logit energy"] = ((-energy(logits[held]) - lo) / q, (e_train - lo) / q)
     return out
+
+
+def train_limits(pair: Pair, patients: np.ndarray, train: np.ndarray) -> tuple[float, float]:
+    """The largest training patient's median score, and the flag ``export`` stores
+    (:func:`leukoedge.drift.patient_limit`: the 90th percentile of the training patients'
+    medians, patients with >= 5 cells)."""
+    meds = [float(np.median(pair[1][patients[train] == p])) for p in set(patients[train])]
+    limit = drift.patient_limit(pair[1], list(patients[train]))
+    return max(meds), float("inf") if limit is None else limit
 
 
 def read_logits(path: Path) -> dict[str, float]:
@@ -114,7 +133,8 @@ def read_logits(path: Path) -> dict[str, float]:
 
 
 def analyse(per_cell: dict[str, np.ndarray], pts: np.ndarray, correct: np.ndarray,
-            klass_of: dict[str, int], title: str) -> dict[str, object]:
+            klass_of: dict[str, int], title: str,
+            limits: dict[str, dict[str, tuple[float, float]]]) -> dict[str, object]:
     """Per patient: median score, share above 1, accuracy; Spearman, flags; printed."""
     names = sorted(set(pts))
     acc = np.array([correct[pts == p].mean() for p in names])
@@ -137,8 +157,13 @@ def analyse(per_cell: dict[str, np.ndarray], pts: np.ndarray, correct: np.ndarra
             by_class[cname] = {"patients": int(sel.sum()), "spearman": float(r_c),
                                "p": float(p_c)}
         flags = {}
-        for t in THRESHOLDS:
-            f = med > t
+        lim = limits[name]
+        rules: list[tuple[str, np.ndarray]] = [(str(t), med > t) for t in THRESHOLDS]
+        rules.append(("max of training patients' medians",
+                      np.array([m > lim[p][0] for m, p in zip(med, names)])))
+        rules.append(("90th pct of training patients' medians (shipped)",
+                      np.array([m > lim[p][1] for m, p in zip(med, names)])))
+        for t, f in rules:
             fl = np.isin(pts, np.array(names)[f])
             flags[str(t)] = {
                 "flagged": int(f.sum()),
@@ -233,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     colour_idx: list[np.ndarray] = []
     colour_correct: list[np.ndarray] = []
     oof_check: dict[int, float] = {}
+    model_limits: dict[str, dict[str, tuple[float, float]]] = {}
+    colour_limits: dict[str, tuple[float, float]] = {}
     for k in sorted(set(folds.values())):
         train = np.flatnonzero((fold_of != k) & (fold_of >= 0))
         held = np.flatnonzero(fold_of == k)
@@ -244,11 +271,16 @@ def main(argv: list[str] | None = None) -> int:
             ref = read_logits(args.runs / f"oof-fold-{k}.csv")
             diffs = [abs(float(logits[i]) - ref[names[i]]) for i in held if names[i] in ref]
             oof_check[k] = max(diffs) if diffs else float("nan")
-            for name, s in scores_for_fold(colour, feats, logits, train, held).items():
-                model_scores.setdefault(name, []).append(s)
+            fold_scores = scores_for_fold(colour, feats, logits, train, held)
+            for name, pair in fold_scores.items():
+                model_scores.setdefault(name, []).append(pair[0])
             ok = (logits[held] >= threshold) == truth[held].astype(bool)
             model_idx.append(held)
             model_correct.append(ok)
+            for name, pair in fold_scores.items():
+                lims = train_limits(pair, patients, train)
+                for p in set(patients[held]):
+                    model_limits.setdefault(name, {})[str(p)] = lims
             src = "its model"
         else:
             missing = [names[i] for i in held if names[i] not in pooled_oof]
@@ -259,8 +291,11 @@ def main(argv: list[str] | None = None) -> int:
             z = np.array([pooled_oof[names[i]] for i in held])
             ok = (z >= 0.0) == truth[held].astype(bool)  # threshold 0.5: logit 0
             src = f"{args.oof} (no model yet: colour only)"
-        st = drift.fit(colour[train], {}, max_rank=RANK)
-        colour_scores.append(st.score(colour[held], {}))
+        pair = fitted(colour, {}, "max", train, held)
+        colour_scores.append(pair[0])
+        lims = train_limits(pair, patients, train)
+        for p in set(patients[held]):
+            colour_limits[str(p)] = lims
         colour_idx.append(held)
         colour_correct.append(ok)
         print(f"fold {k}: {len(train)} training cells, {len(held)} held out "
@@ -273,12 +308,12 @@ def main(argv: list[str] | None = None) -> int:
         result["with_models"] = analyse(
             {n: np.concatenate(v) for n, v in model_scores.items()}, patients[idx],
             np.concatenate(model_correct), klass_of,
-            f"Every score, folds {ks} (the folds whose model is trained)")
+            f"Every score, folds {ks} (the folds whose model is trained)", model_limits)
     idx = np.concatenate(colour_idx)
     result["colour_all_folds"] = analyse(
         {"colour (Mahalanobis)": np.concatenate(colour_scores)}, patients[idx],
         np.concatenate(colour_correct), klass_of,
-        "Colour only (needs no model), every fold")
+        "Colour only (needs no model), every fold", {"colour (Mahalanobis)": colour_limits})
     print(f"\nlogits of the fold models vs their out-of-fold files: max |difference| "
           f"{oof_check}", file=sys.stderr)
     if args.json is not None:

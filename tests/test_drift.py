@@ -258,3 +258,17 @@ def test_info_describes_the_statistics_in_one_row(drift_model: Path) -> None:
         "colour statistics (6 values, 6 directions) and output 'features' (3 values, "
         "3 directions) of 43 training cells, combined by max; patients flagged above a "
         "median of 1")
+
+
+def test_the_patient_flag_is_the_90th_percentile_of_training_patients_medians() -> None:
+    rng = np.random.default_rng(3)
+    offsets = np.repeat(np.linspace(0, 2, 20), 30)  # 20 patients, 30 cells, drifting apart
+    colour = rng.normal(size=(600, 6)) * 0.3 + offsets[:, None]
+    patients = [f"UID_{i // 30}" for i in range(600)]
+    stats = drift.fit(colour, {}, patients=patients)
+    s = stats.score(colour, {})
+    meds = [np.median(s[i * 30:(i + 1) * 30]) for i in range(20)]
+    assert stats.patient_flag == pytest.approx(np.quantile(meds, 0.9), rel=1e-3)
+    assert sum(m > stats.patient_flag for m in meds) == 2  # the two most drifted of 20
+    few = drift.fit(colour[:120], {}, patients=patients[:120])  # 4 patients: too few
+    assert few.patient_flag == drift.DEFAULT_PATIENT_FLAG

@@ -31,7 +31,8 @@ COMPONENTS = ("colour", "features")
 COMBINE = "max"
 #: principal directions kept per component (the rest share one variance)
 RANK = 16
-#: patients whose median score exceeds this are flagged (docs/accuracy.md, "Drift")
+#: patients whose median score exceeds this are flagged when the training cells name no
+#: patients (else: the 90th percentile of the training patients' medians; docs/accuracy.md)
 PATIENT_FLAG = drift.DEFAULT_PATIENT_FLAG
 #: features output vs PyTorch: max |difference| / max |PyTorch feature|
 FEATURE_TOLERANCE = 1e-4
@@ -44,13 +45,19 @@ class FeatureCheck:
     passed: bool
 
 
-def training_pixels(data: Sequence[Path], spec: ModelSpec) -> np.ndarray:
-    """Every readable cell under ``data``, preprocessed as the spec says."""
+@dataclass
+class Cells:
+    pixels: np.ndarray  # uint8 [N, S, S, 3], preprocessed as the spec says
+    patients: list[str | None]
+
+
+def training_pixels(data: Sequence[Path], spec: ModelSpec) -> Cells:
+    """Every readable cell under ``data``, preprocessed as the spec says, and its patient."""
     items = collect(list(data))
     loaded = load_images(items, spec.input_size, spec.crop_fraction, spec.interpolation)
     if not len(loaded.items):
         raise DataError("--drift-data: no readable image")
-    return loaded.pixels
+    return Cells(loaded.pixels, [it.patient for it in loaded.items])
 
 
 def run_graph(onnx_path: Path, x: np.ndarray, names: tuple[str, ...],
@@ -65,14 +72,18 @@ def run_graph(onnx_path: Path, x: np.ndarray, names: tuple[str, ...],
     return {n: np.concatenate(v) for n, v in parts.items()}
 
 
-def fit(onnx_path: Path, x: np.ndarray, components: Sequence[str] = COMPONENTS,
+def fit(onnx_path: Path, cells: Cells, components: Sequence[str] = COMPONENTS,
         combine: str = COMBINE, rank: int = RANK,
         patient_flag: float = PATIENT_FLAG) -> drift.DriftStats:
-    """Drift statistics of the cells ``x`` as the exported graph sees them."""
+    """Drift statistics of the cells as the exported graph sees them; the patient flag
+    from the training patients' medians (:func:`leukoedge.drift.patient_limit`) when the
+    file names give patients, else ``patient_flag``."""
+    x = cells.pixels
     outs = [c for c in components if c != drift.COLOUR]
     got = run_graph(onnx_path, x, tuple(outs)) if outs else {}
     colour = cell_colour(x) if drift.COLOUR in components else None
-    return drift.fit(colour, got, combine=combine, max_rank=rank, patient_flag=patient_flag)
+    return drift.fit(colour, got, combine=combine, max_rank=rank, patient_flag=patient_flag,
+                     patients=cells.patients)
 
 
 def check_features(onnx_path: Path, model: torch.nn.Module, x: np.ndarray) -> FeatureCheck:

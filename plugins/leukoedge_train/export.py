@@ -184,12 +184,12 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
     spec = ckpt_io.spec_of(ckpt)
     model = ckpt_io.model_of(ckpt).float().to("cpu")
     graph_model: torch.nn.Module = model
-    pixels = None
+    cells = None
     if drift_data:
         from . import drift_fit
         from .models import WithFeatures
 
-        pixels = drift_fit.training_pixels(drift_data, spec)  # before any work: bad data
+        cells = drift_fit.training_pixels(drift_data, spec)  # before any work: bad data
         graph_model = WithFeatures(model).eval()
         spec = spec.with_updates(outputs=("logit", "features"))
     reference: torch.nn.Module = model  # what parity's float64 oracle runs
@@ -212,12 +212,12 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
                               "nothing was written; try --exporter legacy")
             exc.parity = result  # type: ignore[attr-defined]  # so the CLI can report it
             raise exc
-        if pixels is not None:
+        if cells is not None:
             from . import drift_fit
             from .precision import embed_spec
 
-            drift_fit.require(drift_fit.check_features(final, graph_model, pixels))
-            spec = drift_fit.with_stats(spec, drift_fit.fit(final, pixels))
+            drift_fit.require(drift_fit.check_features(final, graph_model, cells.pixels))
+            spec = drift_fit.with_stats(spec, drift_fit.fit(final, cells))
             embed_spec(final, spec)
         report = None
         map_check = None
@@ -232,14 +232,14 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
             if cam:
                 map_check = cam_mod.compare_maps(fp32, final, spec, parity_data)
                 cam_mod.require(map_check)
-            if pixels is not None and precision == "int8":
+            if cells is not None and precision == "int8":
                 # int8 features are not the fp32 graph's (measured: median score x1.5):
                 # the statistics are fitted again, with the int8 graph itself
                 from . import drift_fit
                 from .precision import embed_spec
 
                 embed_spec(final, drift_fit.with_stats(spec.with_updates(precision=precision),
-                                                       drift_fit.fit(final, pixels)))
+                                                       drift_fit.fit(final, cells)))
         size = final.stat().st_size
         with open(final, "rb") as fh:
             os.fsync(fh.fileno())
