@@ -106,6 +106,10 @@ class Core(nn.Module):
             self.gap = any(isinstance(m, nn.AdaptiveAvgPool2d) for m in net.head)
             if not self.linears or self.linears[-1].out_features != 1:
                 raise TrainingError("cannot find the scratch network's one-logit layer")
+            # the backward pass's own copies of the dense weights: an initializer shared by
+            # a Gemm and a MatMul breaks int8 quantisation (per-channel scales clash)
+            for i, lin in enumerate(self.linears):
+                self.register_buffer(f"back{i}", lin.weight.detach().clone())
         elif all(hasattr(net, a) for a in ("layer4", "fc", "avgpool", "conv1")):
             self.kind = "resnet50"
         else:
@@ -144,9 +148,10 @@ class Core(nn.Module):
             v = torch.relu(z)
         logit = self.linears[-1](v).reshape(-1)
         # dlogit/dh, through the ReLUs of this very pass
-        g = self.linears[-1].weight.expand(v.shape[0], -1)
-        for lin, z in zip(reversed(self.linears[:-1]), reversed(pre)):
-            g = (g * (z > 0).to(z.dtype)) @ lin.weight
+        back = [getattr(self, f"back{i}") for i in range(len(self.linears))]
+        g = back[-1].expand(v.shape[0], -1)
+        for w, z in zip(reversed(back[:-1]), reversed(pre)):
+            g = (g * (z > 0).to(z.dtype)) @ w
         area = a.shape[2] * a.shape[3]
         if self.gap:  # dlogit/dP = g / (pooled area) at every pooled position
             alpha = g / area

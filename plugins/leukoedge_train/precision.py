@@ -277,7 +277,7 @@ def quantize_int8(fp32: Path, out: Path, spec: ModelSpec, files: Sequence[Path])
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
             extra_options={"CalibTensorRangeSymmetric": False})
-    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (RuntimeError, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
         raise ExportError(f"int8: quantize_static failed ({str(exc).splitlines()[0][:200]})") \
             from exc
     finally:
