@@ -52,6 +52,9 @@ def main() -> int:
     ap.add_argument("--runs", type=Path, default=Path("cv-runs/full-gap"))
     ap.add_argument("--tta", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="keep each fold's logits here (fold-K-ttaT.json) and reuse them, "
+                         "so a rerun only does the folds finished since")
     args = ap.parse_args()
 
     folds = read_folds(args.folds)
@@ -75,15 +78,29 @@ def main() -> int:
             row: dict[str, Any] = {"fold": k, "cells": len(held),
                                    "patients": len({it.patient for it in held})}
             for t in args.tta:
-                out = Path(tmp) / f"fold-{k}-tta{t}.onnx"
-                res = export_onnx(args.runs / f"fold-{k}" / "last.pt", out, tta=t)
-                threshold = res.spec.logit_threshold
-                logits, secs = classify(out, held)
+                cached = args.cache / f"fold-{k}-tta{t}.json" if args.cache else None
+                if cached is not None and cached.is_file():
+                    c = json.loads(cached.read_text())
+                    logits, secs, threshold = (np.asarray(c["logits"]), c["seconds"],
+                                               c["threshold"])
+                    passed = c["parity"]
+                else:
+                    out = Path(tmp) / f"fold-{k}-tta{t}.onnx"
+                    res = export_onnx(args.runs / f"fold-{k}" / "last.pt", out, tta=t)
+                    threshold = res.spec.logit_threshold
+                    passed = res.parity.passed
+                    logits, secs = classify(out, held)
+                    if cached is not None:
+                        cached.parent.mkdir(parents=True, exist_ok=True)
+                        cached.write_text(json.dumps({
+                            "logits": logits.tolist(), "seconds": secs,
+                            "threshold": threshold, "parity": passed,
+                            "paths": [str(it.path) for it in held]}))
                 pooled[t].append(logits)
                 m = metrics(y, [int(v >= threshold) for v in logits], logits.tolist())
                 row[f"tta{t}"] = {"weighted_f1": m["weighted_f1"], "roc_auc": m["roc_auc"],
                                   "accuracy": m["accuracy"], "seconds": secs,
-                                  "parity": res.parity.passed}
+                                  "parity": passed}
                 print(f"fold {k} tta {t}: {len(held)} cells, weighted F1 "
                       f"{m['weighted_f1']:.4f}, AUC {m['roc_auc']:.4f} ({secs:.1f} s)",
                       flush=True)
