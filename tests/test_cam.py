@@ -12,6 +12,7 @@ symmetries of the square. Models are built, not trained (no training in this fil
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,11 @@ pytest.importorskip("torchvision")
 pytest.importorskip("onnxruntime")
 
 import torch  # noqa: E402
-from leukoedge_train import cam  # noqa: E402
+from leukoedge_train import (
+    cam,  # noqa: E402
+    parity,  # noqa: E402
+)
 from leukoedge_train import export as exp  # noqa: E402
-from leukoedge_train import parity  # noqa: E402
 from leukoedge_train.data import load_images  # noqa: E402
 from leukoedge_train.models import arch_info, create_model  # noqa: E402
 
@@ -93,7 +96,7 @@ def onnx_maps(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def autograd(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    m64 = __import__("copy").deepcopy(model).double()
+    m64 = copy.deepcopy(model).double()
     return cam.autograd_map(m64, torch.from_numpy(x)).numpy()
 
 
