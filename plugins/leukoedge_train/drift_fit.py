@@ -28,7 +28,7 @@ from .data import load_images
 
 #: what the shipped score combines, and how (docs/accuracy.md, "Drift": measured)
 COMPONENTS = ("colour", "features")
-COMBINE = "max"
+COMBINE = "mean"
 #: principal directions kept per component (the rest share one variance)
 RANK = 16
 #: patients whose median score exceeds this are flagged when the training cells name no
