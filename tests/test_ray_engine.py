@@ -32,6 +32,9 @@ from leukoedge.engines.ray_engine import RayOptions, _InOrder, classify_ray  # n
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
+    # workers at the tests' own CPU priority (Ray's default is 15 steps nicer: starved
+    # beside other jobs), as the engine does for the local clusters it starts
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         yield
