@@ -29,7 +29,6 @@ threshold is then nudged by single floating-point steps until the spec's own
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ import numpy.typing as npt
 
 from .errors import DataError, ModelError, UsageError
 from .evaluate import calibration_metrics, metrics
-from .output import escape_path
+from .output import atomic_write_bytes, escape_path
 from .spec import SPEC_KEY, ModelSpec
 
 RULES = ("f1", "sensitivity", "specificity")
@@ -279,19 +278,4 @@ def write_model(src: Path, dst: Path, spec: ModelSpec) -> None:
     del proto.metadata_props[:]
     proto.metadata_props.extend(keep)
     proto.metadata_props.add(key=SPEC_KEY, value=spec.to_json())
-    data = proto.SerializeToString()
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    except OSError as exc:
-        raise DataError(f"cannot write {escape_path(dst)}: {exc.strerror or exc}") from exc
-    finally:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+    atomic_write_bytes(dst, proto.SerializeToString())

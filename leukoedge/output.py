@@ -298,11 +298,17 @@ def atomic_write_text(path: Path, text: str) -> None:
     Any failure (no such folder, permission, full disk, ``path`` is a folder) is a
     :class:`DataError`; no temporary file is left behind.
     """
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (the one atomic write: see
+    :func:`atomic_write_text`)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
