@@ -109,7 +109,7 @@ def _part2(wd: Path, epochs: int, seed: int) -> None:
         "Part 2 trains a small model on [bold]synthetic[/bold] cells for a minute or two. It "
         "shows the training pipeline working end to end (train, export, parity, classify, "
         "evaluate); that model is [bold red]not a diagnostic model[/bold red].",
-        title="leukoedge demo: the training pipeline", expand=False))
+        title="leukoedge demo: the training pipeline", expand=False), soft_wrap=False)
     t0 = time.perf_counter()
     res = run_demo(wd / "pipeline", DemoConfig(epochs=epochs, seed=seed),
                    say=lambda s: err.print(f"[bold cyan]{escape(s)}[/bold cyan]"))
