@@ -352,6 +352,22 @@ def render(ps: PredictionSet, spec: ModelSpec, rep: Report, *, title: str = "leu
     parts.append('<section id="patients"><h2>Per patient</h2><table><tr><th>patient</th>'
                  "<th>truth</th><th>cells</th><th>called ALL</th><th>mean P(ALL)</th>"
                  f"<th>accuracy</th><th>vote</th></tr>{''.join(prow)}</table>{vote}</section>")
+    drift = rep.get("drift")
+    if drift:
+        drow = [
+            f'<tr data-patient="{_esc(r["patient"])}"><td>{_esc(r["patient"])}</td>'
+            f"<td>{_num(f'drift.patients.{j}.cells', r['cells'])}</td>"
+            f"<td>{_num(f'drift.patients.{j}.median', r['median'], 2)}</td>"
+            f"<td>{_num(f'drift.patients.{j}.share_above', r['share_above'], 2)}</td>"
+            f"<td>{'flagged' if r['flagged'] else 'no'}</td></tr>"
+            for j, r in enumerate(drift["patients"])]
+        parts.append(
+            '<section id="drift"><h2>Drift: do these cells look like the training cells?</h2>'
+            f"<p>{_esc(drift['line'])}</p><p class=\"dim\">Score 1.0 = the 95th percentile "
+            "of the training cells' own scores; a patient is flagged when its median is "
+            f"above {_num('drift.flag', drift['flag'], 3)} (docs/usage.md).</p>"
+            "<table><tr><th>patient</th><th>cells</th><th>median score</th>"
+            f"<th>share above 1.0</th><th>flagged</th></tr>{''.join(drow)}</table></section>")
     # montages
     order = np.argsort(-probs, kind="mergesort")
     logits = scores.logits

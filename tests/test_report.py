@@ -192,3 +192,34 @@ def test_thumbnails_blend_the_heatmap_the_rows_name(shared_cells: Path, tmp_path
     bad.write_bytes(b"not numpy")
     assert thumbnail(cell, bad) == plain  # an unreadable heatmap: the cell alone
     assert thumbnail(tmp_path / "missing.bmp") is None
+
+
+def test_report_shows_drift_per_patient_when_rows_carry_it(shared_cells: Path,
+                                                           tmp_path: Path) -> None:
+    """Rows of a model with drift statistics (the shipped one): the page has the drift
+    section, and its figures are drift.summary's of the rows with the model's flag."""
+    import csv
+
+    from leukoedge.drift import from_spec, summary
+    from leukoedge.models import DEFAULT_MODEL
+    from leukoedge.session import SessionConfig, load_model
+
+    pred = tmp_path / "p.csv"
+    assert invoke("classify", shared_cells, "--model", DEFAULT_MODEL, "--out", pred
+                  ).exit_code == 0
+    page = tmp_path / "r.html"
+    r = invoke("report", pred, "--model", DEFAULT_MODEL, "--out", page)
+    assert r.exit_code == 0, r.output
+    with open(pred, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    stats = from_spec(load_model(DEFAULT_MODEL, SessionConfig(provider="cpu")).spec)
+    assert stats is not None
+    want = summary([x["patient"] for x in rows], [float(x["drift"]) for x in rows],
+                   stats.patient_flag)
+    assert want is not None
+    text = page.read_text()
+    assert 'id="drift"' in text and want["line"].split(":")[0] in text
+    found = dict(re.findall(r'data-metric="(drift\.[^"]+)" data-value="([^"]*)"', text))
+    assert len(found) == 1 + 3 * len(want["patients"])
+    for path, value in found.items():
+        assert same(value, at({"drift": want}, path)), (path, value)

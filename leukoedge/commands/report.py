@@ -56,6 +56,12 @@ def report(
     rep = report_of(ps.scores(spec), spec, model=name, provider="(predictions file)",
                     files=ps.files, error_rows=ps.errors, resamples=resamples, seed=seed,
                     from_file=True)
+    if any(d is not None for d in ps.drift):
+        from ..drift import DEFAULT_PATIENT_FLAG, from_spec, summary
+
+        stats = from_spec(spec)
+        rep["drift"] = summary(ps.patients, ps.drift,
+                               stats.patient_flag if stats else DEFAULT_PATIENT_FLAG)
     for w in rep["warnings"]:
         err.print(f"[yellow]warning:[/yellow] {escape(w)}")
     page = render(ps, spec, rep, title=title, images_root=images_root, per_montage=cells)
