@@ -25,7 +25,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -148,6 +148,19 @@ def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def json_lines(text: str, where: str, why: str = "", hint: str | None = None
+               ) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSON Lines text; a line that is
+    not JSON is a DataError: ``{where}: line {n} is not JSON{why}`` (with ``hint``)."""
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{where}: line {n} is not JSON{why}", hint) from exc
+
+
 def _read_rows(path: Path, fmt: str) -> tuple[list[dict[str, Any]], tuple[str, ...] | None]:
     """Complete rows of an existing result file, and a CSV's columns (None: no header yet,
     or JSON Lines); truncates a torn last line in place."""
@@ -164,14 +177,8 @@ def _read_rows(path: Path, fmt: str) -> tuple[list[dict[str, Any]], tuple[str, .
     rows: list[dict[str, Any]] = []
     columns: tuple[str, ...] | None = None
     if fmt == "jsonl":
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise DataError(f"{path}: line {n} is not JSON; cannot resume this file",
-                                "use --overwrite to start again") from exc
+        for n, obj in json_lines(text, str(path), "; cannot resume this file",
+                                 "use --overwrite to start again"):
             if not isinstance(obj, dict) or "path" not in obj:
                 raise DataError(f"{path}: line {n} is not a leukoedge row")
             rows.append(obj)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ import numpy as np
 from .data import LABEL_NAMES, Item, fingerprint, label_of, patient_of, read_prelim_labels
 from .errors import DataError, UsageError
 from .evaluate import ErrorRow, Scores, scores_of
-from .output import escape_path, unescape_path
+from .output import escape_path, json_lines, unescape_path
 from .spec import ModelSpec
 
 MAX_FILE_BYTES = 1024 * 1024 * 1024
@@ -130,13 +129,7 @@ def _records(path: Path, text: str) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows as dicts and the column names (JSON Lines: the union of keys)."""
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
         rows: list[dict[str, Any]] = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise DataError(f"{escape_path(path)}: line {n} is not JSON") from exc
+        for n, obj in json_lines(text, escape_path(path)):
             if not isinstance(obj, dict):
                 raise DataError(f"{escape_path(path)}: line {n} is not a JSON object")
             rows.append(obj)
