@@ -12,7 +12,6 @@ extra), imported only here.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import DataError, MissingExtraError, OutputExistsError, UsageError
-from ..output import COLUMNS, Row, escape_path
+from ..output import COLUMNS, Row, atomic_write_bytes, escape_path
 
 PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 DEFAULT_PART_ROWS = 100_000
@@ -107,22 +106,13 @@ class PartWriter:
         schema = pa.schema([(c, pa.float64() if c in floats else pa.string())
                             for c in COLUMNS])
         table = pa.Table.from_pylist([r.as_dict() for r in rows], schema=schema)
-        name = f"part-{self._next:05d}.parquet"
-        final = self.path / name
-        tmp = self.path / f".{name}.tmp-{os.getpid()}"
+        final = self.path / f"part-{self._next:05d}.parquet"
+        sink = pa.BufferOutputStream()  # a part is at most part_rows rows: a few MB
+        self.pq.write_table(table, sink)
         try:
-            self.pq.write_table(table, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except OSError as exc:
-            raise DataError(f"cannot write {escape_path(final)}: {exc.strerror or exc}",
-                            "free some space, then rerun with --resume") from exc
-        finally:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+            atomic_write_bytes(final, sink.getvalue().to_pybytes())
+        except DataError as exc:
+            raise DataError(exc.message, "free some space, then rerun with --resume") from exc
         self._next += 1
 
     def close(self) -> None:
