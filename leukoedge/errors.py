@@ -20,6 +20,20 @@ EXIT_CANNOT_RUN = 3
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
+#: The longest reason taken from a library's exception into one of our messages.
+REASON_LIMIT = 200
+
+
+def first_line(exc: BaseException, limit: int = REASON_LIMIT) -> str:
+    """The first non-empty line of ``exc``'s message, at most ``limit`` characters, for
+    quoting a library's exception in one line of ours; the exception's type name when its
+    message is empty. The one place that shortens exception messages."""
+    for line in str(exc).splitlines():
+        text = " ".join(line.split())
+        if text:
+            return text if len(text) <= limit else text[: limit - 3] + "..."
+    return type(exc).__name__
+
 
 class LeukoedgeError(Exception):
     """Base of every error leukoedge raises on purpose.

@@ -26,6 +26,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -309,14 +310,24 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (the one atomic write: see
-    :func:`atomic_write_text`)."""
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write_text`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """The one atomic write of leukoedge: yields a temporary path in ``path``'s folder for
+    the caller to write (with ``open``, ``torch.save``, ``onnx.save``, ``Image.save``...);
+    on a normal exit it is fsynced and renamed onto ``path``, so readers see the old file or
+    the new one, never half. On any exception the temporary file is removed and nothing
+    changes at ``path``; an ``OSError`` becomes a :class:`DataError` naming ``path``.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        yield tmp
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:

@@ -152,3 +152,28 @@ def test_atomic_write_failure_keeps_the_target_and_leaves_no_temp(tmp_path: Path
     with pytest.raises(DataError, match="cannot write"):
         atomic_write_text(tmp_path / "report.json", "{}")
     assert (tmp_path / "report.json").is_dir() and os.listdir(tmp_path) == ["report.json"]
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    from leukoedge.output import atomic_path
+
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("writer failed")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_first_line_one_line_one_limit():
+    from leukoedge.errors import REASON_LIMIT, first_line
+
+    assert first_line(ValueError("")) == "ValueError"
+    assert first_line(ValueError("\n  disk   full \nsecond")) == "disk full"
+    long = first_line(ValueError("x" * 1000))
+    assert len(long) == REASON_LIMIT and long.endswith("...")
