@@ -187,3 +187,19 @@ def test_any_mode_and_size_gives_the_spec_shape(w: int, h: int, mode: str, size:
     img.save(buf, format="TIFF" if mode in ("I;16", "CMYK", "LA") else "PNG")
     a = preprocess(buf.getvalue(), size)
     assert a.shape == (size, size, 3) and a.dtype == np.uint8
+
+
+def test_decode_batch_skips_a_bad_file_and_reports_it(tmp_path):
+    from PIL import Image
+
+    from leukoedge.preprocess import decode_batch
+
+    good = tmp_path / "good.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    dec = decode_batch([good, bad, good], 16, workers=2)
+    assert dec.kept == [0, 2]
+    assert dec.pixels.shape == (2, 16, 16, 3) and dec.pixels.dtype == np.uint8
+    assert [i for i, _ in dec.skipped] == [1] and "bad.png" in dec.skipped[0][1]
+    assert dec.pixels[0, 8, 8, 0] > 150

@@ -9,9 +9,7 @@ place where pixels become floats, in training as in the exported graph.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +18,8 @@ import numpy as np
 import torch
 
 from leukoedge.data import Item, collect, fold_of, split_by_patient
-from leukoedge.errors import DataError, ImageError, UsageError
-from leukoedge.preprocess import preprocess
+from leukoedge.errors import DataError, UsageError
+from leukoedge.preprocess import decode_batch
 
 
 @dataclass
@@ -148,25 +146,10 @@ def load_images(items: Sequence[Item], size: int, crop_fraction: float = 1.0,
     ``Loaded.skipped`` with the reason, as a batch run turns a bad file into an error row;
     the caller reports it. The rows of ``pixels`` match ``Loaded.items``.
     """
-    out = np.empty((len(items), size, size, 3), dtype=np.uint8)
-    why: dict[int, str] = {}
-    n_workers = workers or min(8, len(os.sched_getaffinity(0)))
-
-    def one(i: int) -> None:
-        try:
-            out[i] = preprocess(items[i].path, size, crop_fraction, interpolation)
-        except ImageError as exc:
-            why[i] = exc.message
-
-    with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        for _ in pool.map(one, range(len(items))):
-            if progress is not None:
-                progress(1)
-    if not why:
-        return Loaded(out, list(items))
-    keep = [i for i in range(len(items)) if i not in why]
-    return Loaded(out[keep], [items[i] for i in keep],
-                  [(items[i], why[i]) for i in sorted(why)])
+    dec = decode_batch([it.path for it in items], size, crop_fraction, interpolation,
+                       workers, progress)
+    return Loaded(dec.pixels, [items[i] for i in dec.kept],
+                  [(items[i], why) for i, why in dec.skipped])
 
 
 def labels_of(items: Sequence[Item]) -> np.ndarray:
