@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import DataError, ModelError, UsageError
+from .errors import DataError, ModelError, UsageError, first_line
 from .evaluate import calibration_metrics, metrics
 from .output import atomic_write_bytes, escape_path
 from .spec import SPEC_KEY, ModelSpec
@@ -270,7 +270,7 @@ def write_model(src: Path, dst: Path, spec: ModelSpec) -> None:
     try:
         proto = onnx.load(str(src), load_external_data=False)
     except (DecodeError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{escape_path(src)}: not an ONNX model ({str(exc)[:150]})") from exc
+        raise ModelError(f"{escape_path(src)}: not an ONNX model ({first_line(exc)})") from exc
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
         raise ModelError(f"{escape_path(src)}: its weights are in external data files",
                          "calibrate a model saved as one file")

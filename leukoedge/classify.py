@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from .errors import ImageError
 from .output import Row, escape_path
 from .preprocess import preprocess_for
 from .session import Model, cores
+from .spec import ModelSpec
 
 if TYPE_CHECKING:
     from .heatmap import OverlayWriter
@@ -57,7 +58,7 @@ def default_workers() -> int:
     return max(1, min(8, cores()))
 
 
-def _decode(item: Item, spec: object) -> np.ndarray | ImageError:
+def _decode(item: Item, spec: ModelSpec) -> np.ndarray | ImageError:
     try:
         return preprocess_for(item.path, spec)
     except ImageError as exc:
@@ -73,6 +74,139 @@ def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
             batch = []
     if batch:
         yield batch
+
+
+#: the ``error`` of a row whose logit is NaN (NaN >= threshold is False: it would read "hem")
+NAN_ERROR = "the model returned NaN for this image"
+
+
+def error_text(exc: ImageError) -> str:
+    """The ``error`` column of an image that cannot be read: the whole of its ImageError
+    (our message, naming the image, the reason and the hint) on one line, at most 300
+    characters. Not :func:`leukoedge.errors.first_line`: the message is ours, and its
+    200-character cut would let a long path push the reason out."""
+    return " ".join(str(exc).split())[:300]
+
+
+def scored_row(path: str, patient: str | None, logit: float, prob: float,
+               drift: float | None, spec: ModelSpec) -> Row:
+    """The row of one image the model scored: the label from the logit threshold, the
+    probability as given (:meth:`ModelSpec.probability`), a non-finite drift score left
+    out, and a NaN logit an error row. The one place a model output becomes a row
+    (``classify``, ``serve`` and the Ray engine all come here)."""
+    if math.isnan(logit):
+        return Row(path, patient, None, None, NAN_ERROR)
+    label = spec.labels[1] if logit >= spec.logit_threshold else spec.labels[0]
+    ok = drift is not None and math.isfinite(drift)
+    return Row(path, patient, prob, label, None, logit, drift=drift if ok else None)
+
+
+class RowSink(Protocol):
+    """Where a run's rows go (:class:`~leukoedge.output.ResultWriter`,
+    :class:`~leukoedge.engines.parts.PartWriter`): ``done`` holds the paths already
+    written (a resumed run skips them)."""
+
+    done: set[str]
+
+    def write(self, rows: Iterable[Row]) -> None: ...
+
+
+#: a batch of items and, for each, its pixels or why it cannot be read
+DecodedBatch = tuple[list[Item], list[np.ndarray | ImageError]]
+
+
+class _DecodeAhead:
+    """Batches of items decoded in ``pool`` a bounded number of batches ahead of the one
+    being run; iterating hands out each batch with its decoded images, in order."""
+
+    def __init__(self, pool: ThreadPoolExecutor, batches: Iterator[list[Item]],
+                 spec: ModelSpec) -> None:
+        self.pool = pool
+        self.batches = batches
+        self.spec = spec
+        self.pending: deque[tuple[list[Item], list[Future[np.ndarray | ImageError]]]] = \
+            deque()
+
+    def start(self, prefetch: int) -> None:
+        """Queue the first ``prefetch + 1`` batches."""
+        for _ in range(prefetch + 1):
+            if not self._submit_next():
+                break
+
+    def _submit_next(self) -> bool:
+        batch = next(self.batches, None)
+        if batch is None:
+            return False
+        self.pending.append((batch, [self.pool.submit(_decode, it, self.spec)
+                                     for it in batch]))
+        return True
+
+    def __iter__(self) -> Iterator[DecodedBatch]:
+        while self.pending:
+            batch, futures = self.pending.popleft()
+            self._submit_next()  # the next batch decodes while this one is waited for and run
+            yield batch, [f.result() for f in futures]
+
+    def cancel(self) -> None:
+        """Drop the decoding not yet started (the run stopped early)."""
+        for _, futures in self.pending:
+            for f in futures:
+                f.cancel()
+
+
+def _predict_batch(model: Model, buf: np.ndarray, batch: list[Item],
+                   decoded: list[np.ndarray | ImageError], cam: bool
+                   ) -> tuple[list[Prediction], list[tuple[int, np.ndarray]]]:
+    """One model run over a batch's readable images (copied into ``buf``): a prediction
+    per item, in order, and, with ``cam``, (index in the batch, heatmap) of every image
+    classified (not of an error row)."""
+    spec = model.spec
+    arrays = [a for a in decoded if isinstance(a, np.ndarray)]
+    logits = np.empty(0, dtype=np.float32)
+    drift: np.ndarray | None = None
+    maps: np.ndarray | None = None
+    if arrays:
+        for j, arr in enumerate(arrays):
+            buf[j] = arr
+        logits, drift, maps = model.predict_all(buf[: len(arrays)], cam=cam)
+    probs = spec.probability(logits)  # once per batch, not per image
+    out: list[Prediction] = []
+    heatmaps: list[tuple[int, np.ndarray]] = []
+    k = 0
+    for it, d in zip(batch, decoded):
+        path = escape_path(it.path)
+        if isinstance(d, ImageError):
+            out.append(Prediction(it, Row(path, it.patient, None, None, error_text(d))))
+            continue
+        score = None if drift is None else float(drift[k])
+        row = scored_row(path, it.patient, float(logits[k]), float(probs[k]), score, spec)
+        if maps is not None and row.error is None:
+            heatmaps.append((len(out), maps[k]))
+        k += 1
+        out.append(Prediction(it, row))
+    return out, heatmaps
+
+
+@dataclass
+class _Drawing:
+    """A batch whose overlays are being written in the pool: its predictions and, per
+    overlay, (row index, the future of the overlay's path)."""
+
+    preds: list[Prediction]
+    futures: list[tuple[int, Future[str | None]]]
+
+    def release(self, on_batch: Callable[[list[Prediction]], None] | None
+                ) -> list[Prediction]:
+        """The predictions, once every overlay is written and its path in its row."""
+        for j, fut in self.futures:
+            self.preds[j].row.heatmap = fut.result()
+        if on_batch is not None:
+            on_batch(self.preds)
+        return self.preds
+
+    def cancel(self) -> None:
+        for _, fut in self.futures:
+            fut.cancel()
 
 
 def predict_stream(
@@ -94,103 +228,38 @@ def predict_stream(
     into the row; a batch's rows are released once its overlays are written (at most one
     batch of maps waits: memory stays flat).
     """
-    spec = model.spec
-    threshold = spec.logit_threshold
-    labels = spec.labels
-    s = spec.input_size
+    s = model.spec.input_size
     buf = np.empty((batch_size, s, s, 3), dtype=np.uint8)
-    pending: deque[tuple[list[Item], list[Future[np.ndarray | ImageError]]]] = deque()
-    batches = _batches(items, batch_size)
-    #: a batch whose overlays are being written: its predictions and (row index, future)
-    drawing: tuple[list[Prediction], list[tuple[int, Future[str | None]]]] | None = None
-
-    def release(held: tuple[list[Prediction], list[tuple[int, Future[str | None]]]]
-                ) -> list[Prediction]:
-        preds, futures = held
-        for j, fut in futures:
-            preds[j].row.heatmap = fut.result()
-        if on_batch is not None:
-            on_batch(preds)
-        return preds
     if model.provider in ("cuda", "tensorrt"):
         # the first run at a shape picks kernels (cuDNN) or builds an engine (TensorRT):
         # do it before the clock and the progress bar start, at the batch size used
         model.warm_up(batch_size)
     with ThreadPoolExecutor(max_workers=workers or default_workers(),
                             thread_name_prefix="leukoedge-decode") as pool:
+        ahead = _DecodeAhead(pool, _batches(items, batch_size), model.spec)
+        drawing: _Drawing | None = None
         try:
-            def submit_next() -> bool:
-                batch = next(batches, None)
-                if batch is None:
-                    return False
-                pending.append((batch, [pool.submit(_decode, it, spec) for it in batch]))
-                return True
-
-            for _ in range(prefetch + 1):
-                if not submit_next():
-                    break
-            while pending:
-                batch, futures = pending.popleft()
-                submit_next()
-                decoded = [f.result() for f in futures]
-                arrays = [a for a in decoded if isinstance(a, np.ndarray)]
-                logits = np.empty(0, dtype=np.float32)
-                drift: np.ndarray | None = None
-                maps: np.ndarray | None = None
-                if arrays:
-                    for j, arr in enumerate(arrays):
-                        buf[j] = arr
-                    logits, drift, maps = model.predict_all(buf[: len(arrays)],
-                                                            cam=overlays is not None)
-                probs = spec.probability(logits)  # once per batch, not per image
-                out: list[Prediction] = []
-                drawn: list[tuple[int, Future[str | None]]] = []
-                k = 0
-                for it, d in zip(batch, decoded):
-                    patient = it.patient
-                    if isinstance(d, ImageError):
-                        row = Row(escape_path(it.path), patient, None, None, _one_line(d))
-                        out.append(Prediction(it, row))
-                        continue
-                    logit = float(logits[k])
-                    prob = float(probs[k])
-                    score = None if drift is None else float(drift[k])
-                    k += 1
-                    if math.isnan(logit):  # NaN >= threshold is False: it would read "hem"
-                        row = Row(escape_path(it.path), patient, None, None,
-                                  "the model returned NaN for this image")
-                        out.append(Prediction(it, row))
-                        continue
-                    label = labels[1] if logit >= threshold else labels[0]
-                    row = Row(escape_path(it.path), patient, prob, label, None, logit,
-                              drift=score if score is None or math.isfinite(score) else None)
-                    if overlays is not None and maps is not None:
-                        drawn.append((len(out), pool.submit(overlays.write, it.path,
-                                                            maps[k - 1].copy())))
-                    out.append(Prediction(it, row))
+            ahead.start(prefetch)
+            for batch, decoded in ahead:
+                out, heatmaps = _predict_batch(model, buf, batch, decoded,
+                                               cam=overlays is not None)
                 if overlays is None:
                     if on_batch is not None:
                         on_batch(out)
                     yield from out
                     continue
+                drawn = _Drawing(out, [(j, pool.submit(overlays.write, out[j].item.path,
+                                                       cam.copy())) for j, cam in heatmaps])
                 if drawing is not None:  # the previous batch's overlays ran meanwhile
-                    yield from release(drawing)
-                drawing = (out, drawn)
+                    yield from drawing.release(on_batch)
+                drawing = drawn
             if drawing is not None:
                 held, drawing = drawing, None
-                yield from release(held)
+                yield from held.release(on_batch)
         finally:
-            for _, futures in pending:
-                for f in futures:
-                    f.cancel()
+            ahead.cancel()
             if drawing is not None:
-                for _, fut in drawing[1]:
-                    fut.cancel()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300]
+                drawing.cancel()
 
 
 def tally(stats: RunStats, rows: Iterable[Row], positive: str) -> None:
@@ -210,7 +279,7 @@ def tally(stats: RunStats, rows: Iterable[Row], positive: str) -> None:
 def classify_files(
     model: Model,
     items: Iterable[Item],
-    writer: object,
+    writer: RowSink,
     batch_size: int = 32,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
@@ -222,7 +291,7 @@ def classify_files(
     heatmap overlays are written too (:func:`predict_stream`).
     """
     stats = RunStats()
-    done: set[str] = writer.done  # type: ignore[attr-defined]
+    done = writer.done
 
     def todo() -> Iterator[Item]:
         for it in items:
@@ -233,7 +302,7 @@ def classify_files(
 
     def on_batch(preds: list[Prediction]) -> None:
         rows = [p.row for p in preds]
-        writer.write(rows)  # type: ignore[attr-defined]
+        writer.write(rows)
         tally(stats, rows, model.spec.positive)
         if progress is not None:
             progress(len(preds))

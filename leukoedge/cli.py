@@ -62,16 +62,25 @@ def command(fn: Callable[..., int | None], name: str | None = None, **kw: Any) -
 
 
 def _register_builtin() -> None:
-    from .commands import bench, demo, inspect, predict, serve, synth
-    from .commands import calibrate as calibrate_cmd
-    from .commands import report as report_cmd
+    from .commands import (
+        bench,
+        calibrate,
+        classify,
+        demo,
+        doctor,
+        evaluate,
+        info,
+        report,
+        serve,
+        synth,
+    )
 
-    command(predict.classify, "classify")
-    command(predict.evaluate, "evaluate")
-    command(calibrate_cmd.calibrate, "calibrate")
-    command(report_cmd.report, "report")
-    command(inspect.info, "info")
-    command(inspect.doctor, "doctor")
+    command(classify.classify, "classify")
+    command(evaluate.evaluate, "evaluate")
+    command(calibrate.calibrate, "calibrate")
+    command(report.report, "report")
+    command(info.info, "info")
+    command(doctor.doctor, "doctor")
     command(bench.bench, "bench")
     command(synth.synth, "synth")
     command(demo.demo, "demo")

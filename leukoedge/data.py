@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, NoImagesError
+from .errors import DataError, NoImagesError, first_line
+from .spec import LABELS
 
 IMAGE_EXTENSIONS = frozenset(
     {".bmp", ".dib", ".png", ".jpg", ".jpeg", ".jpe", ".tif", ".tiff", ".gif", ".webp",
      ".ppm", ".pgm", ".pbm", ".pnm", ".tga"}
 )
-LABEL_NAMES = ("hem", "all")  # class index 0 = HEM, 1 = ALL
 PRELIM_LABELS_NAME = "C-NMC_test_prelim_phase_data_labels.csv"
 MAX_LABEL_FILE_BYTES = 64 * 1024 * 1024
 
@@ -51,7 +51,7 @@ class Item:
 
     @property
     def label_name(self) -> str | None:
-        return None if self.label is None else LABEL_NAMES[self.label]
+        return None if self.label is None else LABELS[self.label]
 
 
 def patient_of(name: str) -> str | None:
@@ -67,11 +67,11 @@ def label_of(path: Path) -> int | None:
     """Label from the nearest ``all``/``hem`` folder, else the file name's suffix."""
     for part in reversed(path.parent.parts):
         low = part.lower()
-        if low in LABEL_NAMES:
-            return LABEL_NAMES.index(low)
+        if low in LABELS:
+            return LABELS.index(low)
     m = _SUFFIX_RE.search(path.stem)
     if m:
-        return LABEL_NAMES.index(m.group(1).lower())
+        return LABELS.index(m.group(1).lower())
     return None
 
 
@@ -139,11 +139,11 @@ def read_prelim_labels(csv_path: str | os.PathLike[str]) -> dict[str, tuple[int,
             raise DataError(f"{p}: label file is larger than {MAX_LABEL_FILE_BYTES} bytes")
         text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{p}: cannot read label file ({exc})") from exc
+        raise DataError(f"{p}: cannot read label file ({first_line(exc)})") from exc
     try:
         return _parse_prelim_labels(p, text)
     except csv.Error as exc:  # e.g. a field over csv's size limit
-        raise DataError(f"{p}: label file is not valid CSV ({exc})") from exc
+        raise DataError(f"{p}: label file is not valid CSV ({first_line(exc)})") from exc
 
 
 def _parse_prelim_labels(p: Path, text: str) -> dict[str, tuple[int, str | None]]:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import LABEL_NAMES, collect, sample_cells_dir
+from .data import collect, sample_cells_dir
 from .output import ResultWriter, atomic_write_text
+from .spec import LABELS
 
 #: out-of-fold logits of the shipped cells: the shipped recipe's cross-validation models,
 #: each of which never saw the cell's patient (scripts/sample_cells_oof.py writes it)
@@ -78,7 +79,7 @@ def shipped_demo(workdir: Path, model_path: Path) -> ShippedResult:
             z = oof.get(name)
             cells.append(ShippedCell(
                 name=name,
-                truth=None if p.item.label is None else LABEL_NAMES[p.item.label],
+                truth=None if p.item.label is None else LABELS[p.item.label],
                 call=p.row.label, prob_all=p.row.prob_all,
                 training_patient=(p.item.patient or "") in seen,
                 oof_prob_all=None if z is None else float(model.spec.probability([z])[0]),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import numpy as np
 import numpy.typing as npt
 
-from .data import LABEL_NAMES
+from .spec import LABELS
 
 if TYPE_CHECKING:
     from typing import NotRequired  # Python 3.11; only an annotation here (3.10 runs)
@@ -42,7 +42,7 @@ def _div(a: float, b: float) -> float:
 
 def per_class(m: np.ndarray) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
-    for c, name in enumerate(LABEL_NAMES):
+    for c, name in enumerate(LABELS):
         tp = m[c, c]
         fp = m[:, c].sum() - tp
         fn = m[c, :].sum() - tp
@@ -73,29 +73,29 @@ def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float | None:
     return float(u / (n_pos * n_neg))
 
 
-def metrics(y_true: Sequence[int], y_pred: Sequence[int],
-            prob_all: Sequence[float] | None = None) -> dict[str, Any]:
+def metrics(y_true: npt.ArrayLike, y_pred: npt.ArrayLike,
+            prob_all: npt.ArrayLike | None = None) -> dict[str, Any]:
     """All image-level metrics for ALL (1) vs HEM (0)."""
     yt = np.asarray(y_true, dtype=np.int64)
     yp = np.asarray(y_pred, dtype=np.int64)
     m = confusion(yt, yp)
     pc = per_class(m)
     n = int(m.sum())
-    support = np.array([pc[c]["support"] for c in LABEL_NAMES], dtype=np.float64)
-    f1s = np.array([pc[c]["f1"] for c in LABEL_NAMES])
+    support = np.array([pc[c]["support"] for c in LABELS], dtype=np.float64)
+    f1s = np.array([pc[c]["f1"] for c in LABELS])
     present = support > 0
     return {
         "n": n,
         "accuracy": _div(np.trace(m), n),
         "balanced_accuracy": float(np.mean([pc[c]["recall"] for c, k in
-                                            zip(LABEL_NAMES, present) if k])) if n else 0.0,
+                                            zip(LABELS, present) if k])) if n else 0.0,
         "weighted_f1": float((f1s * support).sum() / support.sum()) if n else 0.0,
         "macro_f1": float(f1s[present].mean()) if n else 0.0,
         "sensitivity_all": pc["all"]["recall"],
         "specificity_all": pc["hem"]["recall"],
         "roc_auc": None if prob_all is None else roc_auc(yt, np.asarray(prob_all)),
         "per_class": pc,
-        "confusion": {"labels": list(LABEL_NAMES), "matrix": m.tolist(),
+        "confusion": {"labels": list(LABELS), "matrix": m.tolist(),
                       "rows": "true", "columns": "predicted"},
         "majority_rate": float(max(support) / n) if n else 0.0,
     }
@@ -265,8 +265,8 @@ def per_patient(patients: Sequence[str | None], y_true: Sequence[int | None],
         acc = None
         if t is not None:
             acc = _div(sum(1 for i in idx if y_pred[i] == t), len(idx))
-        vote = LABEL_NAMES[1] if n_all * 2 >= len(idx) else LABEL_NAMES[0]
-        rows.append(PatientRow(pid, None if t is None else LABEL_NAMES[t], len(idx), n_all,
+        vote = LABELS[1] if n_all * 2 >= len(idx) else LABELS[0]
+        rows.append(PatientRow(pid, None if t is None else LABELS[t], len(idx), n_all,
                                float(np.mean([prob[i] for i in idx])), acc, vote))
     return rows
 
@@ -275,8 +275,8 @@ def patient_vote_metrics(rows: Sequence[PatientRow]) -> dict[str, Any] | None:
     known = [r for r in rows if r.true_label is not None and r.patient != "unknown"]
     if not known:
         return None
-    yt = [LABEL_NAMES.index(r.true_label) for r in known]
-    yp = [LABEL_NAMES.index(r.vote) for r in known]
+    yt = [LABELS.index(r.true_label) for r in known]
+    yp = [LABELS.index(r.vote) for r in known]
     m = metrics(yt, yp)
     return {"patients": len(known), "accuracy": m["accuracy"],
             "weighted_f1": m["weighted_f1"], "confusion": m["confusion"]}

@@ -12,7 +12,8 @@ evidence leaves the cell as it is). numpy and Pillow only.
 Overlays mirror the inputs' relative paths under DIR, from the deepest folder that holds
 every input (two input folders keep their names, so nothing collides), named after the
 whole file name plus ``.png`` (``a.bmp`` -> ``a.bmp.png``: distinct inputs never share an
-overlay). Each is written to a temporary file beside it and renamed into place.
+overlay). Each is written to a temporary file beside it and renamed into place
+(:func:`.output.atomic_path`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataError, ImageError, OutputExistsError, UsageError
-from .output import escape_path
+from .output import atomic_path, escape_path
 from .preprocess import open_image, to_rgb
 
 #: blue - light grey - red (anchors of the diverging colormap, at -1, 0 and 1)
@@ -146,20 +147,11 @@ class OverlayWriter:
             img = render(path, cam, self.crop_fraction)
         except ImageError:
             return None
-        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
+            with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
                 img.save(fh, format="PNG")
-            os.replace(tmp, dest)
-        except OSError as exc:
-            raise DataError(f"cannot write heatmap {escape_path(dest)}: "
-                            f"{exc.strerror or exc}",
+        except DataError as exc:  # "cannot write PATH: why", named a heatmap here
+            raise DataError("cannot write heatmap " + exc.message.removeprefix("cannot write "),
                             "free some space or choose another --cam folder, then rerun "
                             "with --resume") from exc
-        finally:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
         return escape_path(dest)

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError, SpecError
+from .errors import ModelError, SpecError, first_line
 from .session import read_spec_from_metadata
 from .spec import ModelSpec
 
@@ -31,7 +31,7 @@ def describe_model(path: Path) -> dict[str, Any]:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{path}: not an ONNX model ({str(exc)[:150]})") from exc
+        raise ModelError(f"{path}: not an ONNX model ({first_line(exc)})") from exc
     if not proto.graph.input:
         raise ModelError(f"{path}: not an ONNX model (empty graph)")
     meta = {p.key: p.value for p in proto.metadata_props}

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from .errors import MissingExtraError, PluginError
+from .errors import MissingExtraError, PluginError, first_line
 
 GROUP = "leukoedge.plugins"
 TRAIN_COMMANDS = ("train", "export", "parity")
@@ -73,9 +73,9 @@ def _load(ep: Any) -> tuple[PluginInfo, Any]:
         _hooks(obj)
         info.loaded = True
     except ImportError as exc:
-        info.error = f"cannot import {ep.value}: {exc}"
+        info.error = f"cannot import {ep.value}: {first_line(exc)}"
     except (AttributeError, PluginError) as exc:
-        info.error = f"{ep.value}: {exc}"
+        info.error = f"{ep.value}: {first_line(exc)}"
     return info, obj
 
 
@@ -90,9 +90,9 @@ def load_plugins(app: Any) -> list[PluginInfo]:
                 if commands is not None:
                     commands(app)
             except ImportError as exc:
-                info.loaded, info.error = False, f"cannot import {ep.value}: {exc}"
+                info.loaded, info.error = False, f"cannot import {ep.value}: {first_line(exc)}"
             except AttributeError as exc:
-                info.loaded, info.error = False, f"{ep.value}: {exc}"
+                info.loaded, info.error = False, f"{ep.value}: {first_line(exc)}"
         infos.append(info)
     return infos
 
@@ -130,7 +130,7 @@ class Registry:
             try:
                 hook(register)
             except (ImportError, AttributeError, PluginError) as exc:
-                info.loaded, info.error = False, f"{ep.value}: {exc}"
+                info.loaded, info.error = False, f"{ep.value}: {first_line(exc)}"
         self._targets, self.infos = targets, infos
         return targets
 
@@ -175,7 +175,7 @@ def _import_target(target: str, name: str, needed_by: str, hint: str) -> Any:
                                 f"installed", hint) from exc
     except ImportError as exc:
         raise MissingExtraError(f"'leukoedge {needed_by}': its {name} ({target}) cannot be "
-                                f"imported ({' '.join(str(exc).split())[:200]})", hint) from exc
+                                f"imported ({first_line(exc)})", hint) from exc
     except AttributeError as exc:
         raise MissingExtraError(f"'leukoedge {needed_by}': the plugin's {name} ({target}) "
                                 f"does not exist", hint) from exc
@@ -193,11 +193,6 @@ def lookup(name: str, needed_by: str, extra: str) -> Any:
     """Module-level :meth:`Registry.lookup` on the one registry of this process."""
     return _registry.lookup(name, needed_by, extra)
 
-
-def reset_registry() -> None:
-    """Forget what was loaded (tests that change the installed entry points)."""
-    global _registry
-    _registry = Registry()
 
 
 def missing_extra_message(command: str) -> str:

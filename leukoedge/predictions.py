@@ -28,13 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .data import LABEL_NAMES, Item, fingerprint, label_of, patient_of, read_prelim_labels
-from .errors import DataError, UsageError
+from .data import Item, fingerprint, label_of, patient_of, read_prelim_labels
+from .errors import DataError, UsageError, first_line
 from .evaluate import ErrorRow, Scores, scores_of
 from .output import escape_path, json_lines, unescape_path
-from .spec import ModelSpec
+from .spec import LABELS, ModelSpec
 
 MAX_FILE_BYTES = 1024 * 1024 * 1024
 TRUTH_COLUMNS = ("true_label", "truth")
@@ -92,8 +90,8 @@ def _truth_value(raw: Any, where: str) -> int | None:
     text = str(raw).strip().lower()
     if text == "":
         return None
-    if text in LABEL_NAMES:
-        return LABEL_NAMES.index(text)
+    if text in LABELS:
+        return LABELS.index(text)
     if text in ("0", "1"):
         return int(text)
     raise DataError(f"{where}: label {str(raw)[:40]!r} is neither all/hem nor 1/0")
@@ -122,7 +120,7 @@ def _read_text(path: Path) -> str:
             raise DataError(f"{escape_path(path)}: larger than {MAX_FILE_BYTES} bytes")
         return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{escape_path(path)}: cannot read ({exc})") from exc
+        raise DataError(f"{escape_path(path)}: cannot read ({first_line(exc)})") from exc
 
 
 def _records(path: Path, text: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -142,7 +140,7 @@ def _records(path: Path, text: str) -> tuple[list[dict[str, Any]], list[str]]:
         cols = list(reader.fieldnames or [])
         return [dict(r) for r in reader], cols
     except csv.Error as exc:
-        raise DataError(f"{escape_path(path)}: not valid CSV ({exc})") from exc
+        raise DataError(f"{escape_path(path)}: not valid CSV ({first_line(exc)})") from exc
 
 
 def read_label_table(path: Path) -> dict[str, int]:
@@ -228,7 +226,3 @@ def read_predictions(path: Path, labels_file: Path | None = None,
     if not ps.has_logits and any(math.isnan(v) for v in ps.probs):
         raise DataError(f"{where}: some rows have neither logit nor prob_all")
     return ps
-
-
-def logits_array(ps: PredictionSet) -> np.ndarray:
-    return np.asarray(ps.logits, dtype=np.float64)

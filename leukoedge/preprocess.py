@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, first_line
 
 if TYPE_CHECKING:
     from .spec import ModelSpec
@@ -175,19 +175,19 @@ def _stream(source: Source, name: str) -> Iterator[IO[bytes]]:
         yield source
 
 
-def _open_stream(stream: IO[bytes], name: str) -> Image.Image:
+def _open_stream(stream: IO[bytes], name: str) -> ImageFile.ImageFile:
     """``Image.open`` a stream lazily and check its size; pixels are not decoded yet."""
     _quiet_bomb_warning()
     try:
         img = Image.open(stream)
     except Image.DecompressionBombError as exc:  # Pillow's own cap, above ours
-        raise ImageError(f"{name}: image is too large ({_short(exc)}); the limit is "
+        raise ImageError(f"{name}: image is too large ({first_line(exc)}); the limit is "
                          f"{MAX_PIXELS} pixels (decompression bomb guard)") from exc
     except UnidentifiedImageError as exc:  # its text names the stream object: useless here
         raise ImageError(f"{name}: not a readable image (no image format recognised)") \
             from exc
     except DECODE_ERRORS as exc:
-        raise ImageError(f"{name}: not a readable image ({_short(exc)})") from exc
+        raise ImageError(f"{name}: not a readable image ({first_line(exc)})") from exc
     w, h = img.size
     if w < 1 or h < 1:
         img.close()
@@ -199,7 +199,7 @@ def _open_stream(stream: IO[bytes], name: str) -> Image.Image:
     return img
 
 
-def open_image(source: Source) -> Image.Image:
+def open_image(source: Source) -> ImageFile.ImageFile:
     """Open an image lazily and check its size; pixels are not decoded yet.
 
     For a path, the returned image owns the file it opened (closed by ``img.close()`` or
@@ -216,13 +216,8 @@ def open_image(source: Source) -> Image.Image:
     except ImageError:
         fh.close()
         raise
-    img._exclusive_fp = True  # type: ignore[attr-defined]  # what Image.open(path) sets
+    img._exclusive_fp = True  # what Image.open(path) sets
     return img
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -300,9 +295,9 @@ def _preprocess_stream(stream: IO[bytes], name: str, size: int, crop_fraction: f
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"{name}: image is too large ({_short(exc)})") from exc
+        raise ImageError(f"{name}: image is too large ({first_line(exc)})") from exc
     except DECODE_ERRORS as exc:
-        raise ImageError(f"{name}: cannot decode image ({_short(exc)})") from exc
+        raise ImageError(f"{name}: cannot decode image ({first_line(exc)})") from exc
     finally:
         img.close()
     if arr.shape != (size, size, 3):
@@ -362,14 +357,9 @@ def decode_for(sources: Sequence[Source], spec: ModelSpec, workers: int | None =
                         workers, progress)
 
 
-def preprocess_for(source: Source, spec: object) -> np.ndarray:
+def preprocess_for(source: Source, spec: ModelSpec) -> np.ndarray:
     """``preprocess`` with the input size, crop and interpolation a ModelSpec names."""
-    return preprocess(
-        source,
-        spec.input_size,  # type: ignore[attr-defined]
-        spec.crop_fraction,  # type: ignore[attr-defined]
-        spec.interpolation,  # type: ignore[attr-defined]
-    )
+    return preprocess(source, spec.input_size, spec.crop_fraction, spec.interpolation)
 
 
 #: A pixel belongs to the cell when its R+G+B (0-765) exceeds this: the background of the

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ImageError, MissingExtraError
-from .evaluate import Report
+from .evaluate import Report, Scores
 from .predictions import PredictionSet
 from .spec import ModelSpec
 
@@ -267,20 +267,40 @@ def render(ps: PredictionSet, spec: ModelSpec, rep: Report, *, title: str = "leu
     """The HTML page of ``rep`` (built from ``ps`` with ``spec`` by ``report_of``)."""
     require_matplotlib()
     scores = ps.scores(spec)
-    probs = scores.probs
     pred = scores.predicted(spec)
-    truth = ps.truth
-    labelled = [i for i, t in enumerate(truth) if t is not None]
-    mt, cal, iv = rep["metrics"], rep["calibration"], rep["intervals"] or {}
-    parts: list[str] = []
+    parts = [_header(ps, rep, title)]
+    parts += [f'<section><p class="warn" data-warning>warning: {_esc(w)}</p></section>'
+              for w in rep["warnings"]]
+    parts.append(_headline(rep, pred))
+    parts.append(_pictures(ps, spec, rep, scores.probs))
+    if rep["metrics"]:
+        parts.append(_confusion(rep["metrics"]))
+    parts.append(_patients(rep))
+    drift = rep.get("drift")
+    if drift:
+        parts.append(_drift(drift))
+    parts.append(_cells(ps, spec, scores, pred, images_root, per_montage))
+    parts.append('<p class="dim">leukoedge report · self-contained: nothing on this page '
+                 "is loaded from anywhere else.</p></main>")
+    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body>"
+            + "".join(parts) + "</body></html>\n")
+
+
+def _header(ps: PredictionSet, rep: Report, title: str) -> str:
+    """The title bar (file, model, counts, threshold, temperature); opens ``<main>``."""
     sub = (f"{_esc(ps.source.name)} · model {_esc(rep['model'])} · {len(ps.paths)} cells"
            f" · {rep['errors']} error rows · threshold P(ALL) ≥ "
            f"{_num('threshold', rep['threshold'])} · temperature "
            f"{_num('temperature', rep['temperature'])}")
-    parts.append(f"<header><h1>{_esc(title)}</h1><p>{sub}</p></header><main>")
-    for w in rep["warnings"]:
-        parts.append(f'<section><p class="warn" data-warning>warning: {_esc(w)}</p></section>')
-    # headline
+    return f"<header><h1>{_esc(title)}</h1><p>{sub}</p></header><main>"
+
+
+def _headline(rep: Report, pred: np.ndarray) -> str:
+    """The cards of the headline figures (with their intervals) and how they were got."""
+    mt, cal, iv = rep["metrics"], rep["calibration"], rep["intervals"] or {}
     cards = []
     if mt:
         for k, label in (("weighted_f1", "weighted F1"), ("sensitivity_all", "sensitivity"),
@@ -295,8 +315,8 @@ def render(ps: PredictionSet, spec: ModelSpec, rep: Report, *, title: str = "leu
     cards.append(f'<div class="card"><div class="k">cells called ALL / HEM</div>'
                  f'<div class="v"><span class="all">{n_all}</span> / <span class="hem">'
                  f"{len(pred) - n_all}</span></div></div>")
-    parts.append(f'<section id="headline"><h2>Figures</h2><div class="cards">{"".join(cards)}'
-                 "</div>")
+    parts = [f'<section id="headline"><h2>Figures</h2><div class="cards">{"".join(cards)}'
+             "</div>"]
     if iv:
         parts.append(f'<p class="dim" id="interval-method">95% intervals: {_esc(iv["method"])}; '
                      f'{_num("intervals.resamples", iv["resamples"])} resamples, seed '
@@ -306,10 +326,16 @@ def render(ps: PredictionSet, spec: ModelSpec, rep: Report, *, title: str = "leu
         parts.append('<p class="dim">No labels: only what needs none is shown (give '
                      "--labels, or rows whose paths lie in all/ and hem/).</p>")
     parts.append("</section>")
-    # figures
+    return "".join(parts)
+
+
+def _pictures(ps: PredictionSet, spec: ModelSpec, rep: Report, probs: np.ndarray) -> str:
+    """The histogram, and with labels the ROC curve and the reliability diagram."""
+    mt, cal, truth = rep["metrics"], rep["calibration"], ps.truth
     figs = [("fig-histogram", histogram_figure(probs, truth, spec.threshold),
              "P(ALL) per class, with the decision threshold.")]
     if mt and mt["roc_auc"] is not None:
+        labelled = [i for i, t in enumerate(truth) if t is not None]
         y = np.array([truth[i] for i in labelled], dtype=np.int64)
         figs.append(("fig-roc", roc_figure(y, probs[labelled], mt["roc_auc"],
                                            mt["sensitivity_all"], mt["specificity_all"]),
@@ -318,62 +344,68 @@ def render(ps: PredictionSet, spec: ModelSpec, rep: Report, *, title: str = "leu
         figs.append(("fig-reliability", reliability_figure(cal, rep["temperature"]),
                      "Reliability: per bin of P(ALL), the fraction of cells that are ALL. "
                      "On the diagonal, P(ALL) can be read as a frequency."))
-    parts.append('<section id="figures"><h2>Pictures</h2><div class="figs">')
-    for fid, uri, cap in figs:
-        parts.append(f'<figure id="{fid}"><img src="{uri}" alt="{fid}">'
-                     f"<figcaption>{_esc(cap)}</figcaption></figure>")
-    parts.append("</div></section>")
-    # confusion
-    if mt:
-        m = mt["confusion"]["matrix"]
-        rows = "".join(
-            f"<tr><th>{name}</th><td>{_num(f'metrics.confusion.matrix.{r}.0', m[r][0])}</td>"
-            f"<td>{_num(f'metrics.confusion.matrix.{r}.1', m[r][1])}</td></tr>"
-            for r, name in ((0, "true HEM"), (1, "true ALL")))
-        parts.append('<section id="confusion"><h2>Confusion matrix</h2><table><tr><th></th>'
-                     f"<th>called HEM</th><th>called ALL</th></tr>{rows}</table></section>")
-    # patients
-    prow = []
-    for j, r in enumerate(rep["patients"]):
-        prow.append(
-            f'<tr data-patient="{_esc(r["patient"])}"><td>{_esc(r["patient"])}</td>'
-            f"<td>{_esc(r['true_label'] or '-')}</td>"
-            f"<td>{_num(f'patients.{j}.cells', r['cells'])}</td>"
-            f"<td>{_num(f'patients.{j}.predicted_all', r['predicted_all'])}</td>"
-            f"<td>{_num(f'patients.{j}.mean_prob_all', r['mean_prob_all'], 3)}</td>"
-            f"<td>{_num(f'patients.{j}.accuracy', r['accuracy'], 3)}</td>"
-            f"<td class=\"{_esc(r['vote'])}\">{_esc(r['vote'].upper())}</td></tr>")
+    body = "".join(f'<figure id="{fid}"><img src="{uri}" alt="{fid}">'
+                   f"<figcaption>{_esc(cap)}</figcaption></figure>" for fid, uri, cap in figs)
+    return f'<section id="figures"><h2>Pictures</h2><div class="figs">{body}</div></section>'
+
+
+def _confusion(mt: dict[str, Any]) -> str:
+    m = mt["confusion"]["matrix"]
+    rows = "".join(
+        f"<tr><th>{name}</th><td>{_num(f'metrics.confusion.matrix.{r}.0', m[r][0])}</td>"
+        f"<td>{_num(f'metrics.confusion.matrix.{r}.1', m[r][1])}</td></tr>"
+        for r, name in ((0, "true HEM"), (1, "true ALL")))
+    return ('<section id="confusion"><h2>Confusion matrix</h2><table><tr><th></th>'
+            f"<th>called HEM</th><th>called ALL</th></tr>{rows}</table></section>")
+
+
+def _patients(rep: Report) -> str:
+    """The per-patient table and the patient-level vote."""
+    prow = "".join(
+        f'<tr data-patient="{_esc(r["patient"])}"><td>{_esc(r["patient"])}</td>'
+        f"<td>{_esc(r['true_label'] or '-')}</td>"
+        f"<td>{_num(f'patients.{j}.cells', r['cells'])}</td>"
+        f"<td>{_num(f'patients.{j}.predicted_all', r['predicted_all'])}</td>"
+        f"<td>{_num(f'patients.{j}.mean_prob_all', r['mean_prob_all'], 3)}</td>"
+        f"<td>{_num(f'patients.{j}.accuracy', r['accuracy'], 3)}</td>"
+        f"<td class=\"{_esc(r['vote'])}\">{_esc(r['vote'].upper())}</td></tr>"
+        for j, r in enumerate(rep["patients"]))
     pv = rep["patient_vote"]
     vote = ""
     if pv:
         vote = (f'<p>Patient-level vote (majority of cells, ties to ALL): accuracy '
                 f'{_num("patient_vote.accuracy", pv["accuracy"], 3)} over '
                 f'{_num("patient_vote.patients", pv["patients"])} patients.</p>')
-    parts.append('<section id="patients"><h2>Per patient</h2><table><tr><th>patient</th>'
-                 "<th>truth</th><th>cells</th><th>called ALL</th><th>mean P(ALL)</th>"
-                 f"<th>accuracy</th><th>vote</th></tr>{''.join(prow)}</table>{vote}</section>")
-    drift = rep.get("drift")
-    if drift:
-        drow = [
-            f'<tr data-patient="{_esc(r["patient"])}"><td>{_esc(r["patient"])}</td>'
-            f"<td>{_num(f'drift.patients.{j}.cells', r['cells'])}</td>"
-            f"<td>{_num(f'drift.patients.{j}.median', r['median'], 2)}</td>"
-            f"<td>{_num(f'drift.patients.{j}.share_above', r['share_above'], 2)}</td>"
-            f"<td>{'flagged' if r['flagged'] else 'no'}</td></tr>"
-            for j, r in enumerate(drift["patients"])]
-        parts.append(
-            '<section id="drift"><h2>Drift: do these cells look like the training cells?</h2>'
+    return ('<section id="patients"><h2>Per patient</h2><table><tr><th>patient</th>'
+            "<th>truth</th><th>cells</th><th>called ALL</th><th>mean P(ALL)</th>"
+            f"<th>accuracy</th><th>vote</th></tr>{prow}</table>{vote}</section>")
+
+
+def _drift(drift: dict[str, Any]) -> str:
+    """Per patient, how far the cells lie from the training cells."""
+    drow = "".join(
+        f'<tr data-patient="{_esc(r["patient"])}"><td>{_esc(r["patient"])}</td>'
+        f"<td>{_num(f'drift.patients.{j}.cells', r['cells'])}</td>"
+        f"<td>{_num(f'drift.patients.{j}.median', r['median'], 2)}</td>"
+        f"<td>{_num(f'drift.patients.{j}.share_above', r['share_above'], 2)}</td>"
+        f"<td>{'flagged' if r['flagged'] else 'no'}</td></tr>"
+        for j, r in enumerate(drift["patients"]))
+    return ('<section id="drift"><h2>Drift: do these cells look like the training cells?</h2>'
             f"<p>{_esc(drift['line'])}</p><p class=\"dim\">Score 1.0 = the 95th percentile "
             "of the training cells' own scores; a patient is flagged when its median is "
             f"above {_num('drift.flag', drift['flag'], 3)} (docs/usage.md).</p>"
             "<table><tr><th>patient</th><th>cells</th><th>median score</th>"
-            f"<th>share above 1.0</th><th>flagged</th></tr>{''.join(drow)}</table></section>")
-    # montages
+            f"<th>share above 1.0</th><th>flagged</th></tr>{drow}</table></section>")
+
+
+def _cells(ps: PredictionSet, spec: ModelSpec, scores: Scores, pred: np.ndarray,
+           images_root: Path | None, nk: int) -> str:
+    """The thumbnail montages: most confident ALL and HEM, most uncertain, misclassified
+    (with labels), ``nk`` cells each."""
+    probs, truth = scores.probs, ps.truth
     order = np.argsort(-probs, kind="mergesort")
-    logits = scores.logits
-    dist = (np.abs(logits - spec.logit_threshold) if scores.has_logits
+    dist = (np.abs(scores.logits - spec.logit_threshold) if scores.has_logits
             else np.abs(probs - spec.threshold))
-    nk = per_montage
     mont = [
         _montage(ps, [int(i) for i in order if pred[i] == 1][:nk], probs, "all",
                  "Most confident ALL", "highest P(ALL)", images_root),
@@ -382,17 +414,11 @@ def render(ps: PredictionSet, spec: ModelSpec, rep: Report, *, title: str = "leu
         _montage(ps, [int(i) for i in np.argsort(dist, kind="mergesort")[:nk]], probs,
                  "uncertain", "Most uncertain", "closest to the threshold", images_root),
     ]
+    labelled = [i for i, t in enumerate(truth) if t is not None]
     if labelled:
         wrong = [i for i in labelled if pred[i] != truth[i]]
         wrong.sort(key=lambda i: -float(dist[i]))
         mont.append(_montage(ps, wrong[:nk], probs, "misclassified",
                              f"Misclassified ({len(wrong)})", "the most confidently wrong "
                              "first", images_root))
-    parts.append('<section id="cells"><h2>Cells</h2>' + "".join(mont) + "</section>")
-    parts.append('<p class="dim">leukoedge report · self-contained: nothing on this page '
-                 "is loaded from anywhere else.</p></main>")
-    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body>"
-            + "".join(parts) + "</body></html>\n")
+    return '<section id="cells"><h2>Cells</h2>' + "".join(mont) + "</section>"

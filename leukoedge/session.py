@@ -1,4 +1,5 @@
-"""onnxruntime sessions: provider choice and verification, the spec check, inference.
+"""onnxruntime sessions: provider choice, session options and verification (and the probe
+``doctor`` uses), the spec check, inference.
 
 ``load_model(path, provider)`` returns a :class:`Model` whose spec was read from the
 file and checked against the graph, running on a provider that was verified through the
@@ -19,9 +20,16 @@ from typing import Any
 import numpy as np
 
 from .drift import DriftStats, from_spec
-from .errors import MissingExtraError, ModelError, ProviderError, SpecError, UsageError
+from .errors import (
+    MissingExtraError,
+    ModelError,
+    ProviderError,
+    SpecError,
+    UsageError,
+    first_line,
+)
 from .preprocess import cell_colour
-from .spec import SPEC_KEY, ModelSpec
+from .spec import ONNX_OPSET, SPEC_KEY, ModelSpec
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
 _ORT_NAMES = {
@@ -91,12 +99,46 @@ def provider_load_problem(ort: ModuleType, provider: str) -> str | None:
         try:
             ctypes.CDLL(str(lib))
         except OSError as exc:
-            first = str(exc).splitlines()[0]
-            return (f"{name} cannot load its libraries ({first}); install the CUDA and "
+            return (f"{name} cannot load its libraries ({first_line(exc)}); install the CUDA and "
                     "cuDNN libraries: pip install 'onnxruntime-gpu[cuda,cudnn]', or add "
                     "the system CUDA/cuDNN to LD_LIBRARY_PATH")
     return None
 
+
+
+def probe_provider(ort: ModuleType, provider: str) -> str | None:
+    """Create a tiny session on ``provider``; None when it really runs there, else why not
+    (a library that loads proves nothing without a usable device and driver)."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    m.ir_version = 8
+    name = _ORT_NAMES[provider]
+    try:
+        sess = ort.InferenceSession(m.SerializeToString(),
+                                    providers=[name, "CPUExecutionProvider"])
+    except ort_errors(ort) as exc:
+        return f"session creation failed: {first_line(exc)}"
+    if name not in sess.get_providers():
+        return "the provider's library loads but the session fell back to the CPU " \
+               "(no usable GPU or driver?)"
+    return None
+
+
+def provider_status(ort: ModuleType) -> dict[str, str]:
+    """Each provider (cpu, cuda, tensorrt) -> ``"ok"`` or why it cannot run here: its
+    library must load (:func:`provider_load_problem`) and a session must really run on it
+    (:func:`probe_provider`). What ``leukoedge doctor`` shows."""
+    status: dict[str, str] = {}
+    for p in ("cpu", "cuda", "tensorrt"):
+        problem = provider_load_problem(ort, p)
+        if problem is None and p != "cpu":
+            problem = probe_provider(ort, p)
+        status[p] = "ok" if problem is None else problem
+    return status
 
 @dataclass
 class SessionConfig:
@@ -188,7 +230,7 @@ class Model:
                 got = self.session.run(graph_names, {self.input_name: batch})
         except ort_errors(import_ort()) as exc:
             raise ModelError(f"{self.path}: the model failed while running "
-                             f"({_first_line(exc)})",
+                             f"({first_line(exc)})",
                              "the graph does not run on a valid input; re-export it") from exc
         return {n: np.asarray(a) for n, a in zip(names, got)}
 
@@ -228,7 +270,7 @@ class Model:
             scores = self.drift.score(cell_colour(batch), outs)
         except ValueError as exc:  # a feature width that disagrees with the statistics
             raise ModelError(f"{self.path}: its drift statistics do not fit its outputs "
-                             f"({_first_line(exc)})", "re-export the model") from exc
+                             f"({first_line(exc)})", "re-export the model") from exc
         return logits, scores, maps
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -295,31 +337,58 @@ def check_graph(spec: ModelSpec, inputs: list[Any], outputs: list[Any], where: s
 
 
 def load_model(path: str | os.PathLike[str], config: SessionConfig | None = None) -> Model:
-    """Open ``path`` on the asked-for provider, verified; check its spec against its graph."""
-    cfg = config or SessionConfig()
-    p = Path(path)
-    where = str(p)
-    if not p.exists():
-        raise ModelError(f"{where}: model file not found")
-    if p.is_dir():
-        raise ModelError(f"{where}: is a folder, not an ONNX model file")
-    if not p.is_file():  # a FIFO would block onnxruntime's read forever
-        raise ModelError(f"{where}: not a regular file, not an ONNX model file")
-    ort = import_ort()
-    notes: list[str] = []
-    want = cfg.provider
-    if want == "auto":
-        want = "cpu"
-        for cand in ("cuda",):
-            problem = provider_load_problem(ort, cand)
-            if problem is None:
-                want = cand
-                break
-    else:
-        problem = provider_load_problem(ort, want)
-        if problem is not None:
-            raise ProviderError(f"--provider {want} cannot run here: {problem}")
+    """Open ``path`` on the asked-for provider, verified; check its spec against its graph.
 
+    The steps: the file (:func:`_model_file`), the provider (:func:`choose_provider`), the
+    session (:func:`session_options`, :func:`open_session`), the provider it really runs
+    on (:func:`verify_provider`), the spec and interface (:func:`read_interface`)."""
+    cfg = config or SessionConfig()
+    p = _model_file(path)
+    ort = import_ort()
+    want = choose_provider(ort, cfg.provider)
+    notes: list[str] = []
+    if want == "tensorrt":
+        notes.append(f"TensorRT builds an engine per input shape on first use (minutes); "
+                     f"cached in {cfg.trt_cache}")
+    t0 = time.perf_counter()
+    sess = open_session(ort, p, cfg, want)
+    active, note = verify_provider(ort, sess, cfg.provider)
+    if note is not None:
+        notes.append(note)
+    face = read_interface(ort, sess, str(p))
+    return Model(
+        path=p, spec=face.spec, session=sess, provider=active,
+        input_name=face.input_name, output_name=face.output_name,
+        notes=notes, load_seconds=time.perf_counter() - t0, device_id=cfg.device_id,
+        outputs=face.outputs, drift=face.drift,
+    )
+
+
+def _model_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, refused unless it is a regular file."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"{p}: model file not found")
+    if p.is_dir():
+        raise ModelError(f"{p}: is a folder, not an ONNX model file")
+    if not p.is_file():  # a FIFO would block onnxruntime's read forever
+        raise ModelError(f"{p}: not a regular file, not an ONNX model file")
+    return p
+
+
+def choose_provider(ort: ModuleType, asked: str) -> str:
+    """The provider to open a session on: for ``auto`` CUDA when its library loads, else
+    the CPU; an asked-for provider that cannot load here is a :class:`ProviderError`."""
+    if asked == "auto":
+        return "cuda" if provider_load_problem(ort, "cuda") is None else "cpu"
+    problem = provider_load_problem(ort, asked)
+    if problem is not None:
+        raise ProviderError(f"--provider {asked} cannot run here: {problem}")
+    return asked
+
+
+def session_options(ort: ModuleType, cfg: SessionConfig) -> Any:
+    """onnxruntime's ``SessionOptions`` for ``cfg``: threads, graph optimisation, quiet."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.threads or cores()
     so.inter_op_num_threads = 1
@@ -329,28 +398,53 @@ def load_model(path: str | os.PathLike[str], config: SessionConfig | None = None
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[cfg.optimization]
     so.log_severity_level = 3
-    if want == "tensorrt":
-        notes.append(f"TensorRT builds an engine per input shape on first use (minutes); "
-                     f"cached in {cfg.trt_cache}")
-    t0 = time.perf_counter()
+    return so
+
+
+def open_session(ort: ModuleType, path: Path, cfg: SessionConfig, want: str) -> Any:
+    """An ``InferenceSession`` of ``path`` on ``want`` (and its fallbacks); a file
+    onnxruntime cannot load is a :class:`ModelError`."""
     try:
         # onnxruntime retries a failed session on the CPU and prints 4 lines to stdout;
         # on the CPU already, a retry is pointless and the lines are noise before our error
-        sess = ort.InferenceSession(str(p), sess_options=so,
+        return ort.InferenceSession(str(path), sess_options=session_options(ort, cfg),
                                     providers=_provider_list(cfg, want),
                                     enable_fallback=0 if want == "cpu" else 1)
     except ort_errors(ort) as exc:
-        raise ModelError(f"{where}: cannot load as an ONNX model ({_first_line(exc)})",
+        raise ModelError(f"{path}: cannot load as an ONNX model ({first_line(exc)})",
                          "re-export it with 'leukoedge export'") from exc
+
+
+def verify_provider(ort: ModuleType, sess: Any, asked: str) -> tuple[str, str | None]:
+    """The provider the session really runs on (``cpu``, ``cuda``, ``tensorrt``), read
+    from its own ``get_providers()``, and a note when ``auto`` ended on the CPU. A GPU
+    provider asked for by name that the session does not use is a :class:`ProviderError`."""
     got = sess.get_providers()
     active = {v: k for k, v in _ORT_NAMES.items()}.get(got[0], got[0])
-    if cfg.provider in ("cuda", "tensorrt") and _ORT_NAMES[cfg.provider] not in got:
+    if asked in ("cuda", "tensorrt") and _ORT_NAMES[asked] not in got:
         raise ProviderError(
-            f"--provider {cfg.provider} was asked for but the session runs on {got[0]}",
+            f"--provider {asked} was asked for but the session runs on {got[0]}",
             "run 'leukoedge doctor' to see why the GPU provider does not load")
-    if cfg.provider == "auto" and active == "cpu":
+    if asked == "auto" and active == "cpu":
         reason = provider_load_problem(ort, "cuda") or "the CUDA provider did not start"
-        notes.append(f"provider auto: running on the CPU ({reason.split(';')[0]})")
+        return active, f"provider auto: running on the CPU ({reason.split(';')[0]})"
+    return active, None
+
+
+@dataclass(frozen=True)
+class Interface:
+    """What :func:`read_interface` read from a session: the spec, checked against the
+    graph, the graph's names and the spec's drift statistics."""
+
+    spec: ModelSpec
+    input_name: str
+    output_name: str
+    outputs: dict[str, str]  # the graph's output names by the spec's names
+    drift: DriftStats | None
+
+
+def read_interface(ort: ModuleType, sess: Any, where: str) -> Interface:
+    """The session's spec (from its metadata) checked against its inputs and outputs."""
     # Metadata, names, types and shapes are decoded lazily: invalid UTF-8 in any of them
     # raises UnicodeDecodeError here, not when the session is created.
     try:
@@ -363,15 +457,9 @@ def load_model(path: str | os.PathLike[str], config: SessionConfig | None = None
         shapes = {n: list(o.shape) for n, o in zip(spec.outputs, outputs)}
     except ort_errors(ort) as exc:
         raise ModelError(f"{where}: cannot read the model's metadata or interface "
-                         f"({_first_line(exc)})", "re-export it with 'leukoedge export'") \
+                         f"({first_line(exc)})", "re-export it with 'leukoedge export'") \
             from exc
-    drift = _drift_of(spec, shapes, where)
-    return Model(
-        path=p, spec=spec, session=sess, provider=active,
-        input_name=input_name, output_name=output_name,
-        notes=notes, load_seconds=time.perf_counter() - t0, device_id=cfg.device_id,
-        outputs=names, drift=drift,
-    )
+    return Interface(spec, input_name, output_name, names, _drift_of(spec, shapes, where))
 
 
 def _drift_of(spec: ModelSpec, shapes: dict[str, list[Any]], where: str) -> DriftStats | None:
@@ -389,11 +477,6 @@ def _drift_of(spec: ModelSpec, shapes: dict[str, list[Any]], where: str) -> Drif
                             f"its drift statistics describe {c.gaussian.dim}",
                             "re-export the model")
     return drift
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def newest_model(folder: Path) -> Path:

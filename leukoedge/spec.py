@@ -28,9 +28,10 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import SpecError
+from .errors import SpecError, first_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,16 +41,22 @@ SPEC_KEY = "leukoedge.spec"
 SCHEMA_VERSION = 2  # the newest this release reads and writes
 MAX_SPEC_BYTES = 64 * 1024
 
-LABELS = ("hem", "all")  # index = class id; 1 = ALL (positive)
-INTERPOLATIONS = ("bilinear", "bicubic", "box", "lanczos", "nearest")
-INPUT_LAYOUT = "NHWC-uint8-RGB"
+# Defined here only; the rest of the runtime and the training plugin import them.
+#: The class names by class id: 0 = HEM, 1 = ALL (the positive class).
+LABELS = ("hem", "all")
 #: Numeric precision of the graph's weights and arithmetic (the uint8 input is the same).
 PRECISIONS = ("fp32", "fp16", "int8")
+#: The ONNX opset (``ai.onnx`` domain) of the graphs leukoedge builds: export's default.
+ONNX_OPSET = 18
+#: Where ``export`` writes models and, with no ``--model``, the runtime looks for them
+#: (relative to the working directory).
+EXPORTED = Path("exported")
+
+INTERPOLATIONS = ("bilinear", "bicubic", "box", "lanczos", "nearest")
+INPUT_LAYOUT = "NHWC-uint8-RGB"
 #: Graph outputs this release knows: the ALL logit ``[N]`` (always first), a class
 #: activation heatmap ``[N, h, w]``, an embedding ``[N, d]``.
 KNOWN_OUTPUTS = ("logit", "cam", "features")
-#: Test-time symmetries applied inside the graph: none, or the 8 of the square (D4).
-KNOWN_TTA = ("none", "d4")
 #: Fields added in schema version 2, with their defaults (left out of the JSON at default).
 V2_DEFAULTS: dict[str, Any] = {"training": {}, "temperature": 1.0, "calibration": {},
                                "outputs": ("logit",), "tta": "none", "extensions": {}}
@@ -104,7 +111,7 @@ class ModelSpec:
     calibration: dict[str, Any] = field(default_factory=dict)
     #: the graph's outputs, in order; the first is always "logit" (see KNOWN_OUTPUTS).
     outputs: tuple[str, ...] = ("logit",)
-    #: test-time symmetries applied inside the graph ("none", "d4").
+    #: test-time symmetries applied inside the graph ("none", "d1", "c4", "d4").
     tta: str = "none"
     #: information a reader may ignore, under namespaced keys; kept, never interpreted.
     extensions: dict[str, Any] = field(default_factory=dict)
@@ -115,10 +122,6 @@ class ModelSpec:
             raise SpecError("invalid ModelSpec: " + "; ".join(problems))
 
     # -- derived values -------------------------------------------------------------
-    @property
-    def positive_index(self) -> int:
-        return self.labels.index(self.positive)
-
     @property
     def schema_version(self) -> int:
         """The lowest schema version that holds this spec (1 while every v2 field is at
@@ -190,7 +193,7 @@ class ModelSpec:
         try:
             raw = json.loads(text, parse_constant=_reject_constant)
         except (ValueError, RecursionError) as exc:
-            raise SpecError(f"model spec is not valid JSON: {exc}") from exc
+            raise SpecError(f"model spec is not valid JSON: {first_line(exc)}") from exc
         return cls.from_dict(raw)
 
     @classmethod

@@ -32,15 +32,16 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .output import atomic_path, atomic_write_bytes
 
 __all__ = [
     "REFERENCE_SIZE",
@@ -161,10 +162,11 @@ class PatientStyle:
     @property
     def gain(self) -> tuple[float, float, float]:
         """Per-channel multipliers: brightness times tint, kept inside the real range."""
-        return tuple(  # type: ignore[return-value]
+        r, g, b = (
             float(np.clip(self.brightness * t, lo, hi))
             for t, (lo, hi) in zip(self.tint, _GAIN_RANGE)
         )
+        return r, g, b
 
 
 # --------------------------------------------------------------------------- #
@@ -301,8 +303,13 @@ def sample_traits(rng: np.random.Generator, patient: PatientStyle) -> CellTraits
         else:
             v = mu + float(rng.normal(0.0, dist.cell_sd))
         values[name] = float(np.clip(v, dist.low, dist.high))
-    values["nucleoli"] = int(values["nucleoli"])
-    return CellTraits(**values)  # type: ignore[arg-type]
+    return CellTraits(
+        cell_radius=values["cell_radius"],
+        nc_ratio=values["nc_ratio"],
+        chromatin=values["chromatin"],
+        nucleoli=int(values["nucleoli"]),
+        irregularity=values["irregularity"],
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -373,81 +380,130 @@ _RIM_RGB = (96.0, 58.0, 94.0)
 _SHADE_GAIN = (1.1, 1.8, 0.45)
 
 
-def render_cell(
-    rng: np.random.Generator, traits: CellTraits, patient: PatientStyle, size: int
-) -> np.ndarray:
-    """Render one cell as a ``size x size x 3`` uint8 RGB array on pure black.
+@dataclass(frozen=True)
+class _CellLayout:
+    """Where one cell's parts lie, in its square bounding box of side ``2 * half`` px.
 
-    Nuisance factors (position offset, outline shape and rotation, nucleus
-    placement, textures, nucleoli positions, a small per-cell brightness
-    jitter) are drawn from ``rng``; class information enters only through
-    ``traits`` and the stain only through ``patient``.  Work is done in the
-    cell's bounding box with a cached polar grid, so the cost is a few dozen
-    vectorised operations on ~60k pixels.
+    Attributes:
+        scale: length scale, ``size / REFERENCE_SIZE``.
+        cy, cx: centre of the box in the image (px).
+        half: half-side of the box (px).
+        edge: distance inside the cell outline per box pixel (px; negative outside).
+        nucleus: weight 0..1 of the nucleus per box pixel (soft edge, inside the cell).
+        ny, nx: offset of the nucleus centre from the box centre (px).
+        nuc_radius: equivalent radius of the nucleus (px).
     """
-    s = size / REFERENCE_SIZE  # length scale
-    radius = traits.cell_radius * s
-    out = np.zeros((size, size, 3), dtype=np.uint8)
 
-    # --- geometry -------------------------------------------------------- #
+    scale: float
+    cy: int
+    cx: int
+    half: int
+    edge: np.ndarray
+    nucleus: np.ndarray
+    ny: int
+    nx: int
+    nuc_radius: float
+
+
+def _polar_window(size: int, half: int, dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
+    """Radius and angle index of a box of side ``2 * half`` about the point (dy, dx) from
+    the box centre: a view into the cached polar grid of an image of side ``size``."""
+    rho_big, tidx_big = _polar_grid(size)
+    y0, x0 = size - half - dy, size - half - dx
+    return (rho_big[y0 : y0 + 2 * half, x0 : x0 + 2 * half],
+            tidx_big[y0 : y0 + 2 * half, x0 : x0 + 2 * half])
+
+
+def _cell_outline(
+    rng: np.random.Generator, traits: CellTraits, size: int
+) -> tuple[int, int, int, np.ndarray]:
+    """Draw the cell's outline and position: box centre (cy, cx), half-side, and the
+    distance inside the outline for every box pixel."""
+    s = size / REFERENCE_SIZE
+    radius = traits.cell_radius * s
     cell_r = _outline(rng, radius, traits.irregularity, rng.normal(0.0, 0.015))
     off = np.clip(rng.normal(0.0, 2.0 * s, 2), -6.0 * s, 6.0 * s)
     cy = round(size / 2 + float(off[0]))
     cx = round(size / 2 + float(off[1]))
     h = min(math.ceil(float(cell_r.max())) + 2, size // 2)  # half-side of the box
-    rho_big, tidx_big = _polar_grid(size)
-
-    def window(dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
-        """Polar coordinates of the box about the point (dy, dx) from its centre."""
-        y0, x0 = size - h - dy, size - h - dx
-        return rho_big[y0 : y0 + 2 * h, x0 : x0 + 2 * h], tidx_big[y0 : y0 + 2 * h, x0 : x0 + 2 * h]
-
-    rho, tidx = window(0, 0)
+    rho, tidx = _polar_window(size, h, 0, 0)
     edge = np.take(cell_r, tidx) - rho  # distance inside the outline (px)
+    return cy, cx, h, edge
 
+
+def _nucleus(
+    rng: np.random.Generator, traits: CellTraits, size: int, h: int, edge: np.ndarray
+) -> tuple[np.ndarray, int, int, float]:
+    """Draw the nucleus (outline and placement inside the cell): its weight per box
+    pixel, its offset (ny, nx) from the box centre and its radius."""
+    s = size / REFERENCE_SIZE
+    radius = traits.cell_radius * s
     nuc_radius = radius * math.sqrt(traits.nc_ratio)
     nuc_r = _outline(rng, nuc_radius, traits.irregularity * 1.3, rng.normal(0.0, 0.03))
     room = max(radius - nuc_radius, 0.0)
     ang = rng.uniform(0.0, 2 * np.pi)
     dist = room * rng.uniform(0.1, 0.7)
     ny, nx = round(dist * math.sin(ang)), round(dist * math.cos(ang))
-    nrho, ntidx = window(ny, nx)
+    nrho, ntidx = _polar_window(size, h, ny, nx)
     soft = np.float32(1.0 / max(2.0 * s, 0.7))
     w_nuc = np.take(nuc_r, ntidx) - nrho
     w_nuc *= soft
     w_nuc += np.float32(0.5)
     np.clip(w_nuc, 0.0, 1.0, out=w_nuc)
     w_nuc *= np.clip(edge * soft, 0.0, 1.0)  # keep the nucleus inside the cell
+    return w_nuc, ny, nx, nuc_radius
 
-    # --- texture --------------------------------------------------------- #
-    c = traits.chromatin
+
+def _layout(rng: np.random.Generator, traits: CellTraits, size: int) -> _CellLayout:
+    """Draw the geometry of one cell: its outline and position, then its nucleus."""
+    cy, cx, h, edge = _cell_outline(rng, traits, size)
+    w_nuc, ny, nx, nuc_radius = _nucleus(rng, traits, size, h, edge)
+    return _CellLayout(size / REFERENCE_SIZE, cy, cx, h, edge, w_nuc, ny, nx, nuc_radius)
+
+
+def _light(rng: np.random.Generator, traits: CellTraits, layout: _CellLayout) -> np.ndarray:
+    """Draw the texture (chromatin in the nucleus, fainter in the cytoplasm) and the
+    nucleoli: a relative brightness change per box pixel."""
+    s, h, c = layout.scale, layout.half, traits.chromatin
     tex = _texture(rng, (2 * h, 2 * h), 12.0 * s, (18.0 + 14.0 * c) * s, 0.25 + 0.6 * c)
     amp_nuc = np.float32(0.085 + 0.125 * c)
     amp_cyt = np.float32(0.03)
-    light = (amp_nuc - amp_cyt) * w_nuc + amp_cyt  # texture amplitude map
+    light = (amp_nuc - amp_cyt) * layout.nucleus + amp_cyt  # texture amplitude map
     light *= tex
-
-    # Nucleoli: soft light spots well inside the nucleus.
     for _ in range(traits.nucleoli):
-        a = rng.uniform(0.0, 2 * np.pi)
-        d = nuc_radius * 0.55 * math.sqrt(rng.uniform())
-        sig = rng.uniform(4.0, 7.0) * s
-        gain = np.float32(rng.uniform(0.20, 0.30))
-        py = round(ny + d * math.sin(a))
-        px = round(nx + d * math.cos(a))
-        k = math.ceil(3 * sig)
-        y0, y1 = max(h + py - k, 0), min(h + py + k + 1, 2 * h)
-        x0, x1 = max(h + px - k, 0), min(h + px + k + 1, 2 * h)
-        if y0 >= y1 or x0 >= x1:
-            continue
-        yy = (np.arange(y0, y1, dtype=np.float32) - np.float32(h + py))[:, None]
-        xx = (np.arange(x0, x1, dtype=np.float32) - np.float32(h + px))[None, :]
-        spot = np.exp((yy * yy + xx * xx) * np.float32(-0.5 / (sig * sig)))
-        light[y0:y1, x0:x1] += gain * spot * w_nuc[y0:y1, x0:x1]
+        _add_nucleolus(rng, light, layout)
+    return light
 
-    # --- colour ---------------------------------------------------------- #
+
+def _add_nucleolus(rng: np.random.Generator, light: np.ndarray, layout: _CellLayout) -> None:
+    """Draw one nucleolus, a soft light spot well inside the nucleus, and add it to
+    ``light`` (nothing when it falls outside the box; its draws are made all the same)."""
+    s, h, w_nuc = layout.scale, layout.half, layout.nucleus
+    a = rng.uniform(0.0, 2 * np.pi)
+    d = layout.nuc_radius * 0.55 * math.sqrt(rng.uniform())
+    sig = rng.uniform(4.0, 7.0) * s
+    gain = np.float32(rng.uniform(0.20, 0.30))
+    py = round(layout.ny + d * math.sin(a))
+    px = round(layout.nx + d * math.cos(a))
+    k = math.ceil(3 * sig)
+    y0, y1 = max(h + py - k, 0), min(h + py + k + 1, 2 * h)
+    x0, x1 = max(h + px - k, 0), min(h + px + k + 1, 2 * h)
+    if y0 >= y1 or x0 >= x1:
+        return
+    yy = (np.arange(y0, y1, dtype=np.float32) - np.float32(h + py))[:, None]
+    xx = (np.arange(x0, x1, dtype=np.float32) - np.float32(h + px))[None, :]
+    spot = np.exp((yy * yy + xx * xx) * np.float32(-0.5 / (sig * sig)))
+    light[y0:y1, x0:x1] += gain * spot * w_nuc[y0:y1, x0:x1]
+
+
+def _colour(
+    rng: np.random.Generator, patient: PatientStyle, layout: _CellLayout, light: np.ndarray
+) -> np.ndarray:
+    """The box in RGB (float32, 0..255): stain colours shaded by ``light``, the patient's
+    stain and a small per-cell brightness jitter (drawn here)."""
     # Bright rim just inside the outline (as left by the C-NMC segmentation),
     # a darker anti-aliased outermost pixel, and black outside.
+    s, h, edge, w_nuc = layout.scale, layout.half, layout.edge, layout.nucleus
     rim = np.maximum(edge - 1.0, 0.0)
     rim *= np.float32(-1.0 / max(3.0 * s, 0.7))
     np.exp(rim, out=rim)
@@ -469,15 +525,43 @@ def render_cell(
         col *= g
         box[..., ch] = col
     np.clip(box, 0.0, 255.0, out=box)
+    return box
 
-    # --- paste into the image (clipped to its bounds) -------------------- #
-    y0, x0 = cy - h, cx - h
+
+def _paste(box: np.ndarray, layout: _CellLayout, size: int) -> np.ndarray:
+    """A black ``size x size x 3`` uint8 image with ``box`` at the cell's place (clipped
+    to the image's bounds)."""
+    out = np.zeros((size, size, 3), dtype=np.uint8)
+    h = layout.half
+    y0, x0 = layout.cy - h, layout.cx - h
     sy0, sx0 = max(0, -y0), max(0, -x0)
     dy0, dx0 = max(0, y0), max(0, x0)
     dy1, dx1 = min(size, y0 + 2 * h), min(size, x0 + 2 * h)
     if dy1 > dy0 and dx1 > dx0:
         out[dy0:dy1, dx0:dx1] = box[sy0 : sy0 + dy1 - dy0, sx0 : sx0 + dx1 - dx0].astype(np.uint8)
     return out
+
+
+def render_cell(
+    rng: np.random.Generator, traits: CellTraits, patient: PatientStyle, size: int
+) -> np.ndarray:
+    """Render one cell as a ``size x size x 3`` uint8 RGB array on pure black.
+
+    Nuisance factors (position offset, outline shape and rotation, nucleus
+    placement, textures, nucleoli positions, a small per-cell brightness
+    jitter) are drawn from ``rng``; class information enters only through
+    ``traits`` and the stain only through ``patient``.  Work is done in the
+    cell's bounding box with a cached polar grid, so the cost is a few dozen
+    vectorised operations on ~60k pixels.
+
+    Steps, drawing from ``rng`` in this order (which fixes the output): the
+    geometry (:func:`_layout`), the texture and nucleoli (:func:`_light`), the
+    colour (:func:`_colour`); then the box is pasted into the image.
+    """
+    layout = _layout(rng, traits, size)
+    light = _light(rng, traits, layout)
+    box = _colour(rng, patient, layout, light)
+    return _paste(box, layout, size)
 
 
 def sample_cells(n: int, seed: int = 0, size: int = REFERENCE_SIZE,
@@ -510,19 +594,8 @@ def sample_cells(n: int, seed: int = 0, size: int = REFERENCE_SIZE,
 # --------------------------------------------------------------------------- #
 # Writing
 # --------------------------------------------------------------------------- #
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` for a temporary file beside ``path``, then move it into place.
-
-    ``os.replace`` is atomic, so ``path`` is either absent or complete; the
-    temporary file is removed if writing fails or is interrupted.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+#: One row of ``traits.csv``: path, label, patient, fold, image, cell, then the traits.
+_Row = list[str | int]
 
 
 def _save_bmp(rgb: np.ndarray, path: Path) -> None:
@@ -531,7 +604,8 @@ def _save_bmp(rgb: np.ndarray, path: Path) -> None:
 
 
 def _remove_previous(out: Path) -> None:
-    """Delete a previous synthetic data set in ``out`` (only files this module writes)."""
+    """Delete a previous synthetic data set in ``out`` (only files this module writes,
+    and the temporary images an interrupted run left)."""
     for path in out.glob("fold_*/*/*.bmp"):
         fold, cls = path.parent.parent.name, path.parent.name
         if (
@@ -540,8 +614,10 @@ def _remove_previous(out: Path) -> None:
             and re.fullmatch(rf"UID_H?\d+_\d+_\d+_{cls}\.bmp", path.name)
         ):
             path.unlink()
-    for path in out.glob("fold_*/*/.UID_*.bmp.tmp"):
-        path.unlink()
+    # ".tmp": releases before output.atomic_path; ".tmp-<pid>": atomic_path's
+    for pattern in ("fold_*/*/.UID_*.bmp.tmp", "fold_*/*/.UID_*.bmp.tmp-*"):
+        for path in out.glob(pattern):
+            path.unlink()
     (out / "traits.csv").unlink(missing_ok=True)
     for d in sorted(out.glob("fold_*/*"), reverse=True) + sorted(out.glob("fold_*")):
         if d.is_dir() and not any(d.iterdir()):
@@ -559,6 +635,73 @@ def _image_ids(rng: np.random.Generator, n_cells: int) -> list[tuple[int, int]]:
     return ids[:n_cells]
 
 
+def _prepare_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a file or a non-empty folder at ``out``; with ``overwrite``, delete a
+    previous synthetic data set there instead."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(f"output directory {out} exists and is not empty")
+        _remove_previous(out)
+
+
+def _make_class_dirs(out: Path, patients: list[PatientStyle], folds: int) -> None:
+    """Create ``fold_<f>/{all,hem}`` for every fold and class that gets a patient."""
+    for f in range(folds):
+        for cls in ("all", "hem"):
+            if any(p.fold == f and (p.label == 1) == (cls == "all") for p in patients):
+                (out / f"fold_{f}" / cls).mkdir(parents=True, exist_ok=True)
+
+
+def _write_cell(
+    out: Path, config: SynthConfig, patient: PatientStyle, pindex: int, cindex: int,
+    image_no: int, cell_no: int,
+) -> _Row:
+    """Draw, render and write cell ``cindex`` of patient ``pindex`` (from its own random
+    stream); its ``traits.csv`` row."""
+    cls = "all" if patient.label == 1 else "hem"
+    rng = _cell_rng(config.seed, pindex, cindex)
+    traits = sample_traits(rng, patient)
+    rgb = render_cell(rng, traits, patient, config.size)
+    rel = f"fold_{patient.fold}/{cls}/UID_{patient.patient_id}_{image_no}_{cell_no}_{cls}.bmp"
+    with atomic_path(out / rel) as tmp:
+        _save_bmp(rgb, tmp)
+    t = asdict(traits)
+    row: _Row = [rel, patient.label, patient.patient_id, patient.fold, image_no, cell_no]
+    return row + [_fmt(t[name]) for name in TRAIT_NAMES]
+
+
+def _write_cells(
+    out: Path,
+    config: SynthConfig,
+    patients: list[PatientStyle],
+    progress: Callable[[int, int], None] | None,
+) -> tuple[list[_Row], list[int]]:
+    """Write every patient's cells in order; the ``traits.csv`` rows and the number of
+    images per fold."""
+    rows: list[_Row] = []
+    per_fold = [0] * config.folds
+    total = config.patients * config.cells_per_patient
+    for pindex, patient in enumerate(patients):
+        ids = _image_ids(_images_rng(config.seed, pindex), config.cells_per_patient)
+        for cindex, (image_no, cell_no) in enumerate(ids):
+            rows.append(_write_cell(out, config, patient, pindex, cindex, image_no, cell_no))
+            per_fold[patient.fold] += 1
+            if progress is not None:
+                progress(len(rows), total)
+    return rows, per_fold
+
+
+def _write_traits_csv(path: Path, rows: list[_Row]) -> None:
+    """Write ``traits.csv`` (header, then ``rows``) atomically."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "label", "patient", "fold", "image", "cell", *TRAIT_NAMES])
+    writer.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode("utf-8"))
+
+
 def generate(
     out_dir: Path | str,
     config: SynthConfig,
@@ -571,9 +714,9 @@ def generate(
     Writes ``fold_<f>/{all,hem}/UID_*.bmp`` (24-bit BMP) and ``traits.csv``
     (columns ``path,label,patient,fold,image,cell`` then one per trait in
     :data:`TRAIT_NAMES`; ``path`` relative to ``out_dir``) and nothing else.
-    Every file is written to a temporary file and moved into place, so an
-    interrupted run never leaves a truncated image; ``traits.csv`` is written
-    last.
+    Every file is written to a temporary file and moved into place
+    (:func:`leukoedge.output.atomic_path`), so an interrupted run never leaves a
+    truncated image; ``traits.csv`` is written last.
 
     Args:
         out_dir: destination; created if missing, must be empty if it exists
@@ -587,59 +730,17 @@ def generate(
     Raises:
         ValueError: on an invalid ``config``, or a non-empty ``out_dir``
             without ``overwrite``, or an ``out_dir`` that is a file.
+        DataError: when a file cannot be written (disk full, permissions); the
+            images written before it stay, complete.
     """
     config.validate()
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output path {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ValueError(f"output directory {out} exists and is not empty")
-        _remove_previous(out)
-
+    _prepare_out_dir(out, overwrite)
     patients = make_patients(config)
-    total = config.patients * config.cells_per_patient
-    for f in range(config.folds):
-        for cls in ("all", "hem"):
-            if any(p.fold == f and (p.label == 1) == (cls == "all") for p in patients):
-                (out / f"fold_{f}" / cls).mkdir(parents=True, exist_ok=True)
-
-    rows: list[list[object]] = []
-    per_fold = [0] * config.folds
-    done = 0
-    for pindex, patient in enumerate(patients):
-        cls = "all" if patient.label == 1 else "hem"
-        ids = _image_ids(_images_rng(config.seed, pindex), config.cells_per_patient)
-        for cindex, (image_no, cell_no) in enumerate(ids):
-            rng = _cell_rng(config.seed, pindex, cindex)
-            traits = sample_traits(rng, patient)
-            rgb = render_cell(rng, traits, patient, config.size)
-            rel = (
-                f"fold_{patient.fold}/{cls}/UID_{patient.patient_id}_{image_no}_{cell_no}_{cls}.bmp"
-            )
-            _write_atomic(out / rel, partial(_save_bmp, rgb))
-            t = asdict(traits)
-            rows.append(
-                [rel, patient.label, patient.patient_id, patient.fold, image_no, cell_no]
-                + [_fmt(t[name]) for name in TRAIT_NAMES]
-            )
-            per_fold[patient.fold] += 1
-            done += 1
-            if progress is not None:
-                progress(done, total)
-
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path", "label", "patient", "fold", "image", "cell", *TRAIT_NAMES])
-    writer.writerows(rows)
+    _make_class_dirs(out, patients, config.folds)
+    rows, per_fold = _write_cells(out, config, patients, progress)
     traits_csv = out / "traits.csv"
-    data = text.getvalue().encode("utf-8")
-
-    def write_traits(tmp: Path) -> None:
-        tmp.write_bytes(data)
-
-    _write_atomic(traits_csv, write_traits)
-
+    _write_traits_csv(traits_csv, rows)
     n_all_img = sum(1 for r in rows if r[1] == 1)
     return SynthSummary(
         out_dir=out,

@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlparse
 
 import pytest
@@ -37,12 +37,11 @@ def _first(paths: tuple[str, ...], env: str) -> str | None:
     return next((p for p in paths if Path(p).is_file()), shutil.which(Path(paths[0]).name))
 
 
-def missing_browser(why: str) -> None:
+def missing_browser(why: str) -> NoReturn:
     """Fail under CI, skip elsewhere."""
-    msg = f"headless browser unavailable ({why}); install with: {INSTALL}"
-    if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
+    from conftest import missing
+
+    missing(f"headless browser unavailable ({why}); install with: {INSTALL}")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import Result
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss
 from typer.testing import CliRunner
@@ -42,7 +43,7 @@ OOF = Path(__file__).resolve().parent.parent / "docs" / "cv" / "full" / "gap-oof
 SPEC = ModelSpec(architecture="test-mean", input_size=32)
 
 
-def invoke(*args: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
+def invoke(*args: str | os.PathLike[str]) -> Result:
     return runner.invoke(assemble(), [os.fspath(a) for a in args])
 
 

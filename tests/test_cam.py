@@ -179,3 +179,70 @@ def test_map_correlation_gate() -> None:
     assert (cam.map_correlations(a, -a) < 0).all()
     assert not cam.MapCheck("int8", 5, 0.5, 0.1).passed
     assert cam.MapCheck("int8", 5, 0.99, 0.9).passed
+
+
+# -- export_onnx end to end: a checkpoint (not trained) to an fp16 file with its map -----------
+
+def checkpoint(case: str, path: Path, bias: float) -> Path:
+    """A leukoedge checkpoint of ``build(case)``, as ``train`` writes one, with the final
+    bias set to ``bias`` (every logit far from the threshold: no label flips by rounding)."""
+    from leukoedge_train import checkpoint as ckpt_io
+
+    arch, kw = CASES[case]
+    model = build(case, seed=0)
+    with torch.no_grad():
+        model.net.head[-1].bias.fill_(bias)
+    info = arch_info(arch)
+    spec = ModelSpec(architecture=arch, input_size=SIZE, mean=info.mean, std=info.std)
+    ckpt_io.save({"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "architecture": arch,
+                  "arch_kwargs": dict(kw), "model": model.state_dict(),
+                  "spec": spec.to_json()}, path)
+    return path
+
+
+def test_fp16_export_with_its_map_is_compared_with_its_fp32_source(
+        tmp_path: Path, shared_cells: Path) -> None:
+    """``export --cam --precision fp16`` into a file named like the export's own fp32 step:
+    only the fp16 file is left, and its report compares it with the fp32 export (not with
+    itself: the two differ by fp16 rounding)."""
+    import onnx
+
+    from leukoedge.spec import SPEC_KEY
+
+    ckpt = checkpoint("scratch-gap", tmp_path / "run" / "best.pt", bias=20.0)
+    data = tmp_path / "cells"  # 8 of the real cells: parity, report and maps on them
+    data.mkdir()
+    for f in sorted(shared_cells.rglob("*.bmp"))[::5][:8]:
+        (data / f.name).write_bytes(f.read_bytes())
+    out = tmp_path / "out" / "fp32.onnx"
+    n = len(collect([data]))
+    res = exp.export_onnx(ckpt, out, precision="fp16", cam=True, parity_data=data,
+                          report_data=data, report_images=n)
+    assert list(out.parent.iterdir()) == [out] and res.path == out
+    assert res.size_bytes == out.stat().st_size and res.parity.passed
+    proto = onnx.load(str(out))
+    assert onnx.TensorProto.FLOAT16 in {i.data_type for i in proto.graph.initializer}
+    meta = {p.key: p.value for p in proto.metadata_props}
+    spec = ModelSpec.from_json(meta[SPEC_KEY])
+    assert spec.precision == "fp16" and spec.outputs == ("logit", "cam")
+    rep = res.report
+    assert rep is not None and rep.precision == "fp16" and rep.images == n
+    if rep.agreement is not None:  # this CPU runs fp16
+        assert rep.agreement == 1.0
+        assert rep.max_abs_diff is not None and 0 < rep.max_abs_diff < 0.5
+    assert res.map_check is not None and res.map_check.images > 0
+
+
+def test_a_refused_precision_carries_its_report() -> None:
+    from leukoedge_train.precision import PrecisionReport
+
+    rep = PrecisionReport("int8", 100, "cells", "cpu", 0.5, 0.9, 3.0, 1.0)
+    with pytest.raises(exp.PrecisionRejected) as e:
+        exp._gate(rep)
+    assert e.value.report is rep and e.value.exit_code == 3
+    assert "label agreement with fp32 50.00% < 98% on 100 cells (cells)" in e.value.message
+    exp._gate(PrecisionReport("fp16", 100, "cells", "cpu", None, None, None, None,
+                              problem="no fp16 kernels"))  # fp16 that cannot run here passes
+    with pytest.raises(exp.PrecisionRejected, match="does not run here"):
+        exp._gate(PrecisionReport("int8", 100, "cells", "cpu", None, None, None, None,
+                                  problem="no kernels"))

@@ -9,6 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import Result
+from conftest import cuda_problem
+from typer.core import TyperGroup
 from typer.testing import CliRunner
 
 from leukoedge.cli import assemble
@@ -17,7 +20,7 @@ from leukoedge.spec import SCHEMA_VERSION, ModelSpec
 runner = CliRunner()
 
 
-def invoke(*args: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
+def invoke(*args: str | os.PathLike[str]) -> Result:
     return runner.invoke(assemble(), [os.fspath(a) for a in args])
 
 
@@ -33,7 +36,6 @@ def test_help_lists_commands() -> None:
         assert name in r.output
 
 
-
 def test_no_help_text_is_eaten_by_rich_markup() -> None:
     """Typer renders help through Rich, which takes ``[on]`` or ``[scratch 30]`` for a
     style tag and drops it: every bracket meant to be shown must be escaped."""
@@ -41,8 +43,9 @@ def test_no_help_text_is_eaten_by_rich_markup() -> None:
     from typer.main import get_command
 
     root = get_command(assemble())
+    assert isinstance(root, TyperGroup)
     texts = [(root.name, root.help or "")]
-    for name, cmd in root.commands.items():  # type: ignore[attr-defined]
+    for name, cmd in root.commands.items():
         texts.append((name, cmd.help or ""))
         texts += [(f"{name} {p.name}", getattr(p, "help", None) or "") for p in cmd.params]
     assert len(texts) > 30
@@ -50,6 +53,7 @@ def test_no_help_text_is_eaten_by_rich_markup() -> None:
         assert Text.from_markup(text).plain == text.replace("\\[", "["), where
     r = runner.invoke(assemble(), ["train", "--help"], env={"COLUMNS": "250"})
     assert "[default: scratch 30, resnet50 12]" in r.output
+
 
 def test_classify_real_cells_writes_one_row_each(real_cells: Path, tiny_model: Path,
                                                  tmp_path: Path) -> None:
@@ -79,6 +83,7 @@ def test_bad_files_become_error_rows_and_exit_1(real_cells: Path, tiny_model: Pa
     assert all(b["prob_all"] == "" and b["label"] == "" for b in bad)
 
 
+@pytest.mark.cpu_only
 def test_provider_cuda_on_cpu_machine_is_one_line_exit_3(real_cells: Path, tiny_model: Path,
                                                           tmp_path: Path) -> None:
     r = invoke("classify", real_cells, "--model", tiny_model, "--out", tmp_path / "p.csv",
@@ -90,11 +95,31 @@ def test_provider_cuda_on_cpu_machine_is_one_line_exit_3(real_cells: Path, tiny_
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.cpu_only
 def test_provider_auto_runs_on_cpu_and_says_so(real_cells: Path, tiny_model: Path,
                                                tmp_path: Path) -> None:
     r = invoke("classify", real_cells, "--model", tiny_model, "--out", tmp_path / "p.csv")
     assert r.exit_code == 0
     assert "running on the CPU" in r.output
+
+
+@pytest.mark.gpu
+def test_provider_cuda_and_auto_on_a_gpu_give_the_cpu_rows(real_cells: Path, tiny_model: Path,
+                                                           tmp_path: Path) -> None:
+    cpu = tmp_path / "cpu.csv"
+    r = invoke("classify", real_cells, "--model", tiny_model, "--out", cpu, "--provider", "cpu")
+    assert r.exit_code == 0, r.output
+    want = read_rows(cpu)
+    for provider in ("cuda", "auto"):
+        out = tmp_path / f"{provider}.csv"
+        r = invoke("classify", real_cells, "--model", tiny_model, "--out", out, "--provider",
+                   provider)
+        assert r.exit_code == 0, (provider, r.output)
+        assert "running on the CPU" not in r.output, provider
+        got = read_rows(out)
+        assert [g["path"] for g in got] == [w["path"] for w in want]
+        for g, w in zip(got, want):
+            assert float(g["logit"]) == pytest.approx(float(w["logit"]), abs=1e-3), g["path"]
 
 
 def test_existing_output_is_kept_resume_and_jsonl(real_cells: Path, tiny_model: Path,
@@ -236,7 +261,10 @@ def test_info_and_doctor(tiny_model: Path, tmp_path: Path) -> None:
     assert r.exit_code == 0
     d = json.loads(r.output)
     assert d["providers"]["cpu"] == "ok"
-    assert d["providers"]["cuda"] != "ok"  # this CPU machine: the reason is given
+    if cuda_problem() is None:
+        assert d["providers"]["cuda"] == "ok"
+    else:  # no usable CUDA here: the reason is given
+        assert d["providers"]["cuda"] == cuda_problem()
     assert "train" in d["plugins"]
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnx_models as om
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from leukoedge.cli import assemble
@@ -20,7 +21,7 @@ from leukoedge.spec import ModelSpec
 runner = CliRunner()
 
 
-def invoke(*args: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
+def invoke(*args: str | os.PathLike[str]) -> Result:
     return runner.invoke(assemble(), [os.fspath(a) for a in args])
 
 

@@ -18,8 +18,10 @@ import torch  # noqa: E402
 
 import leukoedge.cli as cli  # noqa: E402
 from leukoedge.data import Item, collect  # noqa: E402
+from leukoedge.errors import DataError, UsageError  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import real_data  # noqa: E402
 from leukoedge_train import cv  # noqa: E402
 from leukoedge_train.models import create_model, greyworld  # noqa: E402
 from leukoedge_train.recipes import RECIPES, apply_recipe  # noqa: E402
@@ -28,7 +30,6 @@ from train_data import write_dataset  # noqa: E402
 
 pytestmark = pytest.mark.train
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FOLDS = Path(__file__).resolve().parents[1] / "docs" / "cv" / "folds.csv"
 
 
@@ -56,14 +57,13 @@ def test_folds_never_split_a_patient_and_spread_big_patients() -> None:
 
 def test_folds_refuse_too_few_patients() -> None:
     items = _items({"UID_1": (1, 3), "UID_2": (1, 3), "UID_H1": (0, 3)})
-    with pytest.raises(Exception, match="only 1 HEM patients for 2 folds"):
+    with pytest.raises(DataError, match="only 1 HEM patients for 2 folds"):
         cv.assign_folds(items, 2)
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data not present")
 def test_committed_folds_match_the_data() -> None:
     """docs/cv/folds.csv is what 'cv folds' writes for the shipped data, to the patient."""
-    items = cv.labelled_items([REAL / "cnmc-real", REAL / "cnmc-sample"])
+    items = cv.labelled_items([real_data("cnmc-real"), real_data("cnmc-sample")])
     assert cv.read_folds(FOLDS) == cv.assign_folds(items, 5)
     assert len({it.patient for it in items}) == 39
 
@@ -137,7 +137,7 @@ def test_recipes_fill_only_unset_settings() -> None:
     assert got.epochs == 3  # given explicitly: kept
     assert got.width == 0.5 and got.head == "gap" and got.colour_norm == "greyworld"
     assert got.resolved().crop_fraction == 0.75
-    with pytest.raises(Exception, match="unknown recipe"):
+    with pytest.raises(UsageError, match="unknown recipe"):
         apply_recipe(cfg, "nope")
     assert all(r.selection in ("last", "inner") for r in RECIPES.values())
 

@@ -77,16 +77,17 @@ def test_real_layout(shared_cells: Path) -> None:
 
 
 def test_prelim_label_file_and_kaggle_layout(tmp_path: Path) -> None:
-    from conftest import SHARED_LABELS
+    from conftest import real_data
 
-    table = read_prelim_labels(SHARED_LABELS)
+    labels = real_data("C-NMC_test_prelim_phase_data_labels.csv")
+    table = read_prelim_labels(labels)
     assert table["1.bmp"] == (1, "UID_57")
     assert table["4.bmp"] == (0, "UID_H49")
     assert sum(1 for k, v in table.items() if k[0].isdigit() and v[0] == 1) == 1219
     root = tmp_path / "validation_data"
     touch(root / "C-NMC_test_prelim_phase_data" / "4.bmp")
     touch(root / "C-NMC_test_prelim_phase_data" / "1.bmp")
-    (root / "C-NMC_test_prelim_phase_data_labels.csv").write_bytes(SHARED_LABELS.read_bytes())
+    (root / "C-NMC_test_prelim_phase_data_labels.csv").write_bytes(labels.read_bytes())
     items = list(discover([root / "C-NMC_test_prelim_phase_data"]))
     assert [(i.path.name, i.label, i.patient) for i in items] == [
         ("1.bmp", 1, "UID_57"), ("4.bmp", 0, "UID_H49")]

@@ -6,11 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx_models as om
 import pytest
+from click.testing import Result
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -26,7 +29,7 @@ runner = CliRunner()
 SIZE = 32
 
 
-def invoke(*args: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
+def invoke(*args: str | os.PathLike[str]) -> Result:
     return runner.invoke(assemble(), [os.fspath(a) for a in args])
 
 
@@ -110,7 +113,8 @@ def test_a_spec_without_statistics_is_written_as_before() -> None:
     (lambda d: d["components"][1].update(scale=-1), "features.scale"),
     (lambda d: d.update(components=[]), "components must be a list"),
 ])
-def test_malformed_statistics_are_refused(change, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_statistics_are_refused(change: Callable[[dict[str, Any]], object],
+                                         message: str) -> None:
     stats, _, _ = fitted_stats()
     raw = stats.to_json()
     change(raw)

@@ -6,9 +6,11 @@ Tiny ONNX models (tests/onnx_models.py) with every subset of outputs; the 43 rea
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import shutil
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import onnx_models as om
@@ -17,8 +19,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from leukoedge.cli import assemble
-from leukoedge.errors import EXIT_OK, UsageError
+from leukoedge.errors import EXIT_OK, DataError, UsageError
 from leukoedge.heatmap import OverlayWriter, colormap, overlay, upsample
+from leukoedge.output import escape_path
 from leukoedge.session import SessionConfig, load_model
 from leukoedge.spec import ModelSpec
 
@@ -193,3 +196,36 @@ def test_overlay_writer_refuses_a_file_as_folder(tmp_path: Path) -> None:
     f.write_text("x")
     with pytest.raises(UsageError):
         OverlayWriter(f, [tmp_path], 1.0)
+
+
+def test_overlay_writer_writes_whole_files_or_none(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An overlay is written whole (no temporary file left); a failed write (disk full
+    half way) is one DataError with the --cam hint, and leaves no file at all."""
+    src = tmp_path / "in" / "a.bmp"
+    src.parent.mkdir()
+    Image.fromarray(np.full((40, 30, 3), 90, np.uint8)).save(src)
+    heat = tmp_path / "heat"
+    writer = OverlayWriter(heat, [src.parent], 1.0)
+    cam = np.ones((2, 2))
+    assert writer.write(src, cam) == escape_path(heat / "a.bmp.png")
+    assert [p.name for p in heat.rglob("*")] == ["a.bmp.png"]
+    assert Image.open(heat / "a.bmp.png").size == (30, 40)
+    (heat / "a.bmp.png").unlink()
+
+    def half_then_full(self: Image.Image, fp: str | os.PathLike[str] | IO[bytes],
+                       *args: object, **kwargs: object) -> None:
+        if isinstance(fp, (str, os.PathLike)):
+            with open(fp, "wb") as fh:
+                fh.write(b"\x89PNG\r\n")
+        else:
+            fp.write(b"\x89PNG\r\n")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Image.Image, "save", half_then_full)
+    with pytest.raises(DataError) as info:
+        writer.write(src, cam)
+    dest = escape_path(heat / "a.bmp.png")
+    assert info.value.message == f"cannot write heatmap {dest}: {os.strerror(errno.ENOSPC)}"
+    assert info.value.hint is not None and "--cam" in info.value.hint
+    assert list(heat.rglob("*")) == []

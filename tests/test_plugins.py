@@ -147,3 +147,80 @@ def test_a_plugin_without_hooks_or_with_a_bad_capability_name_is_reported(
     assert "capability name 7 is not a string" in str(errors["badname"])
     infos = {i.name: i for i in plugins.load_plugins(typer.Typer())}
     assert not infos["nohooks"].loaded and infos["badname"].loaded  # it has no commands hook
+
+
+def test_the_former_entry_point_value_still_gives_both_hooks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Metadata written before 0.2 names ``leukoedge_train.plugin:register``: called, it
+    adds the commands; it also carries both hooks, so the capabilities come with it."""
+    fake_dist(tmp_path, "zoldtrain", "zoldtrain = leukoedge_train.plugin:register", {})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = plugins.Registry()
+    reg.names()
+    info = {i.name: i for i in reg.infos}["zoldtrain"]
+    assert info.loaded and info.error is None, info.error
+    assert sorted(info.capabilities) == ["exporter", "torch_bench", "trainer"]
+    from leukoedge_train.plugin import register
+
+    for add in (register, register.register_commands):
+        app = typer.Typer()
+        add(app)
+        assert {"train", "export", "parity"} <= {c.name for c in app.registered_commands}
+
+
+# -- unreadable files are left out and counted, never fatal (the one batch decoder) ----------
+
+def _cells_with_a_bad_one(src: Path, dst: Path, n: int = 3) -> list[Path]:
+    """``n`` real cells copied to ``dst`` and one file that is not an image, first."""
+    dst.mkdir()
+    bad = dst / "aaa_broken.bmp"
+    bad.write_bytes(b"BM this is not a bitmap")
+    good = sorted(src.rglob("*.bmp"))[:n]
+    copies = []
+    for f in good:
+        copies.append(dst / f.name)
+        copies[-1].write_bytes(f.read_bytes())
+    return [bad, *copies]
+
+
+@pytest.mark.train
+def test_the_plugin_bench_skips_an_unreadable_file_and_says_so(
+        tmp_path: Path, shared_cells: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    import numpy as np
+    from leukoedge_train.bench import _batch
+
+    from leukoedge.preprocess import preprocess_for
+    from leukoedge.spec import ModelSpec
+
+    spec = ModelSpec(architecture="scratch", input_size=32)
+    files = _cells_with_a_bad_one(shared_cells, tmp_path / "cells", n=2)
+    x = _batch(spec, files, 5)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "1 of 3 files for PyTorch eager unreadable" in err and "aaa_broken.bmp" in err
+    want = [preprocess_for(f, spec) for f in files[1:]]
+    assert x.shape == (5, 32, 32, 3)
+    for i in range(5):  # the two readable cells, cycled
+        assert np.array_equal(x[i], want[i % 2])
+    _batch(spec, files[1:], 5)
+    assert "unreadable" not in capsys.readouterr().err  # nothing to say: silent
+
+
+@pytest.mark.train
+def test_precision_report_images_skip_an_unreadable_file_and_say_so(
+        tmp_path: Path, shared_cells: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from leukoedge_train import precision
+
+    from leukoedge.spec import ModelSpec
+
+    spec = ModelSpec(architecture="scratch", input_size=32)
+    folder = tmp_path / "cells"
+    files = _cells_with_a_bad_one(shared_cells, folder, n=3)
+    x, items, source = precision.report_images(spec, folder, tmp_path, minimum=3)
+    assert x.shape == (3, 32, 32, 3)
+    assert sorted(it.path.name for it in items) == sorted(f.name for f in files[1:])
+    assert source == f"3 real from {folder}"
+    err = " ".join(capsys.readouterr().err.split())
+    assert "1 of 4 report images" in err and "unreadable" in err and "aaa_broken" in err

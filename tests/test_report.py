@@ -23,7 +23,6 @@ from leukoedge.errors import MissingExtraError
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
 OOF = REPO / "docs" / "cv" / "full" / "gap-oof.csv"
-DATA = REPO.parent / "shared" / "data"
 DOCS_SHOT = REPO / "docs" / "img" / "report.png"
 
 
@@ -59,13 +58,13 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Pa
 
 
 @pytest.fixture(scope="module")
-def real_report(calibrated: Path, shared_cells: Path,
+def real_report(calibrated: Path, shared_data: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """The report of the real cells of folds 3-4, and evaluate's JSON of the same rows."""
     d = tmp_path_factory.mktemp("real-report")
     args = (OOF, "--folds", "3,4", "--model", calibrated, "--resamples", "300", "--seed", "7")
     page = d / "report.html"
-    r = invoke("report", *args, "--images-root", DATA, "--out", page, "--cells", "6")
+    r = invoke("report", *args, "--images-root", shared_data, "--out", page, "--cells", "6")
     assert r.exit_code == 0, r.output
     r = invoke("evaluate", "--from-predictions", *args, "--json")
     assert r.exit_code == 0, r.output

@@ -5,7 +5,6 @@ no spooling to disk, and the batcher's bookkeeping."""
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -430,7 +429,9 @@ def test_serve_needs_a_token_off_loopback_and_checks_its_model(tiny_model: Path,
     r = run(assemble(), ["serve", "--model", str(junk)])
     assert r.exit_code == 3
     r = run(assemble(), ["serve", "--model", str(tiny_model), "--provider", "cuda"])
-    if os.environ.get("LEUKOEDGE_HAS_GPU") != "1":
+    from conftest import cuda_problem
+
+    if cuda_problem() is not None:
         assert r.exit_code == 3 and "--provider cuda" in r.output
     r = run(assemble(), ["serve", "--model", str(tiny_model), "--max-batch", "0"])
     assert r.exit_code == 2

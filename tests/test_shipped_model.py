@@ -7,21 +7,23 @@ import os
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from leukoedge.cli import assemble
 from leukoedge.models import DEFAULT_MODEL, default_model
+from leukoedge.spec import ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
 
 
-def invoke(*args: str | os.PathLike[str]):  # type: ignore[no-untyped-def]
+def invoke(*args: str | os.PathLike[str]) -> Result:
     return runner.invoke(assemble(), [os.fspath(a) for a in args])
 
 
 @pytest.fixture(scope="module")
-def spec():  # type: ignore[no-untyped-def]
+def spec() -> ModelSpec:
     from leukoedge.session import SessionConfig, load_model
 
     assert default_model() == DEFAULT_MODEL, "leukoedge/models/default.onnx is missing"
@@ -33,7 +35,7 @@ def test_shipped_model_files_fit_the_size_budget() -> None:
     assert 0 < total <= 40 * 2**20
 
 
-def test_spec_records_patients_recipe_and_the_cross_validated_figures(spec) -> None:  # type: ignore[no-untyped-def]
+def test_spec_records_patients_recipe_and_the_cross_validated_figures(spec: ModelSpec) -> None:
     tr = spec.training
     assert len(tr["patients"]) == 39 and len(set(tr["patients"])) == 39
     name = tr["recipe"]["name"]
@@ -46,7 +48,7 @@ def test_spec_records_patients_recipe_and_the_cross_validated_figures(spec) -> N
 
 
 def test_info_without_argument_describes_the_shipped_model(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: ModelSpec) -> None:
     monkeypatch.chdir(tmp_path)  # no exported/ here
     r = invoke("info")
     assert r.exit_code == 0, r.output
@@ -71,13 +73,13 @@ def test_classify_without_model_uses_it(tmp_path: Path, monkeypatch: pytest.Monk
     assert all(r["error"] == "" and float(r["drift"]) > 0 for r in rows)
 
 
-def test_shipped_model_carries_drift_statistics_and_a_map(spec) -> None:  # type: ignore[no-untyped-def]
+def test_shipped_model_carries_drift_statistics_and_a_map(spec: ModelSpec) -> None:
     assert "leukoedge.drift" in spec.extensions
     assert spec.outputs[0] == "logit" and {"features", "cam"} <= set(spec.outputs)
 
 
 def test_demo_part_one_marks_training_patients_and_shows_out_of_fold_calls(
-        tmp_path: Path, spec) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, spec: ModelSpec) -> None:
     from leukoedge.data import patient_of
     from leukoedge.demo import shipped_demo
 

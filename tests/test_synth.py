@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from leukoedge.errors import DataError
 from leukoedge.synth import (
     TRAIT_MODEL,
     TRAIT_NAMES,
@@ -33,7 +34,6 @@ from leukoedge.synth import (
     sample_traits,
 )
 
-REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cnmc-sample"
 NAME_RE = re.compile(r"UID_(H?)(\d+)_(\d+)_(\d+)_(all|hem)\.bmp")
 
 FULL = SynthConfig(patients=12, cells_per_patient=10, seed=7, size=450)
@@ -142,6 +142,52 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
     generate(tmp_path / "c", SynthConfig(patients=3, cells_per_patient=3, seed=12))
     c = tree_hashes(tmp_path / "c")
     assert set(a.values()).isdisjoint(c.values())
+
+
+#: sha256 of every file of ``generate(out, GOLDEN_CONFIG)``, recorded before
+#: ``render_cell`` and ``generate`` were split into steps (numpy 2.4, Pillow 13; the
+#: same bytes with numpy's AVX-512, AVX2 and baseline SIMD paths). A change here
+#: changes every synthetic data set made with the same seed: only on purpose.
+GOLDEN_CONFIG = SynthConfig(patients=4, cells_per_patient=3, seed=13, size=96, folds=2)
+GOLDEN_SHA256 = {
+    "fold_0/all/UID_1_1_1_all.bmp":
+        "d27c2a232b788a57dff6a1a0ad4781985ec0371cbc71d9c64c3538ad0d890160",
+    "fold_0/all/UID_1_1_2_all.bmp":
+        "e8aba18765ea1f01dcc21865b470b4d791ff7dcf14779c0a3d07cb8dd388cd90",
+    "fold_0/all/UID_1_2_1_all.bmp":
+        "461c5a316b640a51b05e47372ebd2ad6c35769a5af176d390fd8919b9187609f",
+    "fold_0/all/UID_3_1_1_all.bmp":
+        "6d481f5f8bca2d8d4ec497b8c87ec08bafb56355b807635a832460352ca771c9",
+    "fold_0/all/UID_3_1_2_all.bmp":
+        "b5d6d97322413135434e63a3866f02137cf8a7b94ba16250a8731f40066c4863",
+    "fold_0/all/UID_3_1_3_all.bmp":
+        "f52e48aaa0a64aace5b6a0ed08b22dad0199c9023a7444c9dec22b740c02a822",
+    "fold_1/all/UID_2_1_1_all.bmp":
+        "44b3d6e20893349063a17b21a46f5f3f25cc3bec5feb24ac46e7ba3afcc55c82",
+    "fold_1/all/UID_2_2_1_all.bmp":
+        "ab4a62d0087c26b7a158b52f1f751fafa20b9d1dc9e77cbf420c3cd7d69c2f67",
+    "fold_1/all/UID_2_3_1_all.bmp":
+        "8642b476b2923096a4ae54ff41b9b5e4717438a2793c36df8f7daa97cec42550",
+    "fold_1/hem/UID_H1_1_1_hem.bmp":
+        "29ef17618e5ccb2205af59e956088fa88ba2dc2d079c31a4f62deb168fd04822",
+    "fold_1/hem/UID_H1_2_1_hem.bmp":
+        "28411cf38ffcb5b706fda402892b5fdc90bcfc809a6bf7f2c9a9f393d6a50ebe",
+    "fold_1/hem/UID_H1_3_1_hem.bmp":
+        "674249f58242843bae7385ebb65f7524e6873420cf2f41b221b52ce44ca8370d",
+    "traits.csv":
+        "a6fe964c6716c92a1fe5900dfc6a7bfc6b1f1075791a74448517fc779e25a9f3",
+}
+
+
+def test_output_is_byte_identical_to_the_recorded_set(tmp_path: Path) -> None:
+    """Same seed, same bytes as recorded: the random draws, their order, the rendering,
+    the file names and ``traits.csv`` are all unchanged (3 ALL + 1 HEM patients, cells with
+    0 to 3 nucleoli, 1 to 3 cells per smear image)."""
+    generate(tmp_path / "out", GOLDEN_CONFIG)
+    got = tree_hashes(tmp_path / "out")
+    assert sorted(got) == sorted(GOLDEN_SHA256)
+    changed = [name for name in GOLDEN_SHA256 if got[name] != GOLDEN_SHA256[name]]
+    assert not changed, f"{len(changed)} file(s) differ from the recorded set: {changed}"
 
 
 def test_cells_do_not_depend_on_generation_order(full: Path) -> None:
@@ -284,6 +330,9 @@ def test_overwrite_replaces_previous_dataset_only(tmp_path: Path) -> None:
     out = tmp_path / "out"
     generate(out, SynthConfig(patients=4, cells_per_patient=3, size=64, folds=2))
     (out / "notes.txt").write_text("keep me")
+    # temporary images of killed runs (atomic_path's names, and the older ones)
+    (out / "fold_1" / "all" / ".UID_2_1_1_all.bmp.tmp-4242").write_bytes(b"BM")
+    (out / "fold_1" / "hem" / ".UID_H1_1_1_hem.bmp.tmp").write_bytes(b"BM")
     small = SynthConfig(patients=2, cells_per_patient=2, size=64, folds=1, seed=5)
     generate(out, small, overwrite=True)
     bmps = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.bmp"))
@@ -326,7 +375,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch) -> Non
 
     monkeypatch.setattr(synth, "_save_bmp", flaky_save)
     out = tmp_path / "out"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(DataError, match="cannot write .*UID_.*: disk full"):
         generate(out, SynthConfig(patients=2, cells_per_patient=3, size=64, folds=1))
     files = sorted(p.name for p in out.rglob("*") if p.is_file())
     assert len(files) == 2 and all(NAME_RE.fullmatch(n) for n in files)
@@ -335,9 +384,8 @@ def test_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch) -> Non
 # --------------------------------------------------------------------------- #
 # realism against the real C-NMC cells
 # --------------------------------------------------------------------------- #
-@pytest.mark.skipif(not REAL_DIR.is_dir(), reason=f"real cells not found at {REAL_DIR}")
-def test_realism_within_real_range(full: Path) -> None:
-    real_files = sorted(REAL_DIR.glob("fold_*/*/*.bmp"))
+def test_realism_within_real_range(full: Path, shared_cells: Path) -> None:
+    real_files = sorted(shared_cells.glob("fold_*/*/*.bmp"))
     assert len(real_files) >= 40
     real = np.array([cell_stats(np.asarray(Image.open(p).convert("RGB"))) for p in real_files])
     synth = np.array([cell_stats(np.asarray(Image.open(p))) for p in sorted(full.rglob("*.bmp"))])

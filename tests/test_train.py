@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,12 +25,14 @@ import leukoedge.cli as cli  # noqa: E402
 import leukoedge.plugins as plugins_mod  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import SHARED_CELLS  # noqa: E402
 from train_data import write_dataset  # noqa: E402
 
 pytestmark = pytest.mark.train
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cnmc-sample"
-needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} not present")
+REAL = SHARED_CELLS  # optional extra data where a test can do without it (--data)
+#: The test needs the real cells: it fails under CI without them and skips elsewhere.
+needs_real = pytest.mark.usefixtures("shared_cells")
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
@@ -56,8 +59,18 @@ def synth(work: Path) -> Path:
     return write_dataset(work / "synth", patients=8, cells=16, size=64, seed=1)
 
 
+@dataclass
+class ScratchRun:
+    """The session's scratch run: trained 2 epochs, then resumed to 3."""
+
+    run: Path
+    codes: tuple[int, int]  # exit codes of the two commands
+    first: list[dict[str, str]]  # history.csv after the first command
+    epoch_after_2: int | None  # last.pt's epoch after the first command
+
+
 @pytest.fixture(scope="session")
-def scratch_run(work: Path, synth: Path) -> dict[str, object]:
+def scratch_run(work: Path, synth: Path) -> ScratchRun:
     """Scratch CNN: 2 epochs, then --resume to 3 epochs (one run serves both checks)."""
     run = work / "runs" / "scratch-test"
     common = ["train", "scratch", synth, "--input-size", "48", "--batch-size", "16",
@@ -66,12 +79,11 @@ def scratch_run(work: Path, synth: Path) -> dict[str, object]:
     first = history(run) if code1 == 0 else []
     last_after_2 = torch.load(run / "last.pt", weights_only=True) if code1 == 0 else {}
     code2 = cli.main([str(a) for a in common + ["--epochs", "3", "--resume"]])
-    return {"run": run, "codes": (code1, code2), "first": first,
-            "epoch_after_2": last_after_2.get("epoch")}
+    return ScratchRun(run, (code1, code2), first, last_after_2.get("epoch"))
 
 
 @pytest.fixture(scope="session")
-def scratch_onnx(scratch_run: dict[str, object], work: Path) -> tuple[Path, int, str]:
+def scratch_onnx(scratch_run: ScratchRun, work: Path) -> tuple[Path, int, str]:
     """Export with the defaults (newest run under runs/, exported/<run>.onnx)."""
     import contextlib
     import io
@@ -100,10 +112,9 @@ def resnet_run(work: Path) -> tuple[Path, int]:
 
 # -- training ----------------------------------------------------------------------------
 
-def test_scratch_trains_above_majority(scratch_run: dict[str, object]) -> None:
-    assert scratch_run["codes"] == (0, 0)
-    run = scratch_run["run"]
-    assert isinstance(run, Path)
+def test_scratch_trains_above_majority(scratch_run: ScratchRun) -> None:
+    assert scratch_run.codes == (0, 0)
+    run = scratch_run.run
     for name in ("best.pt", "last.pt", "history.csv", "curves.png", "config.json"):
         assert (run / name).is_file(), name
     rows = history(run)
@@ -116,31 +127,68 @@ def test_scratch_trains_above_majority(scratch_run: dict[str, object]) -> None:
                              "val_weighted_f1", "lr", "seconds"]
 
 
-def test_split_is_by_patient(scratch_run: dict[str, object]) -> None:
-    run = scratch_run["run"]
-    assert isinstance(run, Path)
+def test_split_is_by_patient(scratch_run: ScratchRun) -> None:
+    run = scratch_run.run
     split = json.loads((run / "config.json").read_text())["split"]
     assert split["method"] == "patient"
     assert split["train_patients"] and split["val_patients"]
     assert not set(split["train_patients"]) & set(split["val_patients"])
 
 
-def test_resume_continues_with_same_history(scratch_run: dict[str, object]) -> None:
-    assert scratch_run["epoch_after_2"] == 2
-    run = scratch_run["run"]
-    assert isinstance(run, Path)
+def test_resume_continues_with_same_history(scratch_run: ScratchRun) -> None:
+    assert scratch_run.epoch_after_2 == 2
+    run = scratch_run.run
     rows = history(run)
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
-    assert rows[:2] == scratch_run["first"]
+    assert rows[:2] == scratch_run.first
     last = torch.load(run / "last.pt", weights_only=True)
     assert last["epoch"] == 3 and len(last["history"]) == 3
 
 
-def test_checkpoints_load_weights_only(scratch_run: dict[str, object]) -> None:
+def test_resumed_run_equals_the_uninterrupted_one(work: Path) -> None:
+    """A run stopped after epoch 2 of 3 and resumed ends with the same weights, to the
+    bit, the same optimiser state and the same history as 3 epochs in one go."""
+    from leukoedge_train.train import TrainConfig, train
+
+    data = write_dataset(work / "resume", patients=4, cells=8, size=40, seed=2)
+
+    def cfg(name: str, resume: bool = False) -> TrainConfig:
+        return TrainConfig("scratch", data, out=work / "runs-resume" / name, resume=resume,
+                           input_size=32, batch_size=8, epochs=3, patience=0, threads=1)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_2(row: dict[str, float]) -> None:
+        if row["epoch"] == 2:  # last.pt of epoch 2 is written; epoch 3 never starts
+            raise Killed
+
+    whole = train(cfg("whole"))
+    with pytest.raises(Killed):
+        train(cfg("resumed"), on_epoch=kill_after_2)
+    resumed = train(cfg("resumed", resume=True))
+    assert (resumed.epochs_done, resumed.best_epoch, resumed.best_f1) == \
+        (whole.epochs_done, whole.best_epoch, whole.best_f1) and whole.epochs_done == 3
+    a = torch.load(whole.run_dir / "last.pt", weights_only=True)
+    b = torch.load(resumed.run_dir / "last.pt", weights_only=True)
+    assert list(a["model"]) == list(b["model"])
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for group_a, group_b in zip(a["optimizer"]["state"].values(),
+                                b["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(group_a[k], group_b[k]) for k in group_a)
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+    def steady(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert steady(a["history"]) == steady(b["history"])
+
+
+def test_checkpoints_load_weights_only(scratch_run: ScratchRun) -> None:
     from leukoedge.spec import ModelSpec
 
-    run = scratch_run["run"]
-    assert isinstance(run, Path)
+    run = scratch_run.run
     for name in ("best.pt", "last.pt"):
         ck = torch.load(run / name, weights_only=True)
         spec = ModelSpec.from_json(ck["spec"])
@@ -197,9 +245,9 @@ def test_unreadable_images_are_skipped_and_listed(work: Path,
     assert code == 3 and "Traceback" not in err, err
     assert "only one class" in err or "validation images" in err
 
-def test_existing_run_is_not_overwritten(scratch_run: dict[str, object], synth: Path,
+def test_existing_run_is_not_overwritten(scratch_run: ScratchRun, synth: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run_cli(capsys, "train", "scratch", synth, "--out", scratch_run["run"])
+    code, _, err = run_cli(capsys, "train", "scratch", synth, "--out", scratch_run.run)
     assert code == 2 and "already holds a run" in err and "--resume" in err
 
 
@@ -237,17 +285,17 @@ def test_onnx_is_self_contained(scratch_onnx: tuple[Path, int, str]) -> None:
 
 @needs_real
 def test_parity_command_on_real_cells(scratch_onnx: tuple[Path, int, str],
-                                      scratch_run: dict[str, object],
+                                      scratch_run: ScratchRun,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     path, code, _ = scratch_onnx
     assert code == 0
-    code, out, err = run_cli(capsys, "parity", path, scratch_run["run"], "--data", REAL)
+    code, out, err = run_cli(capsys, "parity", path, scratch_run.run, "--data", REAL)
     assert code == 0, err
     for row in ("pass", "PyTorch fp32 vs oracle", "ONNX vs oracle", "ONNX vs PyTorch fp32",
                 "bound per image", "largest |logit|", "worst images", "time"):
         assert row in out, (row, out)
 
-    code, out, err = run_cli(capsys, "parity", path, scratch_run["run"], "--data", REAL,
+    code, out, err = run_cli(capsys, "parity", path, scratch_run.run, "--data", REAL,
                              "--json")
     assert code == 0, err
     d = json.loads(out)
@@ -262,25 +310,24 @@ def test_parity_command_on_real_cells(scratch_onnx: tuple[Path, int, str],
 
 
 def test_parity_library_synthetic(scratch_onnx: tuple[Path, int, str],
-                                  scratch_run: dict[str, object],
+                                  scratch_run: ScratchRun,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from leukoedge_train import checkpoint as ckpt_io
     from leukoedge_train import parity
 
-    from leukoedge.session import SessionConfig
+    from leukoedge.session import Model, SessionConfig
 
     configs: list[SessionConfig] = []
     real_load = parity.load_model
 
-    def load(path: Path, cfg: SessionConfig):  # type: ignore[no-untyped-def]
+    def load(path: Path, cfg: SessionConfig) -> Model:
         configs.append(cfg)
         return real_load(path, cfg)
 
     monkeypatch.setattr(parity, "load_model", load)
     path, code, _ = scratch_onnx
     assert code == 0
-    run = scratch_run["run"]
-    assert isinstance(run, Path)
+    run = scratch_run.run
     res = parity.check_checkpoint(path, ckpt_io.resolve(run))
     assert res.passed and res.source == "synthetic" and res.batch_sizes == (1, 16)
     assert res.images == parity.SYNTHETIC_IMAGES and not res.failures and not res.label_flips
@@ -292,13 +339,12 @@ def test_parity_library_synthetic(scratch_onnx: tuple[Path, int, str],
     assert [c.cuda_tf32 for c in configs] == [False]  # TF32 off wherever the ONNX side runs
 
 
-def test_parity_oracle_is_float64_from_the_input(scratch_run: dict[str, object]) -> None:
+def test_parity_oracle_is_float64_from_the_input(scratch_run: ScratchRun) -> None:
     import numpy as np
     from leukoedge_train import checkpoint as ckpt_io
     from leukoedge_train.parity import oracle_logits, torch_logits
 
-    run = scratch_run["run"]
-    assert isinstance(run, Path)
+    run = scratch_run.run
     model = ckpt_io.model_of(ckpt_io.load(ckpt_io.resolve(run)))
     seen: list[torch.dtype] = []
     for m in model.modules():
@@ -395,15 +441,14 @@ DEFECTS = {
 
 
 @pytest.fixture(scope="session")
-def defect_exports(scratch_run: dict[str, object], work: Path) -> dict[str, Path]:
+def defect_exports(scratch_run: ScratchRun, work: Path) -> dict[str, Path]:
     """One ONNX file per entry of DEFECTS, exported the way ``export`` does."""
     import copy
 
     from leukoedge_train import checkpoint as ckpt_io
     from leukoedge_train.export import _finish, _torch_export
 
-    run = scratch_run["run"]
-    assert isinstance(run, Path)
+    run = scratch_run.run
     ckpt = ckpt_io.load(ckpt_io.resolve(run))
     spec, model = ckpt_io.spec_of(ckpt), ckpt_io.model_of(ckpt)
     out = work / "defects"
@@ -421,12 +466,11 @@ def defect_exports(scratch_run: dict[str, object], work: Path) -> dict[str, Path
 @pytest.mark.parametrize("defect", list(DEFECTS))
 def test_broken_exports_fail_parity_by_10x_the_bound(defect: str,
                                                      defect_exports: dict[str, Path],
-                                                     scratch_run: dict[str, object]) -> None:
+                                                     scratch_run: ScratchRun) -> None:
     from leukoedge_train import checkpoint as ckpt_io
     from leukoedge_train.parity import check_checkpoint
 
-    run = scratch_run["run"]
-    assert isinstance(run, Path)
+    run = scratch_run.run
     res = check_checkpoint(defect_exports[defect], ckpt_io.resolve(run))
     if defect == "correct":  # the same path, nothing broken: passes well inside the bound
         assert res.passed and res.worst_ratio < 1, res.summary()
@@ -439,10 +483,10 @@ def test_broken_exports_fail_parity_by_10x_the_bound(defect: str,
 
 
 def test_parity_command_fails_on_a_broken_export(defect_exports: dict[str, Path],
-                                                 scratch_run: dict[str, object],
+                                                 scratch_run: ScratchRun,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(capsys, "parity", defect_exports["mean_off_by_1_255"],
-                             scratch_run["run"])
+                             scratch_run.run)
     assert code == 3 and "Traceback" not in err
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "parity FAIL" in errors[0] and "mean_off" in errors[0]
@@ -450,7 +494,7 @@ def test_parity_command_fails_on_a_broken_export(defect_exports: dict[str, Path]
 
 
 def test_fixed_batch_axis_is_refused_by_the_graph_check(
-        scratch_run: dict[str, object], work: Path, monkeypatch: pytest.MonkeyPatch,
+        scratch_run: ScratchRun, work: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     import io
     import warnings
@@ -468,17 +512,17 @@ def test_fixed_batch_axis_is_refused_by_the_graph_check(
 
     monkeypatch.setattr(export_mod, "_torch_export", fixed_batch)
     target = work / "fixed-batch" / "m.onnx"
-    code, _, err = run_cli(capsys, "export", scratch_run["run"], "--out", target)
+    code, _, err = run_cli(capsys, "export", scratch_run.run, "--out", target)
     assert code == 3, err
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "fixed batch axis (1)" in errors[0], err
     assert not target.exists() and list(target.parent.iterdir()) == []
 
 
-def test_export_json(scratch_run: dict[str, object], work: Path,
+def test_export_json(scratch_run: ScratchRun, work: Path,
                      capsys: pytest.CaptureFixture[str]) -> None:
     target = work / "export-json" / "m.onnx"
-    code, out, err = run_cli(capsys, "export", scratch_run["run"], "--out", target,
+    code, out, err = run_cli(capsys, "export", scratch_run.run, "--out", target,
                              "--exporter", "legacy", "--json")
     assert code == 0, err
     d = json.loads(out)
@@ -490,7 +534,7 @@ def test_export_json(scratch_run: dict[str, object], work: Path,
     assert p["errors"]["onnx_vs_oracle"] <= p["bound"]["min"]
 
 
-def test_failed_parity_leaves_no_file(scratch_run: dict[str, object], work: Path,
+def test_failed_parity_leaves_no_file(scratch_run: ScratchRun, work: Path,
                                       monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     from leukoedge_train import parity
@@ -505,7 +549,7 @@ def test_failed_parity_leaves_no_file(scratch_run: dict[str, object], work: Path
     monkeypatch.setattr(parity, "check", broken)
     out_dir = work / "fail-export"
     target = out_dir / "m.onnx"
-    code, _, err = run_cli(capsys, "export", scratch_run["run"], "--out", target,
+    code, _, err = run_cli(capsys, "export", scratch_run.run, "--out", target,
                            "--exporter", "legacy")
     assert code == 3, err
     assert "export rejected" in err and "cell-x.bmp" in err
@@ -649,6 +693,86 @@ def test_lr_schedule_warmup_then_cosine() -> None:
 
 # -- plugin discovery and the missing extra ----------------------------------------------
 
+def test_defaults_table_is_what_training_and_help_use() -> None:
+    """One table (leukoedge_train.defaults): TrainConfig.resolved() fills from it, the
+    train command's help texts quote it, docs/training.md agrees with it."""
+    import typing
+
+    from leukoedge_train import commands
+    from leukoedge_train.defaults import DEFAULTS
+    from leukoedge_train.models import arch_info
+    from leukoedge_train.train import TrainConfig
+
+    assert list(DEFAULTS) == ["scratch", "resnet50"]
+    for arch, row in DEFAULTS.items():
+        assert row.input_size == arch_info(arch).input_size, arch
+        c = TrainConfig(arch, Path("cells")).resolved()
+        for name, value in row.settings().items():
+            assert getattr(c, name) == value, (arch, name)
+    scratch, resnet = DEFAULTS["scratch"], DEFAULTS["resnet50"]
+    assert (scratch.epochs, resnet.epochs, scratch.input_size, resnet.input_size) == \
+        (30, 12, 128, 224)
+    r = TrainConfig("resnet50", Path("cells")).resolved()
+    assert (r.head_epochs, r.unfreeze, r.finetune_lr) == (2, "layer3", 1e-3 / 10)
+    r = TrainConfig("resnet50", Path("cells"), weights="none").resolved()
+    assert (r.head_epochs, r.unfreeze, r.finetune_lr) == (0, "all", 1e-3)
+    s = TrainConfig("scratch", Path("cells"), lr=0.01).resolved()
+    assert (s.head_epochs, s.unfreeze, s.finetune_lr, s.weights) == (0, "all", 0.01, "none")
+
+    hints = typing.get_type_hints(commands.train, include_extras=True)
+
+    def help_of(name: str) -> str:
+        return str(hints[name].__metadata__[0].help)
+
+    assert "[default: scratch 30, resnet50 12]" in help_of("epochs")
+    assert "[default: scratch 128, resnet50 224]" in help_of("input_size")
+    assert "[default: 32]" in help_of("batch_size") and "[default: 1e-3]" in help_of("lr")
+    assert "[default: 1e-4]" in help_of("weight_decay")
+    assert "[default: lr/10]" in help_of("finetune_lr")
+    assert "[default: 2 pretrained" in help_of("head_epochs")
+    assert "[default: imagenet]" in help_of("weights") and "[default: on]" in help_of("amp")
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    for label, name in (("input size", "input_size"), ("epochs (all stages)", "epochs"),
+                        ("batch size", "batch_size"), ("seed", "seed")):
+        row = f"| {label} | {getattr(scratch, name)} | {getattr(resnet, name)} |"
+        assert row in doc, row
+    assert f"| early stopping | patience {scratch.patience} | patience {resnet.patience} |" \
+        in doc
+
+
+def test_steps_and_progress_of_the_loop() -> None:
+    from leukoedge_train.train import Progress, steps_in_epoch
+
+    # a last batch of one is dropped (batch norm), any larger one is a step
+    assert [steps_in_epoch(n, 8) for n in (1, 8, 9, 10, 16, 17)] == [1, 1, 1, 2, 2, 2]
+    p = Progress()
+    row = {"epoch": 1.0, "val_weighted_f1": 0.5, "val_acc": 0.6}
+    assert p.record(row) and (p.epoch, p.best_epoch, p.best_acc) == (1, 1, 0.6)
+    assert not p.record(row | {"epoch": 2.0, "val_acc": 0.9})  # equal F1 is no better
+    assert (p.epoch, p.best_epoch, p.best_acc, len(p.history)) == (2, 1, 0.6, 2)
+
+
+def test_unreadable_checkpoint_is_one_line(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from leukoedge_train import checkpoint as ckpt_io
+
+    from leukoedge.errors import ModelError
+
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"PK\x03\x04 half a checkpoint\n\nmore")
+    with pytest.raises(ModelError, match=r"last\.pt: cannot read as a leukoedge "
+                                         r"checkpoint \(.+\)$"):
+        ckpt_io.load(bad)
+
+    def empty_message(*a: object, **k: object) -> None:
+        raise EOFError()
+
+    monkeypatch.setattr(ckpt_io.torch, "load", empty_message)
+    with pytest.raises(ModelError, match=r"checkpoint \(EOFError\)$"):
+        ckpt_io.load(bad)  # an empty library message still says something
+
+
 def test_fake_plugin_is_discovered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
@@ -717,7 +841,7 @@ def test_plugin_import_does_not_import_torch() -> None:
 
 
 @needs_real
-def test_export_with_drift_data(scratch_run: dict[str, object], synth: Path, work: Path,
+def test_export_with_drift_data(scratch_run: ScratchRun, synth: Path, work: Path,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     """--drift-data: a features output (checked against PyTorch) and the statistics of the
     training cells: about 5 % of them score above 1.0, the real cells (never seen, unlike
@@ -726,7 +850,7 @@ def test_export_with_drift_data(scratch_run: dict[str, object], synth: Path, wor
     from leukoedge.session import load_model
 
     target = work / "export-drift" / "m.onnx"
-    code, _, err = run_cli(capsys, "export", scratch_run["run"], "--out", target,
+    code, _, err = run_cli(capsys, "export", scratch_run.run, "--out", target,
                            "--drift-data", synth)
     assert code == 0, err
     m = load_model(target)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import errno
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -95,3 +97,24 @@ checkpoint.save({{"format": checkpoint.FORMAT, "version": 1, "epoch": 2}}, targe
     assert checkpoint.load(target)["epoch"] == 1
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "last.pt"]
     assert all(name.startswith(".last.pt.tmp-") for name in leftovers)
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_and_no_temp_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from leukoedge_train import checkpoint
+
+    from leukoedge.errors import DataError
+
+    target = tmp_path / "last.pt"
+    checkpoint.save({"format": checkpoint.FORMAT, "version": 1, "epoch": 1}, target)
+
+    def full_disk(obj: object, fh: BinaryIO, *a: object, **k: object) -> None:
+        fh.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(DataError, match="cannot write .*last.pt: No space left on device"):
+        checkpoint.save({"format": checkpoint.FORMAT, "version": 1, "epoch": 2}, target)
+    monkeypatch.undo()
+    assert checkpoint.load(target)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

@@ -1,1 +1,1 @@
-"""One module per command group; ``leukoedge.cli`` assembles them."""
+"""One module per command, named after it; ``leukoedge.cli`` assembles them."""

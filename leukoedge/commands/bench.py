@@ -42,59 +42,39 @@ def bench(
         "--json", help="Also write the results as JSON here.", show_default=False)] = None,
 ) -> int:
     """Inference-only, decode, end-to-end (and PyTorch eager) throughput."""
-    from ..bench import (
-        BenchResult,
-        bench_decode_pair,
-        bench_end_to_end,
-        bench_inference,
-        bench_pair,
-    )
+    from ..bench import BenchPlan, run_bench
     from ..data import collect, sample_cells_dir
     from ..output import atomic_write_text
 
-    torch_throughput = None
+    eager = None
     if checkpoint is not None:  # without the train extra, say so before measuring anything
         from ..capabilities import torch_bench
 
-        torch_throughput = torch_bench("bench --checkpoint")
-    try:
-        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
-    except ValueError as exc:
-        raise UsageError(f"--batch-sizes must be integers, got {batch_sizes!r}") from exc
-    if not sizes or min(sizes) < 1:
-        raise UsageError("--batch-sizes needs at least one size >= 1")
+        eager = (torch_bench("bench --checkpoint"), checkpoint)
+    sizes = _batch_sizes(batch_sizes)
     files = [it.path for it in collect([data or sample_cells_dir()])]
     m = open_model(model, provider, threads)
-    res = BenchResult(str(model), m.provider, m.spec.input_size, threads, files=len(files))
-    note(f"inference at batch sizes {sizes} ...")
-    res.inference, res.latency_ms = bench_inference(m, sizes, files, seconds)
-    if versus is not None:
-        v = open_model(versus, provider, threads)
-        if v.spec.input_size != m.spec.input_size:
-            raise UsageError(f"--versus {versus} takes {v.spec.input_size} px images; "
-                             f"{model} takes {m.spec.input_size} px")
-        note(f"inference, interleaved with {versus} ...")
-        res.versus = str(versus)
-        res.inference, res.versus_inference = bench_pair(m, v, sizes, files, seconds)
-        del v
-    note("decode + preprocess, one thread (alternating with OpenCV when installed) ...")
-    res.decode_per_s, res.opencv_per_s = bench_decode_pair(m, files, seconds)
-    cycled = [files[i % len(files)] for i in range(files_limit)]
-    note(f"end to end over {len(cycled)} files ...")
-    res.end_to_end_per_s = bench_end_to_end(m, cycled, max(sizes), workers)
-    if checkpoint is not None and torch_throughput is not None:
-        note("PyTorch eager on the same weights ...")
-        res.torch, res.torch_setting = torch_throughput(checkpoint, sizes, files, seconds,
-                                                        threads)
-        # onnxruntime again, after PyTorch: the ratio uses the mean of before and after,
-        # so a change in the machine's load during the run does not favour either side
-        note("onnxruntime again, after PyTorch ...")
-        again, _ = bench_inference(m, sizes, files, seconds)
-        res.inference = {b: (res.inference[b] + again[b]) / 2.0 for b in sizes}
+    v = None if versus is None else open_model(versus, provider, threads)
+    if v is not None and v.spec.input_size != m.spec.input_size:
+        raise UsageError(f"--versus {versus} takes {v.spec.input_size} px images; "
+                         f"{model} takes {m.spec.input_size} px")
+    plan = BenchPlan(tuple(sizes), seconds, files_limit, workers, threads)
+    res = run_bench(m, files, plan, versus=v, eager=eager, say=note)
     _table(res)
     if as_json is not None:
         atomic_write_text(as_json, json.dumps(res.as_dict(), indent=2) + "\n")
     return EXIT_OK
+
+
+def _batch_sizes(text: str) -> list[int]:
+    """``--batch-sizes 1,8,32`` -> ``[1, 8, 32]``."""
+    try:
+        sizes = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError as exc:
+        raise UsageError(f"--batch-sizes must be integers, got {text!r}") from exc
+    if not sizes or min(sizes) < 1:
+        raise UsageError("--batch-sizes needs at least one size >= 1")
+    return sizes
 
 
 def _table(r: BenchResult) -> None:
@@ -122,6 +102,8 @@ def _table(r: BenchResult) -> None:
     e2e = r.end_to_end_per_s or 0.0
     t.add_row("end to end (classify pipeline)", f"{e2e:.1f}",
               f"x{e2e / best:.2f} of best inference-only")
+    if r.unreadable:
+        t.add_row("unreadable files", str(r.unreadable), "skipped")
     if r.versus:
         t.add_row("versus", "", r.versus)
     if r.torch_setting:

@@ -3,39 +3,28 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from ..console import err, escape, out
-from ..errors import EXIT_OK, OutputExistsError, UsageError
-from .options import BatchOpt, LabelsOpt, ProviderOpt, ThreadsOpt, WorkersOpt
+from ..console import escape, facts_table, out
+from ..errors import EXIT_OK, DataError, OutputExistsError, UsageError
+from .common import parse_folds, warn
+from .options import BatchOpt, FoldsOpt, LabelsOpt, ProviderOpt, ThreadsOpt, WorkersOpt
 
 if TYPE_CHECKING:
-    from ..calibrate import Calibration
+    import numpy as np
 
-FoldsOpt = Annotated[str | None, typer.Option(
-    "--folds", help="Only the rows of these folds (comma-separated) of a predictions file "
-                    "with a 'fold' column, e.g. 0,1,2.", show_default=False)]
+    from ..calibrate import Calibration, Rule
+    from ..session import Model
+
 FromPredictionsOpt = Annotated[Path | None, typer.Option(
     "--from-predictions", help="Fit on this predictions file's logits (classify's rows, or "
                                "out-of-fold predictions) instead of running the model.",
     show_default=False)]
-
-
-def parse_folds(folds: str | None) -> list[str] | None:
-    if folds is None:
-        return None
-    parts = [f.strip() for f in folds.split(",") if f.strip()]
-    if not parts:
-        raise UsageError("--folds names no fold", "e.g. --folds 0,1,2")
-    return parts
-
-
-def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def calibrate(
@@ -69,17 +58,10 @@ def calibrate(
 ) -> int:
     """Fit a temperature (NLL) and pick a threshold on labelled cells; write the model
     with them in its spec. Default threshold rule: best weighted F1."""
-    import numpy as np
-
-    from ..calibrate import Rule, calibrate, calibrated_spec, write_model
+    from ..calibrate import calibrate, calibrated_spec, write_model
     from ..session import SessionConfig, load_model
 
-    if target_sensitivity is not None and target_specificity is not None:
-        raise UsageError("--target-sensitivity and --target-specificity contradict each "
-                         "other", "choose one operating point")
-    rule = (Rule("sensitivity", target_sensitivity) if target_sensitivity is not None
-            else Rule("specificity", target_specificity) if target_specificity is not None
-            else Rule())
+    rule = _rule(target_sensitivity, target_specificity)
     if (from_predictions is None) == (not data):
         raise UsageError("give labelled images or --from-predictions FILE (one of them)",
                          "leukoedge calibrate MODEL IMAGES --out NEW.onnx, or "
@@ -91,55 +73,15 @@ def calibrate(
         raise OutputExistsError(f"{out_file} already exists",
                                 "add --overwrite or choose another --out")
     m = load_model(model, SessionConfig(provider=provider, threads=threads))
-    spec = m.spec
     if from_predictions is not None:
-        from ..predictions import read_predictions
-
-        ps = read_predictions(from_predictions, labels, parse_folds(folds))
-        if not ps.has_logits:
-            from ..errors import DataError
-
-            raise DataError(f"{from_predictions}: the rows carry no logit for every cell",
-                            "classify with this release (it writes the logit column)")
-        keep = [i for i, t in enumerate(ps.truth) if t is not None]
-        logits = np.asarray([ps.logits[i] for i in keep])
-        y = np.asarray([ps.truth[i] for i in keep], dtype=np.int64)
-        patients = sorted({p for i in keep if (p := ps.patients[i])})
-        fp = ps.fingerprint()
-        source = f"predictions {from_predictions.name}" + (f" folds {folds}" if folds else "")
+        cells = _from_predictions(from_predictions, labels, folds)
     else:
-        from ..classify import predict_stream
-        from ..data import collect, fingerprint
-        from .common import progress_bar
-
         assert data is not None
-        items = [it for it in collect(data, labels) if it.label is not None]
-        if not items:
-            from ..errors import DataError
-
-            raise DataError("no labelled image to calibrate on",
-                            "put them under all/ and hem/ folders, or pass --labels")
-        with progress_bar(len(items), "calibrate") as advance:
-            preds = list(predict_stream(m, items, batch_size, workers,
-                                        on_batch=lambda b: advance(len(b))))
-        ok = [p for p in preds if p.row.error is None and p.row.logit is not None]
-        if len(ok) < len(preds):
-            warn(f"{len(preds) - len(ok)} images could not be read and are left out")
-        logits = np.asarray([p.row.logit for p in ok], dtype=np.float64)
-        y = np.asarray([p.item.label for p in ok], dtype=np.int64)
-        patients = sorted({p.item.patient for p in ok if p.item.patient})
-        fp = fingerprint(p.item for p in ok)
-        source = "images " + ", ".join(str(d) for d in data)[:200]
-    trained = sorted(set(patients) & set(spec.training.get("patients") or ()))
-    if trained:
-        shown = f"{', '.join(trained[:8])}{', ...' if len(trained) > 8 else ''}"
-        why = ("if these logits are this model's (not out-of-fold), they are over-confident "
-               "and the temperature will be too low" if from_predictions is not None else
-               "their logits are over-confident, so the temperature will be too low")
-        warn(f"calibrating on {len(trained)} patients the model was trained on ({shown}): "
-             f"{why}")
-    cal = calibrate(spec, logits, y, patients, rule)
-    new = calibrated_spec(spec, cal, fp, source)
+        cells = _from_images(m, data, labels, batch_size, workers)
+    _warn_training_patients(cells.patients, m.spec.training.get("patients") or (),
+                            from_predictions is not None)
+    cal = calibrate(m.spec, cells.logits, cells.truth, cells.patients, rule)
+    new = calibrated_spec(m.spec, cal, cells.fingerprint, cells.source)
     write_model(model, out_file, new)
     load_model(out_file, SessionConfig(provider="cpu", threads=1))  # reads back, verified
     if as_json:
@@ -150,22 +92,102 @@ def calibrate(
     return EXIT_OK
 
 
+def _rule(target_sensitivity: float | None, target_specificity: float | None) -> Rule:
+    from ..calibrate import Rule
+
+    if target_sensitivity is not None and target_specificity is not None:
+        raise UsageError("--target-sensitivity and --target-specificity contradict each "
+                         "other", "choose one operating point")
+    if target_sensitivity is not None:
+        return Rule("sensitivity", target_sensitivity)
+    if target_specificity is not None:
+        return Rule("specificity", target_specificity)
+    return Rule()
+
+
+@dataclass
+class _Cells:
+    """The labelled cells to calibrate on: logits, truth (1 = ALL), their patients, the
+    data's fingerprint and a description for the spec."""
+
+    logits: np.ndarray
+    truth: np.ndarray
+    patients: list[str]
+    fingerprint: str
+    source: str
+
+
+def _from_predictions(path: Path, labels: Path | None, folds: str | None) -> _Cells:
+    import numpy as np
+
+    from ..predictions import read_predictions
+
+    ps = read_predictions(path, labels, parse_folds(folds))
+    if not ps.has_logits:
+        raise DataError(f"{path}: the rows carry no logit for every cell",
+                        "classify with this release (it writes the logit column)")
+    keep = [i for i, t in enumerate(ps.truth) if t is not None]
+    return _Cells(
+        logits=np.asarray([ps.logits[i] for i in keep]),
+        truth=np.asarray([ps.truth[i] for i in keep], dtype=np.int64),
+        patients=sorted({p for i in keep if (p := ps.patients[i])}),
+        fingerprint=ps.fingerprint(),
+        source=f"predictions {path.name}" + (f" folds {folds}" if folds else ""))
+
+
+def _from_images(m: Model, data: list[Path], labels: Path | None, batch_size: int,
+                 workers: int | None) -> _Cells:
+    import numpy as np
+
+    from ..classify import predict_stream
+    from ..data import collect, fingerprint
+    from .common import progress_bar
+
+    items = [it for it in collect(data, labels) if it.label is not None]
+    if not items:
+        raise DataError("no labelled image to calibrate on",
+                        "put them under all/ and hem/ folders, or pass --labels")
+    with progress_bar(len(items), "calibrate") as advance:
+        preds = list(predict_stream(m, items, batch_size, workers,
+                                    on_batch=lambda b: advance(len(b))))
+    ok = [p for p in preds if p.row.error is None and p.row.logit is not None]
+    if len(ok) < len(preds):
+        warn(f"{len(preds) - len(ok)} images could not be read and are left out")
+    return _Cells(
+        logits=np.asarray([p.row.logit for p in ok], dtype=np.float64),
+        truth=np.asarray([p.item.label for p in ok], dtype=np.int64),
+        patients=sorted({p.item.patient for p in ok if p.item.patient}),
+        fingerprint=fingerprint(p.item for p in ok),
+        source="images " + ", ".join(str(d) for d in data)[:200])
+
+
+def _warn_training_patients(patients: list[str], trained_on: Iterable[object],
+                            from_predictions: bool) -> None:
+    """Calibrating on the model's own training patients makes the temperature too low."""
+    trained = sorted(set(patients) & set(trained_on))
+    if trained:
+        shown = f"{', '.join(trained[:8])}{', ...' if len(trained) > 8 else ''}"
+        why = ("if these logits are this model's (not out-of-fold), they are over-confident "
+               "and the temperature will be too low" if from_predictions else
+               "their logits are over-confident, so the temperature will be too low")
+        warn(f"calibrating on {len(trained)} patients the model was trained on ({shown}): "
+             f"{why}")
+
+
 def _f(x: float) -> str:
     return f"{x:.4f}"
 
 
 def print_calibration(cal: Calibration, out_file: Path) -> None:
-    t = Table(title="leukoedge calibrate", show_header=False, title_justify="left")
-    t.add_column("what", style="bold")
-    t.add_column("value")
-    t.add_row("cells / ALL / HEM", f"{cal.cells} / {cal.cells_all} / {cal.cells_hem}")
-    t.add_row("patients", str(len(cal.patients)))
-    t.add_row("temperature", f"{cal.temperature:.4f}")
-    t.add_row("NLL before / after", f"{_f(cal.nll_at_1)} / {_f(cal.nll)}")
-    t.add_row("ECE before / after", f"{_f(cal.before['ece'])} / {_f(cal.after['ece'])}")
-    t.add_row("Brier before / after", f"{_f(cal.before['brier'])} / {_f(cal.after['brier'])}")
-    t.add_row("threshold rule", cal.rule.describe())
-    t.add_row("threshold P(ALL)", f"{cal.threshold:.6f} (logit {cal.logit_threshold:.4f})")
+    t = facts_table("leukoedge calibrate", [
+        ("cells / ALL / HEM", f"{cal.cells} / {cal.cells_all} / {cal.cells_hem}"),
+        ("patients", str(len(cal.patients))),
+        ("temperature", f"{cal.temperature:.4f}"),
+        ("NLL before / after", f"{_f(cal.nll_at_1)} / {_f(cal.nll)}"),
+        ("ECE before / after", f"{_f(cal.before['ece'])} / {_f(cal.after['ece'])}"),
+        ("Brier before / after", f"{_f(cal.before['brier'])} / {_f(cal.after['brier'])}"),
+        ("threshold rule", cal.rule.describe()),
+        ("threshold P(ALL)", f"{cal.threshold:.6f} (logit {cal.logit_threshold:.4f})")])
     for k in ("sensitivity_all", "specificity_all", "weighted_f1"):
         t.add_row(f"{k.replace('_', ' ')} (calibration cells)", _f(cal.at_threshold[k]))
     t.add_row("written", escape(str(out_file)))

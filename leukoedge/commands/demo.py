@@ -10,7 +10,7 @@ import typer
 from rich.panel import Panel
 from rich.table import Table
 
-from ..console import err, escape, note, out
+from ..console import err, escape, facts_table, note, out
 from ..errors import EXIT_OK, MissingExtraError
 
 
@@ -116,10 +116,7 @@ def _part2(wd: Path, epochs: int, seed: int) -> None:
     total = time.perf_counter() - t0
     f = res.facts
     m = f["heldout"]["metrics"]
-    t = Table(title="leukoedge demo: the pipeline on synthetic cells", show_header=False,
-              title_justify="left")
-    t.add_column("what", style="bold")
-    t.add_column("value")
+    t = facts_table("leukoedge demo: the pipeline on synthetic cells")
     t.add_row("validation weighted F1 (synthetic, by patient)",
               f"{f['val_weighted_f1']:.3f} (best epoch {f['best_epoch']})")
     t.add_row("held-out synthetic patients",

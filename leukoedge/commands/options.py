@@ -28,3 +28,6 @@ ThresholdOpt = Annotated[float | None, typer.Option(
     "--threshold", min=0.0, max=1.0,
     help="Decision threshold on P(ALL); default: the one in the model's spec.",
     show_default=False)]
+FoldsOpt = Annotated[str | None, typer.Option(
+    "--folds", help="Only the rows of these folds (comma-separated) of a predictions file "
+                    "with a 'fold' column, e.g. 0,1,2.", show_default=False)]

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from ..console import err, escape, note
+from ..console import note
 from ..errors import EXIT_OK, OutputExistsError
-from .calibrate import FoldsOpt, parse_folds
-from .options import LabelsOpt, ThresholdOpt
+from .common import parse_folds, spec_for_predictions, warn
+from .options import FoldsOpt, LabelsOpt, ThresholdOpt
 
 
 def report(
@@ -45,7 +45,6 @@ def report(
     from ..output import atomic_write_text
     from ..predictions import read_predictions
     from ..report import render, require_matplotlib
-    from .predict import spec_for_predictions
 
     require_matplotlib()
     if out_file.exists() and not overwrite:
@@ -63,7 +62,7 @@ def report(
         rep["drift"] = summary(ps.patients, ps.drift,
                                stats.patient_flag if stats else DEFAULT_PATIENT_FLAG)
     for w in rep["warnings"]:
-        err.print(f"[yellow]warning:[/yellow] {escape(w)}")
+        warn(w)
     page = render(ps, spec, rep, title=title, images_root=images_root, per_montage=cells)
     atomic_write_text(out_file, page)
     note(f"report written to {out_file} ({len(page) / 1e6:.1f} MB)")

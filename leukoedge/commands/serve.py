@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ..console import escape, note
-from ..errors import EXIT_OK, UsageError
+from ..errors import EXIT_OK, UsageError, first_line
 from .common import open_model
 from .options import ModelOpt, ProviderOpt, ThreadsOpt, WorkersOpt
 
@@ -25,7 +25,7 @@ def read_token(path: Path) -> str:
         raw = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"--token-file {escape(str(path))}: cannot read it "
-                         f"({exc.strerror or exc})", "name a readable file") from exc
+                         f"({exc.strerror or first_line(exc)})", "name a readable file") from exc
     try:
         token = raw.decode("ascii").strip()
     except UnicodeDecodeError as exc:

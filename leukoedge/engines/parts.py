@@ -40,11 +40,18 @@ def float_columns() -> set[str]:
     return {c for c in COLUMNS if "float" in str(Row.__annotations__.get(c, ""))}
 
 
+def part_number(path: Path) -> int | None:
+    """The number of a part file (``part-00007.parquet``: 7), None for any other file."""
+    m = PART_RE.match(path.name)
+    return int(m.group(1)) if m else None
+
+
 def parts_in(folder: Path) -> list[Path]:
+    """The part files in ``folder``, in part-number order."""
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if PART_RE.match(p.name)),
-                  key=lambda p: int(PART_RE.match(p.name).group(1)))  # type: ignore[union-attr]
+    numbered = [(n, p) for p in folder.iterdir() if (n := part_number(p)) is not None]
+    return [p for _, p in sorted(numbered, key=lambda t: t[0])]
 
 
 class PartWriter:
@@ -82,8 +89,8 @@ class PartWriter:
             rows = table.to_pylist()
             self.previous_rows.extend(rows)
             self.done.update(str(r["path"]) for r in rows)
-        self._next = 1 + max((int(PART_RE.match(p.name).group(1))  # type: ignore[union-attr]
-                              for p in existing), default=-1)
+        self._next = 1 + max((n for p in existing if (n := part_number(p)) is not None),
+                             default=-1)
         self._rows: list[Row] = []
         try:
             folder.mkdir(parents=True, exist_ok=True)

@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..classify import RunStats, tally
+from ..classify import RowSink, RunStats, tally
 from ..console import note
 from ..data import Item
-from ..errors import LeukoedgeError, MissingExtraError
+from ..errors import LeukoedgeError, MissingExtraError, first_line
 from ..output import Row, escape_path
 from ..session import Model, cores
 from ..spec import ModelSpec
@@ -167,7 +167,7 @@ def connect(ray: ModuleType, address: str | None) -> bool:
             ray.init(num_cpus=cores(), include_dashboard=False, **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-        raise LeukoedgeError(f"cannot start or reach {where}: {_first_line(exc)}",
+        raise LeukoedgeError(f"cannot start or reach {where}: {first_line(exc)}",
                              "start one with 'ray start --head' and pass --ray-address, "
                              "or leave --ray-address out for a local one") from exc
     return True
@@ -176,7 +176,7 @@ def connect(ray: ModuleType, address: str | None) -> bool:
 def classify_ray(
     model: Model,
     items: Iterable[Item],
-    writer: object,
+    writer: RowSink,
     batch_size: int = 32,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
@@ -189,10 +189,9 @@ def classify_ray(
     options = options or RayOptions()
     ray = import_ray()
     stats = RunStats()
-    done: set[str] = writer.done  # type: ignore[attr-defined]
     todo: list[Item] = []
     for it in items:
-        if escape_path(it.path) in done:
+        if escape_path(it.path) in writer.done:
             stats.skipped += 1
         else:
             todo.append(it)
@@ -207,50 +206,66 @@ def classify_ray(
              f"CPU(s) each" + (f", {options.gpus_per_actor:g} GPU(s) each"
                                if options.gpus_per_actor else ""))
         _quiet(ray)
-        # blocks no larger than needed to give every actor work
-        block = max(1, min(options.block_files, math.ceil(len(todo) / p.actors)))
-        records = [{"index": i, "path": os.fsencode(it.path), "patient": it.patient or ""}
-                   for i, it in enumerate(todo)]
-        ds = ray.data.from_items(records, override_num_blocks=math.ceil(len(records) / block))
-        remote: dict[str, Any] = {"max_task_retries": TASK_RETRIES}
-        with warnings.catch_warnings():  # Ray 2.60 takes retries only this way (deprecated)
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-            ds = ds.map_batches(
-                BlockClassifier,
-                fn_constructor_kwargs={
-                    "model_path": str(Path(model.path).resolve()),
-                    "provider": model.provider, "threads": p.threads, "spec": model.spec,
-                    "batch_size": batch_size, "workers": p.workers, "overlays": overlays},
-                batch_size=block, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=p.actors),
-                num_cpus=p.cpus_per_actor, num_gpus=options.gpus_per_actor or None,
-                **remote)
-        order = _InOrder(len(todo))
-        positive = model.spec.positive
-        blocks = iter(ds.iter_batches(batch_size=None, batch_format="numpy",
-                                      prefetch_batches=1))
-        try:
-            for out in blocks:
-                rows = order.add(out["index"], out["row"])
-                if rows:
-                    writer.write(rows)  # type: ignore[attr-defined]
-                    tally(stats, rows, positive)
-                    if progress is not None:
-                        progress(len(rows))
-        except ray.exceptions.RayError as exc:
-            raise _our_error(exc) from None
-        finally:  # Ctrl-C or a failed write: stop the dataset's actors now
-            close = getattr(blocks, "close", None)
-            if close is not None:
-                close()
-        if order.next != len(todo):  # cannot happen unless Ray dropped a block
-            raise LeukoedgeError(f"the Ray run returned {order.next} of {len(todo)} rows",
+        ds = _dataset(ray, model, todo, options, p, batch_size, overlays)
+        written = _write_in_order(ray, ds, len(todo), writer, stats, model.spec.positive,
+                                  progress)
+        if written != len(todo):  # cannot happen unless Ray dropped a block
+            raise LeukoedgeError(f"the Ray run returned {written} of {len(todo)} rows",
                                  "rerun with --resume to finish the rest")
     finally:
         stats.seconds = time.perf_counter() - t0
         if started:
             ray.shutdown()
     return stats
+
+
+def _dataset(ray: ModuleType, model: Model, todo: list[Item], options: RayOptions, p: Plan,
+             batch_size: int, overlays: OverlayWriter | None) -> Any:
+    """The Ray dataset of ``todo``'s rows: ``(index, path, patient)`` records cut into
+    blocks no larger than needed to give every actor work, mapped by a pool of
+    :class:`BlockClassifier` actors (a block retried :data:`TASK_RETRIES` times)."""
+    block = max(1, min(options.block_files, math.ceil(len(todo) / p.actors)))
+    records = [{"index": i, "path": os.fsencode(it.path), "patient": it.patient or ""}
+               for i, it in enumerate(todo)]
+    ds = ray.data.from_items(records, override_num_blocks=math.ceil(len(records) / block))
+    remote: dict[str, Any] = {"max_task_retries": TASK_RETRIES}
+    with warnings.catch_warnings():  # Ray 2.60 takes retries only this way (deprecated)
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        return ds.map_batches(
+            BlockClassifier,
+            fn_constructor_kwargs={
+                "model_path": str(Path(model.path).resolve()),
+                "provider": model.provider, "threads": p.threads, "spec": model.spec,
+                "batch_size": batch_size, "workers": p.workers, "overlays": overlays},
+            batch_size=block, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=p.actors),
+            num_cpus=p.cpus_per_actor, num_gpus=options.gpus_per_actor or None,
+            **remote)
+
+
+def _write_in_order(ray: ModuleType, ds: Any, total: int, writer: RowSink, stats: RunStats,
+                    positive: str, progress: Callable[[int], None] | None) -> int:
+    """Run ``ds`` and write its rows through ``writer`` in input order as the blocks come
+    back, each index once; the number of rows written. A Ray failure becomes one of our
+    errors (:func:`_our_error`); on any way out the dataset's actors are stopped."""
+    order = _InOrder(total)
+    blocks = iter(ds.iter_batches(batch_size=None, batch_format="numpy",
+                                  prefetch_batches=1))
+    try:
+        for out in blocks:
+            rows = order.add(out["index"], out["row"])
+            if rows:
+                writer.write(rows)
+                tally(stats, rows, positive)
+                if progress is not None:
+                    progress(len(rows))
+    except ray.exceptions.RayError as exc:
+        raise _our_error(exc) from None
+    finally:  # Ctrl-C or a failed write: stop the dataset's actors now
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
+    return order.next
 
 
 def _quiet(ray: ModuleType) -> None:
@@ -273,7 +288,7 @@ def _our_error(exc: BaseException) -> LeukoedgeError:
             if isinstance(found, LeukoedgeError):
                 return _rebuilt(found)
         e = e.__cause__ or e.__context__
-    return LeukoedgeError(f"the Ray run failed: {_first_line(exc)}",
+    return LeukoedgeError(f"the Ray run failed: {first_line(exc)}",
                           "rows finished so far are kept; rerun with --resume")
 
 
@@ -285,8 +300,3 @@ def _rebuilt(exc: LeukoedgeError) -> LeukoedgeError:
         return cls(exc.message, exc.hint)
     except TypeError:  # a class with another signature: keep its words
         return LeukoedgeError(exc.message, exc.hint)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:300]

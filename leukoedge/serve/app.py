@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import math
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -31,7 +30,7 @@ from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from ..classify import default_workers
+from ..classify import default_workers, error_text, scored_row
 from ..data import patient_of
 from ..errors import ImageError, LeukoedgeError, RequestError
 from ..output import Row, escape_path
@@ -135,28 +134,22 @@ class Service:
 
 
 def rows_for(model: Model, names: list[str], results: list[Scored | ImageError]) -> list[Row]:
-    """Prediction rows as ``classify`` makes them: the probability from the spec
-    (:meth:`ModelSpec.probability`), the label from the logit threshold, NaN as an error."""
+    """Prediction rows as ``classify`` makes them (:func:`leukoedge.classify.scored_row`):
+    the probability from the spec (:meth:`ModelSpec.probability`), the label from the
+    logit threshold, NaN as an error."""
     spec = model.spec
     logits = [r.logit for r in results if not isinstance(r, ImageError)]
     probs = spec.probability(np.asarray(logits, dtype=np.float32)).tolist()
-    threshold = spec.logit_threshold
     rows: list[Row] = []
     k = 0
     for name, r in zip(names, results):
         patient = patient_of(name)
         if isinstance(r, ImageError):
-            rows.append(Row(name, patient, None, None, " ".join(str(r).split())[:300]))
+            rows.append(Row(name, patient, None, None, error_text(r)))
             continue
         prob = float(probs[k])
         k += 1
-        logit, drift = r
-        if math.isnan(logit):
-            rows.append(Row(name, patient, None, None, "the model returned NaN for this image"))
-            continue
-        label = spec.labels[1] if logit >= threshold else spec.labels[0]
-        ok = drift is not None and math.isfinite(drift)
-        rows.append(Row(name, patient, prob, label, None, logit, drift=drift if ok else None))
+        rows.append(scored_row(name, patient, r.logit, prob, r.drift, spec))
     return rows
 
 
@@ -199,8 +192,6 @@ def create_app(model: Model, settings: Settings | None = None) -> Any:
     """
     cfg = settings or Settings()
     service = Service(model, cfg)
-    limits = cfg.limits
-    state = {"in_flight": 0}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -213,61 +204,63 @@ def create_app(model: Model, settings: Settings | None = None) -> Any:
     api = FastAPI(title="leukoedge", version=__version__, docs_url=None, redoc_url=None,
                   lifespan=lifespan,
                   description="ALL vs HEM classification of segmented B-lymphoid cells.")
+    add_routes(api, Handlers(service))
+    add_page(api)
+    api.state.service = service
+    return Guard(api, cfg.hosts, cfg.token, OPEN_PATHS | PAGE_PATHS)
 
-    @api.post("/v1/classify", response_class=Response, openapi_extra=_CLASSIFY_BODY,
-              summary="Classify one or many images (multipart/form-data file parts)")
-    async def classify(request: Request) -> Response:
-        if state["in_flight"] >= limits.max_concurrent:
-            service.metrics.request_done(429)
+
+def add_routes(api: FastAPI, h: Handlers) -> None:
+    """The JSON API: ``/v1/classify``, ``/v1/model``, ``/healthz``, ``/metrics``."""
+    api.post("/v1/classify", response_class=Response, openapi_extra=_CLASSIFY_BODY,
+             summary="Classify one or many images (multipart/form-data file parts)"
+             )(h.classify)
+    api.get("/v1/model", summary="The model's spec, provider and the server's limits"
+            )(h.model_info)
+    api.get("/healthz", summary="Liveness")(h.healthz)
+    api.get("/metrics", summary="Prometheus metrics (text format)")(h.metrics)
+
+
+class Handlers:
+    """The routes of one :class:`Service`. ``classify`` counts the requests in flight
+    (refused with 429 above ``max_concurrent``) and answers every refusal as JSON
+    ``{"error": ...}`` with its status."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.limits = service.settings.limits
+        self.in_flight = 0
+
+    async def classify(self, request: Request) -> Response:
+        limits, metrics = self.limits, self.service.metrics
+        if self.in_flight >= limits.max_concurrent:
+            metrics.request_done(429)
             return _json(429, {"error": f"too many requests in flight (the limit is "
                                         f"{limits.max_concurrent}); retry shortly"},
                          {"Retry-After": "1"})
-        state["in_flight"] += 1
-        service.metrics.in_flight = state["in_flight"]
+        self.in_flight += 1
+        metrics.in_flight = self.in_flight
         t0 = time.perf_counter()
         status = 500
         try:
-            resp = await _classify(request)
+            resp = await self._classify(request)
             status = resp.status_code
             return resp
         finally:
-            state["in_flight"] -= 1
-            service.metrics.in_flight = state["in_flight"]
-            service.metrics.request_done(status, time.perf_counter() - t0)
+            self.in_flight -= 1
+            metrics.in_flight = self.in_flight
+            metrics.request_done(status, time.perf_counter() - t0)
 
-    async def _classify(request: Request) -> Response:
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                return _json(400, {"error": "invalid Content-Length"})
-            if int(declared) > limits.max_request_bytes:
-                return _json(413, {"error": f"request too large ({declared} bytes; the limit "
-                                            f"is {limits.max_request_bytes})"})
-        body = bytearray()
-
-        async def receive() -> Response | None:
-            async for chunk in request.stream():
-                body.extend(chunk)
-                if len(body) > limits.max_request_bytes:
-                    return _json(413, {"error": f"request too large (over the limit of "
-                                                f"{limits.max_request_bytes} bytes)"})
-            return None
-
-        try:
-            # a client trickling its body must not hold a slot of --max-concurrent forever
-            refused = await asyncio.wait_for(receive(), limits.body_seconds)
-        except ClientDisconnect:
-            return _json(400, {"error": "the client went away before sending the whole body"})
-        except asyncio.TimeoutError:
-            return _json(408, {"error": f"the body did not arrive within "
-                                        f"{limits.body_seconds:g} s"})
-        if refused is not None:
-            return refused
+    async def _classify(self, request: Request) -> Response:
+        """Read and parse the body, classify its images: the rows, or why not."""
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
         try:
             data = bytes(body)
             body.clear()  # one copy at a time: the bytes, then the bytes and the parts
             parts = parse(data, request.headers.get("content-type", ""),
-                          limits.max_images, limits.max_fields)
+                          self.limits.max_images, self.limits.max_fields)
         except RequestError as exc:
             return _json(exc.status, {"error": exc.message})
         del data  # the parts hold the images now
@@ -276,37 +269,63 @@ def create_app(model: Model, settings: Settings | None = None) -> Any:
             return _json(400, {"error": "no image in the request (send file parts, "
                                         "e.g. curl -F image=@cell.bmp)"})
         try:
-            rows = await service.classify(images)
+            rows = await self.service.classify(images)
         except LeukoedgeError as exc:  # the model failed: not the images' fault
             return _json(500, {"error": exc.message})
         errors = sum(1 for r in rows if r.error)
-        service.metrics.images_done(len(rows), errors)
+        self.service.metrics.images_done(len(rows), errors)
         return _json(200, {"results": [row_json(r) for r in rows]})
 
-    def _images(parts: list[Part]) -> list[tuple[str, bytes | bytearray]]:
-        files = [p for p in parts if p.filename is not None]
-        return [(image_name(p.filename, i), p.data) for i, p in enumerate(files)]
+    async def _body(self, request: Request) -> bytearray | Response:
+        """The whole body, or the refusal: a bad or too large Content-Length, a body over
+        the limit (413), one not received within ``body_seconds`` (408), a client gone."""
+        limit = self.limits.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return _json(400, {"error": "invalid Content-Length"})
+            if int(declared) > limit:
+                return _json(413, {"error": f"request too large ({declared} bytes; the limit "
+                                            f"is {limit})"})
+        body = bytearray()
 
-    @api.get("/v1/model", summary="The model's spec, provider and the server's limits")
-    async def model_info() -> Response:
+        async def receive() -> Response | None:
+            async for chunk in request.stream():
+                body.extend(chunk)
+                if len(body) > limit:
+                    return _json(413, {"error": f"request too large (over the limit of "
+                                                f"{limit} bytes)"})
+            return None
+
+        try:
+            # a client trickling its body must not hold a slot of --max-concurrent forever
+            refused = await asyncio.wait_for(receive(), self.limits.body_seconds)
+        except ClientDisconnect:
+            return _json(400, {"error": "the client went away before sending the whole body"})
+        except asyncio.TimeoutError:
+            return _json(408, {"error": f"the body did not arrive within "
+                                        f"{self.limits.body_seconds:g} s"})
+        return body if refused is None else refused
+
+    async def model_info(self) -> Response:
+        model, cfg = self.service.model, self.service.settings
         return _json(200, {
             "model": model.path.name,
             "provider": model.provider,
             "spec": model.spec.to_dict(),
             "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms},
-            "limits": asdict(limits),
+            "limits": asdict(self.limits),
             "version": __version__,
         })
 
-    @api.get("/healthz", summary="Liveness")
-    async def healthz() -> Response:
+    async def healthz(self) -> Response:
         return _json(200, {"status": "ok"})
 
-    @api.get("/metrics", summary="Prometheus metrics (text format)")
-    async def metrics() -> Response:
-        return Response(service.metrics.render(),
+    async def metrics(self) -> Response:
+        return Response(self.service.metrics.render(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    add_page(api)
-    api.state.service = service
-    return Guard(api, cfg.hosts, cfg.token, OPEN_PATHS | PAGE_PATHS)
+
+def _images(parts: list[Part]) -> list[tuple[str, bytes | bytearray]]:
+    files = [p for p in parts if p.filename is not None]
+    return [(image_name(p.filename, i), p.data) for i, p in enumerate(files)]

@@ -17,7 +17,7 @@ import python_multipart
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
 
-from ..errors import RequestError
+from ..errors import RequestError, first_line
 
 # python-multipart logs each malformed body as a warning; the client gets the reason in
 # its 400 answer, and the server's log is no place for what strangers send
@@ -144,12 +144,7 @@ def parse(body: bytes, content_type: str, max_images: int, max_fields: int = 16)
         parser.write(body)
         parser.finalize()
     except FormParserError as exc:
-        raise RequestError(400, f"malformed multipart body ({_first(exc)})") from exc
+        raise RequestError(400, f"malformed multipart body ({first_line(exc)})") from exc
     if not c.ended:
         raise RequestError(400, "the multipart body is incomplete (no closing boundary)")
     return c.parts
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__

@@ -12,38 +12,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from leukoedge.bench import timed
-from leukoedge.errors import ImageError
-from leukoedge.preprocess import preprocess_for
+from leukoedge.bench import sample_batch, timed
 from leukoedge.session import cores
+from leukoedge.spec import ModelSpec
 
 from . import checkpoint as ckpt_io
+from .data import note_skipped
 
 
-def _batch(spec: Any, files: Sequence[Path], n: int) -> np.ndarray:
-    """``n`` real cells (cycled), as the onnxruntime side builds them; noise without files."""
-    s = spec.input_size
-    out = np.zeros((n, s, s, 3), dtype=np.uint8)
-    cache = []
-    for f in files[: min(len(files), n)]:
-        try:
-            cache.append(preprocess_for(f, spec))
-        except ImageError:
-            continue
-    if cache:
-        for i in range(n):
-            out[i] = cache[i % len(cache)]
-    else:
-        rng = np.random.default_rng(0)
-        q = s // 4
-        out[:, q:s - q, q:s - q] = rng.integers(60, 200, (n, s - 2 * q, s - 2 * q, 3),
-                                                dtype=np.uint8)
-    return out
+def _batch(spec: ModelSpec, files: Sequence[Path], n: int) -> np.ndarray:
+    """``n`` real cells as the onnxruntime side builds them (:func:`leukoedge.bench.sample_batch`:
+    the readable ones among the first ``n`` files, cycled; noise when there is none);
+    unreadable files are left out and counted on stderr."""
+    x, skipped = sample_batch(spec, files, n)
+    note_skipped([(i, why) for i, (_, why) in enumerate(skipped)], min(len(files), n),
+                 "files for PyTorch eager")
+    return x
 
 
 def _throughput(model: torch.nn.Module, x: torch.Tensor, seconds: float) -> float:

@@ -203,10 +203,10 @@ def autograd_map(model: Normalize, image: torch.Tensor) -> torch.Tensor:
     net: Any = model.net
     store: dict[str, torch.Tensor] = {}
 
-    def keep(_: nn.Module, __: object, out: torch.Tensor) -> None:
+    def keep(_: nn.Module, __: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         store["a"] = out
 
-    target: Any
+    target: nn.Module
     if isinstance(net, ScratchNet):
         blocks: Any = net.features
         target = blocks[-1][-2]  # the last ReLU of the last block

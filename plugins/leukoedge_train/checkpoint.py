@@ -11,14 +11,14 @@ resolved settings), ``rng`` (torch CPU generator state).
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from leukoedge.errors import ModelError, UsageError
+from leukoedge.errors import ModelError, UsageError, first_line
+from leukoedge.output import atomic_path
 from leukoedge.spec import ModelSpec
 
 FORMAT = "leukoedge-checkpoint"
@@ -26,30 +26,26 @@ VERSION = 1
 RUNS = Path("runs")
 
 
-def save(obj: dict[str, Any], path: Path) -> None:
-    """Save to a temporary file in the same folder, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+#: A checkpoint as :func:`save` writes and :func:`load` reads it (keys: see above).
+Checkpoint = dict[str, Any]
 
 
-def load(path: Path) -> dict[str, Any]:
+def save(obj: Checkpoint, path: Path) -> None:
+    """Write ``obj`` through :func:`leukoedge.output.atomic_path`: a reader (or a run
+    killed mid-write) sees the previous checkpoint or this one, never half of one."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def load(path: Path) -> Checkpoint:
     """Read a leukoedge checkpoint with the weights-only unpickler."""
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise ModelError(f"{path}: cannot read as a leukoedge checkpoint ({first})") from exc
+        raise ModelError(f"{path}: cannot read as a leukoedge checkpoint "
+                         f"({first_line(exc)})") from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ModelError(f"{path}: not a leukoedge checkpoint",
                          "pass a run folder or the best.pt / last.pt inside one")
@@ -59,11 +55,11 @@ def load(path: Path) -> dict[str, Any]:
     return obj
 
 
-def spec_of(ckpt: dict[str, Any]) -> ModelSpec:
+def spec_of(ckpt: Checkpoint) -> ModelSpec:
     return ModelSpec.from_json(ckpt["spec"])
 
 
-def model_of(ckpt: dict[str, Any]) -> torch.nn.Module:
+def model_of(ckpt: Checkpoint) -> torch.nn.Module:
     """The checkpoint's model, weights loaded, in eval mode, on the CPU."""
     from .models import create_model
 

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from leukoedge.errors import EXIT_OK, UsageError
+from leukoedge.spec import ONNX_OPSET
+
+from .defaults import default_text
 
 if TYPE_CHECKING:
     from .parity import ParityResult
@@ -34,42 +37,51 @@ def train(
         "--resume", help="Continue the run in --out from its last.pt.")] = False,
     input_size: Annotated[int | None, typer.Option(
         "--input-size", min=16, max=1024, help="Image side in px "
-        "\\[default: scratch 128, resnet50 224].",
+        f"\\[default: {default_text('input_size')}].",
         show_default=False)] = None,
     epochs: Annotated[int | None, typer.Option(
-        "--epochs", min=1, help="Epochs in all \\[default: scratch 30, resnet50 12].",
+        "--epochs", min=1, help="Epochs in all "
+        f"\\[default: {default_text('epochs')}].",
         show_default=False)] = None,
     batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", "-b", min=2, max=4096, help="Batch size \\[default: 32].",
+        "--batch-size", "-b", min=2, max=4096, help="Batch size "
+        f"\\[default: {default_text('batch_size')}].",
         show_default=False)] = None,
     lr: Annotated[float | None, typer.Option(
-        "--lr", min=0.0, help="Peak learning rate (resnet50: of the head stage) \\[default: 1e-3].",
+        "--lr", min=0.0, help="Peak learning rate (resnet50: of the head "
+        f"stage) \\[default: {default_text('lr')}].",
         show_default=False)] = None,
     finetune_lr: Annotated[float | None, typer.Option(
-        "--finetune-lr", min=0.0, help="resnet50: peak lr after unfreezing \\[default: lr/10].",
+        "--finetune-lr", min=0.0, help="resnet50: peak lr after unfreezing "
+        f"\\[default: lr/{default_text('finetune_lr_divisor', 'resnet50')}].",
         show_default=False)] = None,
     weight_decay: Annotated[float | None, typer.Option(
-        "--weight-decay", min=0.0, help="AdamW weight decay \\[default: 1e-4].",
+        "--weight-decay", min=0.0, help="AdamW weight decay "
+        f"\\[default: {default_text('weight_decay')}].",
         show_default=False)] = None,
     schedule: Annotated[str | None, typer.Option(
-        "--schedule", help="cosine (with linear warm-up) or constant \\[default: cosine].",
+        "--schedule", help="cosine (with linear warm-up) or constant "
+        f"\\[default: {default_text('schedule')}].",
         show_default=False)] = None,
     warmup_epochs: Annotated[float | None, typer.Option(
-        "--warmup-epochs", min=0.0, help="Linear warm-up length, per stage \\[default: 1].",
+        "--warmup-epochs", min=0.0, help="Linear warm-up length, per stage "
+        f"\\[default: {default_text('warmup_epochs')}].",
         show_default=False)] = None,
     augment: Annotated[bool | None, typer.Option(
         "--augment/--no-augment", help="Flips, 90-degree rotations, mild colour and "
-        "brightness jitter \\[default: on].", show_default=False)] = None,
+        "brightness jitter "
+        f"\\[default: {default_text('augment')}].", show_default=False)] = None,
     batchnorm: Annotated[bool | None, typer.Option(
-        "--batchnorm/--no-batchnorm", help="scratch: batch norm after each conv \\[default: on].",
+        "--batchnorm/--no-batchnorm", help="scratch: batch norm after each conv "
+        f"\\[default: {default_text('batchnorm', 'scratch')}].",
         show_default=False)] = None,
     dropout: Annotated[float | None, typer.Option(
         "--dropout", min=0.0, max=0.95, help="scratch: dropout after each dense layer "
-        "\\[default: 0.5].",
+        f"\\[default: {default_text('dropout', 'scratch')}].",
         show_default=False)] = None,
     class_weights: Annotated[bool | None, typer.Option(
         "--class-weights/--no-class-weights", help="pos_weight = HEM/ALL in the loss "
-        "\\[default: on].",
+        f"\\[default: {default_text('class_weights')}].",
         show_default=False)] = None,
     val: Annotated[Path | None, typer.Option(
         "--val", help="Validation images in a separate folder.", show_default=False)] = None,
@@ -78,30 +90,37 @@ def train(
         show_default=False)] = None,
     val_fraction: Annotated[float | None, typer.Option(
         "--val-fraction", min=0.01, max=0.9, help="Share of images held out, by patient "
-        "\\[default: 0.2].", show_default=False)] = None,
+        f"\\[default: {default_text('val_fraction')}].", show_default=False)] = None,
     split_by_image: Annotated[bool, typer.Option(
         "--split-by-image", help="Split images, not patients (leaks patients; a warning "
         "says so).")] = False,
     seed: Annotated[int | None, typer.Option(
-        "--seed", help="Seed of split, init, shuffling, augmentation \\[default: 0].",
+        "--seed", help="Seed of split, init, shuffling, augmentation "
+        f"\\[default: {default_text('seed')}].",
         show_default=False)] = None,
     patience: Annotated[int | None, typer.Option(
         "--patience", min=0, help="Stop after this many epochs without a better validation "
-        "weighted F1; 0 = never \\[default: 8].", show_default=False)] = None,
+        "weighted F1; 0 = never "
+        f"\\[default: {default_text('patience')}].", show_default=False)] = None,
     device: Annotated[str | None, typer.Option(
-        "--device", help="auto, cpu or cuda \\[default: auto].", show_default=False)] = None,
+        "--device", help="auto, cpu or cuda "
+        f"\\[default: {default_text('device')}].", show_default=False)] = None,
     amp: Annotated[bool | None, typer.Option(
         "--amp/--no-amp", help="Mixed precision on CUDA "
-        "\\[default: on].", show_default=False)] = None,
+        f"\\[default: {default_text('amp')}].", show_default=False)] = None,
     weights: Annotated[str | None, typer.Option(
-        "--weights", help="resnet50: imagenet, none, or a state-dict FILE \\[default: imagenet].",
+        "--weights", help="resnet50: imagenet, none, or a state-dict FILE "
+        f"\\[default: {default_text('weights', 'resnet50')}].",
         show_default=False)] = None,
     head_epochs: Annotated[int | None, typer.Option(
         "--head-epochs", min=0, help="resnet50: epochs training the head on a frozen base "
-        "\\[default: 2 pretrained, 0 from scratch].", show_default=False)] = None,
+        f"\\[default: {default_text('head_epochs_pretrained', 'resnet50')} pretrained, 0 from "
+        "scratch].", show_default=False)] = None,
     unfreeze: Annotated[str | None, typer.Option(
         "--unfreeze", help="resnet50: first stage trained after the head epochs: layer1.."
-        "layer4, fc or all \\[default: layer3 = layer3+layer4+fc].", show_default=False)] = None,
+        "layer4, fc or all "
+        f"\\[default: {default_text('unfreeze_pretrained', 'resnet50')} = "
+        "layer3+layer4+fc].", show_default=False)] = None,
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, help="Decoding threads.", show_default=False)] = None,
     threads: Annotated[int | None, typer.Option(
@@ -111,22 +130,25 @@ def train(
         "gap; flags given explicitly win.", show_default=False)] = None,
     crop: Annotated[float | None, typer.Option(
         "--crop", min=0.05, max=1.0, help="Central square kept before resizing, as a "
-        "fraction of the side \\[default: 1].", show_default=False)] = None,
+        "fraction of the side "
+        f"\\[default: {default_text('crop_fraction')}].", show_default=False)] = None,
     width: Annotated[float | None, typer.Option(
         "--width", min=0.1, max=4.0, help="scratch: filter-count multiplier "
-        "\\[default: 1 = 32..256].", show_default=False)] = None,
+        f"\\[default: {default_text('width', 'scratch')} = 32..256].",
+        show_default=False)] = None,
     head: Annotated[str | None, typer.Option(
         "--head", help="scratch: flatten (the seed's) or gap (global average pool) "
-        "\\[default: flatten].", show_default=False)] = None,
+        f"\\[default: {default_text('head', 'scratch')}].", show_default=False)] = None,
     colour_norm: Annotated[str | None, typer.Option(
         "--colour-norm", help="In-graph per-cell colour normalisation: none or greyworld "
-        "\\[default: none].", show_default=False)] = None,
+        f"\\[default: {default_text('colour_norm')}].", show_default=False)] = None,
     stain_jitter: Annotated[float | None, typer.Option(
         "--stain-jitter", min=0.0, max=0.9, help="Per-channel gain augmentation, +- "
-        "\\[default: 0.1].", show_default=False)] = None,
+        f"\\[default: {default_text('stain_jitter')}].", show_default=False)] = None,
     gamma_jitter: Annotated[float | None, typer.Option(
         "--gamma-jitter", min=0.0, max=2.0, help="Per-channel gamma augmentation, "
-        "exp(+-x) \\[default: 0].", show_default=False)] = None,
+        "exp(+-x) "
+        f"\\[default: {default_text('gamma_jitter')}].", show_default=False)] = None,
 ) -> int:
     """Train a model on labelled cells; checkpoints, history and curves go to --out."""
     from leukoedge.plugins import require_torch
@@ -168,7 +190,7 @@ def export(
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Output file; default exported/<run name>.onnx.",
         show_default=False)] = None,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = ONNX_OPSET,
     exporter: Annotated[str, typer.Option(
         "--exporter", help="dynamo (torch.export) or legacy (TorchScript).")] = "dynamo",
     data: Annotated[Path | None, typer.Option(
@@ -211,15 +233,15 @@ def export(
     from leukoedge.console import out as stdout
     from leukoedge.errors import ExportError
 
-    from .export import export_onnx
+    from .export import ParityRejected, PrecisionRejected, export_onnx
 
     try:
         res = export_onnx(run, out, opset, exporter, data, overwrite, precision=precision,
                           calibration=calibration, report_data=report_data,
                           drift_data=drift_data, cam=cam, tta=tta)
     except ExportError as exc:
-        failed_parity = getattr(exc, "parity", None)
-        failed_report = getattr(exc, "report", None)
+        failed_parity = exc.parity if isinstance(exc, ParityRejected) else None
+        failed_report = exc.report if isinstance(exc, PrecisionRejected) else None
         if as_json and (failed_parity is not None or failed_report is not None):
             print_json({"exported": None, "parity": failed_parity and failed_parity.as_dict(),
                         "precision": failed_report and failed_report.as_dict()})
@@ -298,18 +320,14 @@ def print_json(obj: Any) -> None:
 def print_parity(res: ParityResult) -> None:
     from rich.table import Table
 
-    from leukoedge.console import escape, note
+    from leukoedge.console import escape, facts_table, note
     from leukoedge.console import out as stdout
 
-    t = Table(title=f"parity: onnxruntime ({res.provider.upper()}) and PyTorch fp32 (CPU) vs "
-                    "PyTorch float64 (the oracle)", show_header=False, title_justify="left")
-    t.add_column("what", style="bold")
-    t.add_column("value")
     verdict = "[green]pass[/green]" if res.passed else "[red]FAIL[/red]"
     images = f"{res.images} ({escape(res.source)})"
     if res.capped:
         images += f", {res.available} available, capped at {res.images}"
-    rows: list[tuple[str, Any]] = [
+    rows: list[tuple[str, str]] = [
         ("result", f"{verdict} (worst image at {res.worst_ratio:.3g}x its bound)"),
         ("images", images),
         ("batch sizes", " and ".join(map(str, res.batch_sizes))),
@@ -334,9 +352,8 @@ def print_parity(res: ParityResult) -> None:
     if res.tf32:
         rows.append(("TF32", res.tf32))
     rows.append(("time", f"{res.seconds:.1f} s (float64 oracle {res.oracle_seconds:.1f} s)"))
-    for k, v in rows:
-        t.add_row(k, v)
-    stdout.print(t)
+    stdout.print(facts_table(f"parity: onnxruntime ({res.provider.upper()}) and PyTorch fp32 "
+                             "(CPU) vs PyTorch float64 (the oracle)", rows))
     w = Table(title="worst images (|ONNX - oracle| / bound)", title_justify="left")
     for col in ("image", "oracle logit", "|ONNX - oracle|", "bound", "ratio"):
         w.add_column(col, justify="left" if col == "image" else "right")
@@ -353,18 +370,13 @@ def print_parity(res: ParityResult) -> None:
 
 
 def print_precision(rep: PrecisionReport) -> None:
-    from rich.table import Table
-
-    from leukoedge.console import escape, note
+    from leukoedge.console import escape, facts_table, note
     from leukoedge.console import out as stdout
 
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{v:.2%}"
 
-    t = Table(title=f"{rep.precision} vs fp32 (onnxruntime, {rep.provider})",
-              show_header=False, title_justify="left")
-    t.add_column("what", style="bold")
-    t.add_column("value")
+    t = facts_table(f"{rep.precision} vs fp32 (onnxruntime, {rep.provider})")
     ok = rep.passed
     verdict = "[green]pass[/green]" if ok else (
         "[yellow]not measured[/yellow]" if rep.agreement is None else "[red]FAIL[/red]")

@@ -35,10 +35,11 @@ from typing import Any
 import numpy as np
 
 from leukoedge.console import note
-from leukoedge.data import LABEL_NAMES, Item, collect, split_by_patient
+from leukoedge.data import Item, collect, split_by_patient
 from leukoedge.errors import DataError, UsageError
 from leukoedge.evaluate import metrics
 from leukoedge.output import atomic_write_text
+from leukoedge.spec import LABELS
 
 FOLD_COLUMNS = ("patient", "label", "cells", "fold")
 OOF_COLUMNS = ("path", "patient", "label", "fold", "logit")
@@ -73,7 +74,7 @@ def assign_folds(items: Sequence[Item], k: int) -> dict[str, int]:
         pts = sorted(((n, p) for (lab, p), n in cells.items() if lab == label),
                      key=lambda t: (-t[0], t[1]))
         if len(pts) < k:
-            raise DataError(f"only {len(pts)} {LABEL_NAMES[label].upper()} patients for "
+            raise DataError(f"only {len(pts)} {LABELS[label].upper()} patients for "
                             f"{k} folds", "lower --k")
         for i, (_, p) in enumerate(pts):
             r, c = divmod(i, k)
@@ -87,7 +88,7 @@ def folds_table(items: Sequence[Item], folds: dict[str, int]) -> list[dict[str, 
     for it in items:
         assert it.patient is not None and it.label is not None
         r = rows.setdefault(it.patient, {"patient": it.patient,
-                                         "label": LABEL_NAMES[it.label], "cells": 0,
+                                         "label": LABELS[it.label], "cells": 0,
                                          "fold": folds[it.patient]})
         r["cells"] += 1
     return sorted(rows.values(), key=lambda r: (r["fold"], r["label"], r["patient"]))
@@ -224,7 +225,7 @@ def write_oof(path: Path, items: Sequence[Item], fold: int, logits: np.ndarray,
     w.writerow(OOF_COLUMNS)
     for it, z in zip(items, logits):
         assert it.label is not None
-        w.writerow([_rel(it.path, root), it.patient, LABEL_NAMES[it.label], fold,
+        w.writerow([_rel(it.path, root), it.patient, LABELS[it.label], fold,
                     f"{float(z):.6g}"])
     atomic_write_text(path, buf.getvalue())
 
@@ -247,7 +248,7 @@ def read_oof(files: Sequence[Path]) -> OOF:
             for row in csv.DictReader(fh):
                 paths.append(row["path"])
                 patients.append(row["patient"])
-                labels.append(LABEL_NAMES.index(row["label"]))
+                labels.append(LABELS.index(row["label"]))
                 folds.append(int(row["fold"]))
                 logits.append(float(row["logit"]))
     if not paths:
@@ -277,11 +278,11 @@ def report(oof: OOF) -> dict[str, Any]:
     pats: dict[str, list[int]] = {}
     for i, p in enumerate(oof.patients):
         pats.setdefault(p, []).append(i)
-    per_patient = []
+    per_patient: list[dict[str, Any]] = []
     for p, idx in sorted(pats.items(), key=lambda kv: _patient_key(kv[0])):
         ii = np.array(idx)
         right = ((oof.logits[ii] >= 0).astype(int) == oof.labels[ii]).mean()
-        per_patient.append({"patient": p, "label": LABEL_NAMES[int(oof.labels[ii[0]])],
+        per_patient.append({"patient": p, "label": LABELS[int(oof.labels[ii[0]])],
                             "fold": int(oof.folds[ii[0]]), "cells": len(idx),
                             "accuracy": float(right),
                             "mean_prob_all": float(np.mean(1 / (1 + np.exp(-oof.logits[ii]))))})

@@ -85,7 +85,8 @@ def make_split(data: Path, val: Path | None = None, val_fold: str | None = None,
     if val is not None:
         train, valid = items, labelled(collect([val]), str(val))
         method = "folder"
-        overlap = ({i.patient for i in train} & {i.patient for i in valid}) - {None}
+        overlap = {i.patient for i in train if i.patient is not None} \
+            & {i.patient for i in valid}
         if overlap:
             notes.append(f"warning: {len(overlap)} patients appear in both DATA and --val "
                          f"(e.g. {sorted(overlap)[0]}); validation is optimistic")
@@ -106,7 +107,8 @@ def make_split(data: Path, val: Path | None = None, val_fold: str | None = None,
     else:
         train, valid = split_by_patient(items, val_fraction, seed)
         method = "patient"
-        overlap = ({i.patient for i in train} & {i.patient for i in valid}) - {None}
+        overlap = {i.patient for i in train if i.patient is not None} \
+            & {i.patient for i in valid}
         assert not overlap, overlap  # split_by_patient's promise
     split = Split(train, valid, method, notes)
     split.check(str(data))
@@ -150,6 +152,16 @@ def load_images(items: Sequence[Item], size: int, crop_fraction: float = 1.0,
                        workers, progress)
     return Loaded(dec.pixels, [items[i] for i in dec.kept],
                   [(items[i], why) for i, why in dec.skipped])
+
+
+def note_skipped(skipped: Sequence[tuple[int, str]], total: int, what: str) -> None:
+    """One line on stderr when files were left out of ``what`` because they cannot be
+    read (:attr:`leukoedge.preprocess.Decoded.skipped`): how many, and the first reason."""
+    if skipped:
+        from leukoedge.console import note
+
+        note(f"warning: {len(skipped)} of {total} {what} unreadable, left out "
+             f"(first: {skipped[0][1]})")
 
 
 def labels_of(items: Sequence[Item]) -> np.ndarray:

@@ -8,11 +8,12 @@ current torch; the TorchScript exporter (``--exporter legacy``) is deprecated an
 every call. Both give a truly dynamic batch axis for these models (checked by the parity
 run at batch 1 and 16). Weights are stored inline (``save_as_external_data=False``).
 
-Order of work, all on a temporary file in the output's folder: export, embed the spec,
+Order of work, all in a temporary folder beside the output: export, embed the spec,
 ``onnx.checker.check_model``, parity check against the float64 oracle (:mod:`.parity`;
-it loads the file with the runtime's own loader). Only when all of that passed is the
-file moved into place with ``os.replace``; on any failure nothing is left at the output
-path.
+it loads the file with the runtime's own loader), then the drift statistics and the
+reduced-precision conversion when asked for. Only when all of that passed is the file
+moved into place (:func:`leukoedge.output.atomic_path`: fsynced, then renamed); on any
+failure nothing is left at the output path.
 """
 
 from __future__ import annotations
@@ -27,21 +28,31 @@ from collections.abc import Sequence
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from leukoedge.errors import ExportError, OutputExistsError, ParityError, UsageError
-from leukoedge.spec import SPEC_KEY, ModelSpec
+from leukoedge.errors import (
+    ExportError,
+    OutputExistsError,
+    ParityError,
+    UsageError,
+    first_line,
+)
+from leukoedge.output import atomic_path
+from leukoedge.spec import EXPORTED, ONNX_OPSET, PRECISIONS, SPEC_KEY, ModelSpec
 
+from . import cam as cam_mod
 from . import checkpoint as ckpt_io
 from . import parity
 from .cam import MapCheck
 from .precision import PrecisionReport
 
+if TYPE_CHECKING:
+    from .drift_fit import Cells
+
 EXPORTERS = ("dynamo", "legacy")
-PRECISIONS = ("fp32", "fp16", "int8")
-DEFAULT_OPSET = 18
-EXPORTED = Path("exported")
+DEFAULT_OPSET = ONNX_OPSET
 
 
 @dataclass
@@ -56,6 +67,24 @@ class ExportResult:
     precision: str = "fp32"
     report: PrecisionReport | None = None  # fp16/int8: agreement with the fp32 export
     map_check: MapCheck | None = None  # fp16/int8 with --cam: the maps against fp32's
+
+
+class ParityRejected(ParityError):
+    """The exported file failed its parity check; ``parity`` is the check's result, so the
+    CLI can show it."""
+
+    def __init__(self, message: str, hint: str | None, result: parity.ParityResult) -> None:
+        super().__init__(message, hint)
+        self.parity = result
+
+
+class PrecisionRejected(ExportError):
+    """A reduced-precision export that its agreement report refuses; ``report`` is that
+    report, so the CLI can show the table."""
+
+    def __init__(self, message: str, hint: str | None, report: PrecisionReport) -> None:
+        super().__init__(message, hint)
+        self.report = report
 
 
 def default_out(ckpt_path: Path) -> Path:
@@ -94,8 +123,7 @@ def _torch_export(model: torch.nn.Module, size: int, path: Path, opset: int,
                     dynamic_axes={"image": {0: "N"}, **{o: {0: "N"} for o in outputs}},
                     do_constant_folding=True)
     except onnx_errors as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else repr(exc)
-        raise ExportError(f"torch.onnx.export ({exporter}) failed: {first}",
+        raise ExportError(f"torch.onnx.export ({exporter}) failed: {first_line(exc)}",
                           "try --exporter legacy or another --opset") from exc
     finally:
         logger.setLevel(level)
@@ -133,9 +161,7 @@ def _finish(path: Path, spec: ModelSpec, final: Path) -> int:
         onnx.checker.check_model(str(final), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"onnx.checker rejects the exported model: "
-                          f"{str(exc).splitlines()[0][:300]}") from exc
-    with open(final, "rb") as fh:
-        os.fsync(fh.fileno())
+                          f"{first_line(exc)}") from exc
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
@@ -162,7 +188,40 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
     computation in PyTorch (float64 oracle), the map like the logit. fp16/int8 convert the
     map's branch too, and check it on its own against the fp32 export's maps
     (:func:`.cam.compare_maps`; refused below a median correlation of 0.95).
+
+    Refusals: :class:`ParityRejected` (parity), :class:`PrecisionRejected` (the
+    fp16/int8 agreement report), :class:`~leukoedge.errors.ExportError` (the rest).
     """
+    _check_options(precision, exporter, opset)
+    tta_name = cam_mod.tta_name(tta)
+    ckpt_path = ckpt_io.resolve(target)
+    out = _output_path(ckpt_path, out, overwrite)
+    ckpt = ckpt_io.load(ckpt_path)
+    graph = _plan_graph(ckpt_io.model_of(ckpt).float().to("cpu"), ckpt_io.spec_of(ckpt),
+                        drift_data, cam, tta_name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        final = work / "checked" / out.name  # its own folder: no step's file is named so
+        final.parent.mkdir()
+        got_opset, result, spec = _export_checked(graph, work, final, opset, exporter,
+                                                  parity_data, parity_batch)
+        report, map_check = None, None
+        if precision != "fp32":
+            report, map_check = _convert(
+                precision, work, final, spec, ckpt, graph, calibration=calibration,
+                report_data=report_data, report_images=report_images, cam=cam,
+                maps_data=parity_data)
+        size = _publish(final, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return ExportResult(out, ckpt_path, spec, got_opset, exporter, size, result, precision,
+                        report, map_check)
+
+
+# -- the steps of export_onnx ------------------------------------------------------------
+
+def _check_options(precision: str, exporter: str, opset: int) -> None:
     if precision not in PRECISIONS:
         raise UsageError(f"--precision {precision!r} is unknown",
                          f"choose one of {', '.join(PRECISIONS)}")
@@ -171,83 +230,113 @@ def export_onnx(target: Path | None, out: Path | None = None, opset: int = DEFAU
                          f"choose {' or '.join(EXPORTERS)}")
     if not 7 <= opset <= 23:
         raise UsageError(f"--opset {opset} is out of range", "use 17..21; default 18")
-    from . import cam as cam_mod
 
-    tta_name = cam_mod.tta_name(tta)
-    ckpt_path = ckpt_io.resolve(target)
+
+def _output_path(ckpt_path: Path, out: Path | None, overwrite: bool) -> Path:
+    """``out`` (default ``exported/RUN.onnx``), refused when it is a folder or exists."""
     out = out or default_out(ckpt_path)
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder", "name the .onnx file")
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} already exists", "add --overwrite or choose --out")
-    ckpt = ckpt_io.load(ckpt_path)
-    spec = ckpt_io.spec_of(ckpt)
-    model = ckpt_io.model_of(ckpt).float().to("cpu")
-    graph_model: torch.nn.Module = model
-    cells = None
+    return out
+
+
+@dataclass
+class _Graph:
+    """What goes into the ONNX file and what its parity check compares it with."""
+
+    model: torch.nn.Module  # exported
+    reference: torch.nn.Module  # what parity's float64 oracle runs
+    spec: ModelSpec  # its outputs and tta as exported; no drift statistics yet
+    cells: Cells | None = None  # --drift-data: the training cells, decoded
+
+
+def _plan_graph(model: torch.nn.Module, spec: ModelSpec, drift_data: Sequence[Path] | None,
+                cam: bool, tta_name: str) -> _Graph:
+    """The model as exported: with a ``features`` output for drift statistics, and the
+    map and test-time symmetries inside (:class:`.cam.InGraph`). The drift cells are
+    decoded here, before any work, so that bad data fails early."""
+    graph = _Graph(model, model, spec)
     if drift_data:
         from . import drift_fit
         from .models import WithFeatures
 
-        cells = drift_fit.training_pixels(drift_data, spec)  # before any work: bad data
-        graph_model = WithFeatures(model).eval()
-        spec = spec.with_updates(outputs=("logit", "features"))
-    reference: torch.nn.Module = model  # what parity's float64 oracle runs
+        graph.cells = drift_fit.training_pixels(drift_data, spec)
+        graph.model = WithFeatures(model).eval()
+        graph.spec = spec.with_updates(outputs=("logit", "features"))
     if cam or tta_name != "none":
         in_graph = cam_mod.InGraph(model, cam=cam, features=bool(drift_data), tta=tta_name)
-        graph_model = reference = in_graph.eval()
-        spec = spec.with_updates(outputs=in_graph.outputs, tta=tta_name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        raw = work / "raw.onnx"
-        final = work / out.name
-        _torch_export(graph_model, spec.input_size, raw, opset, exporter)
-        got_opset = _finish(raw, spec, final)
-        result = parity.check(final, reference, spec, parity_data, parity_batch)
-        if not result.passed:
-            which = result.failures or result.label_flips
-            exc = ParityError(f"export rejected, {result.summary()}; differing: "
-                              f"{', '.join(Path(n).name for n in which[:5])}",
-                              "nothing was written; try --exporter legacy")
-            exc.parity = result  # type: ignore[attr-defined]  # so the CLI can report it
-            raise exc
-        if cells is not None:
-            from . import drift_fit
-            from .precision import embed_spec
+        graph.model = graph.reference = in_graph.eval()
+        graph.spec = graph.spec.with_updates(outputs=in_graph.outputs, tta=tta_name)
+    return graph
 
-            drift_fit.require(drift_fit.check_features(final, graph_model, cells.pixels))
-            spec = drift_fit.with_stats(spec, drift_fit.fit(final, cells))
-            embed_spec(final, spec)
-        report = None
-        map_check = None
-        if precision != "fp32":
-            from . import precision as prec
 
-            fp32 = final.rename(work / "fp32.onnx")
-            report = prec.convert(precision, fp32, final, spec, ckpt, calibration,
-                                  report_data, report_images or prec.REPORT_IMAGES,
-                                  model=reference)
-            _gate(report)
-            if cam:
-                map_check = cam_mod.compare_maps(fp32, final, spec, parity_data)
-                cam_mod.require(map_check)
-            if cells is not None and precision == "int8":
-                # int8 features are not the fp32 graph's (measured: median score x1.5):
-                # the statistics are fitted again, with the int8 graph itself
-                from . import drift_fit
-                from .precision import embed_spec
+def _export_checked(graph: _Graph, work: Path, final: Path, opset: int, exporter: str,
+                    parity_data: Path | None, parity_batch: int
+                    ) -> tuple[int, parity.ParityResult, ModelSpec]:
+    """The fp32 file at ``final`` (the raw export in ``work``), parity-checked, with drift
+    statistics when asked for: its opset, the parity result and its spec."""
+    raw = work / "raw.onnx"
+    _torch_export(graph.model, graph.spec.input_size, raw, opset, exporter)
+    got_opset = _finish(raw, graph.spec, final)
+    result = parity.check(final, graph.reference, graph.spec, parity_data, parity_batch)
+    _require_parity(result)
+    spec = graph.spec
+    if graph.cells is not None:
+        from . import drift_fit
+        from .precision import embed_spec
 
-                embed_spec(final, drift_fit.with_stats(spec.with_updates(precision=precision),
-                                                       drift_fit.fit(final, cells)))
-        size = final.stat().st_size
-        with open(final, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(final, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return ExportResult(out, ckpt_path, spec, got_opset, exporter, size, result, precision,
-                        report, map_check)
+        drift_fit.require(drift_fit.check_features(final, graph.model, graph.cells.pixels))
+        spec = drift_fit.with_stats(spec, drift_fit.fit(final, graph.cells))
+        embed_spec(final, spec)
+    return got_opset, result, spec
+
+
+def _require_parity(result: parity.ParityResult) -> None:
+    if result.passed:
+        return
+    which = result.failures or result.label_flips
+    raise ParityRejected(f"export rejected, {result.summary()}; differing: "
+                         f"{', '.join(Path(n).name for n in which[:5])}",
+                         "nothing was written; try --exporter legacy", result)
+
+
+def _convert(precision: str, work: Path, final: Path, spec: ModelSpec,
+             ckpt: dict[str, Any], graph: _Graph, *, calibration: Path | None,
+             report_data: Path | None, report_images: int | None, cam: bool,
+             maps_data: Path | None) -> tuple[PrecisionReport, MapCheck | None]:
+    """Replace the checked fp32 file at ``final`` by its ``precision`` version (the fp32
+    file moves into ``work``), refused when it disagrees with fp32 (:func:`_gate`) or,
+    with ``cam``, when its maps stray from fp32's (compared on ``maps_data``). int8 refits
+    the drift statistics with itself."""
+    from . import precision as prec
+
+    fp32 = final.rename(work / "fp32.onnx")
+    report = prec.convert(precision, fp32, final, spec, ckpt, calibration, report_data,
+                          report_images or prec.REPORT_IMAGES, model=graph.reference)
+    _gate(report)
+    map_check = None
+    if cam:
+        map_check = cam_mod.compare_maps(fp32, final, spec, maps_data)
+        cam_mod.require(map_check)
+    if graph.cells is not None and precision == "int8":
+        # int8 features are not the fp32 graph's (measured: median score x1.5):
+        # the statistics are fitted again, with the int8 graph itself
+        from . import drift_fit
+
+        prec.embed_spec(final, drift_fit.with_stats(spec.with_updates(precision=precision),
+                                                    drift_fit.fit(final, graph.cells)))
+    return report, map_check
+
+
+def _publish(built: Path, out: Path) -> int:
+    """Move the checked file onto ``out`` through the one atomic write (fsynced, then
+    renamed: readers see the old file or the new one); return its size in bytes."""
+    size = built.stat().st_size
+    with atomic_path(out) as tmp:
+        os.replace(built, tmp)  # same file system: the work folder is out's sibling
+    return size
 
 
 def _gate(report: PrecisionReport) -> None:
@@ -257,14 +346,12 @@ def _gate(report: PrecisionReport) -> None:
     if report.agreement is None:
         if report.precision == "fp16":
             return  # fp16 is for GPUs; the CPU may lack its kernels: the report says so
-        exc = ExportError(f"{report.precision} export rejected: the converted model does not "
-                          f"run here ({report.problem})", "nothing was written")
-        exc.report = report  # type: ignore[attr-defined]
-        raise exc
-    exc = ExportError(
+        raise PrecisionRejected(f"{report.precision} export rejected: the converted model "
+                                f"does not run here ({report.problem})",
+                                "nothing was written", report)
+    raise PrecisionRejected(
         f"{report.precision} export rejected: label agreement with fp32 "
         f"{report.agreement:.2%} < {report.min_agreement:.0%} on {report.images} cells "
         f"({report.source})",
-        "nothing was written; calibrate on more typical cells (--calibration) or use fp32")
-    exc.report = report  # type: ignore[attr-defined]  # so the CLI can show the table
-    raise exc
+        "nothing was written; calibrate on more typical cells (--calibration) or use fp32",
+        report)

@@ -11,15 +11,15 @@ known ones (the timm habit).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from leukoedge.errors import TrainingError, UsageError
+from leukoedge.errors import TrainingError, UsageError, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,6 +38,9 @@ class Normalize(nn.Module):
     within the cell.
     """
 
+    scale: torch.Tensor  # buffers: 1 / (255 std) and -mean / std, [1, 3, 1, 1]
+    shift: torch.Tensor
+
     def __init__(self, net: nn.Module, mean: tuple[float, float, float],
                  std: tuple[float, float, float], colour_norm: str = "none") -> None:
         super().__init__()
@@ -52,7 +55,8 @@ class Normalize(nn.Module):
         self.register_buffer("shift", -m / s)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net(self.prepare(image)).reshape(-1)
+        logit: torch.Tensor = self.net(self.prepare(image))
+        return logit.reshape(-1)
 
     def prepare(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> the backbone's normalised float NCHW input."""
@@ -140,7 +144,7 @@ class ScratchNet(nn.Module):
     FILTERS = (32, 64, 128, 256)
     CONVS = (1, 2, 2, 2)
 
-    def __init__(self, input_size: int, dense: tuple[int, int, int] = (256, 128, 64),
+    def __init__(self, input_size: int, dense: Sequence[int] = (256, 128, 64),
                  dropout: float = 0.5, batchnorm: bool = True, width: float = 1.0,
                  head: str = "flatten") -> None:
         super().__init__()
@@ -174,7 +178,8 @@ class ScratchNet(nn.Module):
         self.head = nn.Sequential(*head_)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        logit: torch.Tensor = self.head(self.features(x))
+        return logit
 
 
 @dataclass(frozen=True)
@@ -193,11 +198,10 @@ class ArchInfo:
 SCRATCH_HEADS = ("flatten", "gap")
 
 
-def _build_scratch(input_size: int, dense: tuple[int, int, int] = (256, 128, 64),
+def _build_scratch(input_size: int, dense: Sequence[int] = (256, 128, 64),
                    dropout: float = 0.5, batchnorm: bool = True, width: float = 1.0,
                    head: str = "flatten", **_: Any) -> nn.Module:
-    return ScratchNet(input_size, tuple(dense), dropout, batchnorm,  # type: ignore[arg-type]
-                      width, head)
+    return ScratchNet(input_size, tuple(dense), dropout, batchnorm, width, head)
 
 
 def _build_resnet50(input_size: int, **_: Any) -> nn.Module:
@@ -207,7 +211,8 @@ def _build_resnet50(input_size: int, **_: Any) -> nn.Module:
         raise UsageError(f"resnet50 needs an input size of at least 32, got {input_size}")
     net = resnet50(weights=None)
     net.fc = nn.Linear(net.fc.in_features, 1)
-    return net
+    built: nn.Module = net  # torchvision's ResNet (torchvision ships no type information)
+    return built
 
 
 _REGISTRY: dict[str, ArchInfo] = {}
@@ -245,13 +250,27 @@ def create_model(name: str, input_size: int | None = None, **kwargs: Any) -> Nor
 
 # -- pretrained weights ------------------------------------------------------------------
 
-def _resnet50_imagenet() -> Any:
+class PretrainedWeights(Protocol):
+    """What is used of a torchvision ``WeightsEnum`` member (torchvision ships no type
+    information): its name, its file's URL, and the download into torch's hub cache."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
+
+    def get_state_dict(self, progress: bool) -> dict[str, torch.Tensor]: ...
+
+
+def _resnet50_imagenet() -> PretrainedWeights:
     from torchvision.models import ResNet50_Weights
 
-    return ResNet50_Weights.IMAGENET1K_V2
+    weights: PretrainedWeights = ResNet50_Weights.IMAGENET1K_V2
+    return weights
 
 
-def imagenet_cache_path(weights: Any) -> Path:
+def imagenet_cache_path(weights: PretrainedWeights) -> Path:
     """Where torch's hub cache keeps ``weights``' file: ``$TORCH_HOME/hub/checkpoints``."""
     from torch.hub import get_dir
 
@@ -273,7 +292,7 @@ def _network_problem(url: str, timeout: float = 5.0) -> str | None:
         return f"{host} is unreachable: {exc.strerror or exc}"
 
 
-def _download_state_dict(weights: Any, dest: Path) -> dict[str, torch.Tensor]:
+def _download_state_dict(weights: PretrainedWeights, dest: Path) -> dict[str, torch.Tensor]:
     import socket
     import urllib.error
 
@@ -282,7 +301,7 @@ def _download_state_dict(weights: Any, dest: Path) -> dict[str, torch.Tensor]:
         old = socket.getdefaulttimeout()
         socket.setdefaulttimeout(60.0)
         try:
-            return weights.get_state_dict(progress=False)  # type: ignore[no-any-return]
+            return weights.get_state_dict(progress=False)
         except (urllib.error.URLError, OSError) as exc:  # URLError is an OSError too
             problem = f"download failed: {exc}"
         finally:
@@ -333,17 +352,20 @@ def load_backbone_weights(model: Normalize, name: str, weights: str) -> str:
     return source + (f"; new head ({', '.join(skipped)} not loaded)" if skipped else "")
 
 
-def _load_state_file(path: Path) -> Any:
+def _load_state_file(path: Path) -> object:
+    """Whatever the weights-only unpickler reads from ``path`` (:func:`_unwrap_state`
+    finds the state dict in it)."""
     import pickle
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state: object = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
         raise TrainingError(f"{path}: cannot read as a weights-only state dict "
-                            f"({str(exc).splitlines()[0][:200]})") from exc
+                            f"({first_line(exc)})") from exc
+    return state
 
 
-def _unwrap_state(state: Any) -> dict[str, torch.Tensor]:
+def _unwrap_state(state: object) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -44,7 +44,7 @@ from PIL import Image
 
 from leukoedge.data import collect
 from leukoedge.errors import ParityError
-from leukoedge.preprocess import preprocess_for
+from leukoedge.preprocess import decode_for
 from leukoedge.session import SessionConfig, cores, load_model
 from leukoedge.spec import ModelSpec
 
@@ -121,7 +121,7 @@ class ParityResult:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (a non-finite error, from a NaN logit, becomes null)."""
-        return _finite({
+        fields = {
             "passed": self.passed, "model": str(self.model), "images": self.images,
             "images_available": self.available, "image_cap": MAX_IMAGES,
             "source": self.source, "batch_sizes": list(self.batch_sizes),
@@ -141,7 +141,8 @@ class ParityResult:
             "outside_bound": self.failures, "label_flips": self.label_flips,
             "near_threshold": self.near_threshold, "skipped": self.skipped,
             "cam": None if self.cam is None else self.cam.as_dict(),
-        })
+        }
+        return {k: _finite(v) for k, v in fields.items()}
 
 
 def _finite(obj: Any) -> Any:
@@ -183,13 +184,14 @@ def _synthetic(spec: ModelSpec, n: int) -> tuple[np.ndarray, list[str], str, lis
     from leukoedge.synth import sample_cells
 
     cells, labels = sample_cells(n, seed=2019)
-    x = np.empty((n, spec.input_size, spec.input_size, 3), np.uint8)
-    for i, rgb in enumerate(cells):
+    files: list[bytes] = []
+    for rgb in cells:
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="BMP")
-        x[i] = preprocess_for(buf.getvalue(), spec)
-    names = [f"synthetic-{i}-{'all' if lab else 'hem'}" for i, lab in enumerate(labels)]
-    return x, names, "synthetic", []
+        files.append(buf.getvalue())
+    dec = decode_for(files, spec)
+    names = [f"synthetic-{i}-{'all' if labels[i] else 'hem'}" for i in dec.kept]
+    return dec.pixels, names, "synthetic", [why for _, why in dec.skipped]
 
 
 def _run_all(model: torch.nn.Module, x: np.ndarray, batch: int) -> list[np.ndarray]:

@@ -11,27 +11,37 @@ without the train extra):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import typer
+
+    from leukoedge.plugins import RegisterCapability
 
 
-def register_commands(app: Any) -> None:
+def register_commands(app: typer.Typer) -> None:
     from . import commands
 
     commands.register(app)
 
 
-def register_capabilities(register: Any) -> None:
+def register_capabilities(register: RegisterCapability) -> None:
     register("trainer", "leukoedge_train.capabilities:trainer")
     register("exporter", "leukoedge_train.capabilities:exporter")
     register("torch_bench", "leukoedge_train.bench:torch_throughput")
 
 
-def register(app: Any) -> None:
-    """The commands hook under its former name (the entry point's value before 0.2)."""
-    register_commands(app)
+class _FormerEntryPoint:
+    """What an install made before the entry point named this module points at
+    (``leukoedge_train.plugin:register``, before 0.2): called, it is the commands hook
+    under its former name; it carries both hooks, so such metadata keeps giving commands
+    and capabilities."""
+
+    register_commands = staticmethod(register_commands)
+    register_capabilities = staticmethod(register_capabilities)
+
+    def __call__(self, app: typer.Typer) -> None:
+        register_commands(app)
 
 
-# An install made before the entry point named this module points at ``register``: the
-# function carries both hooks, so such metadata keeps giving commands and capabilities.
-register.register_commands = register_commands  # type: ignore[attr-defined]
-register.register_capabilities = register_capabilities  # type: ignore[attr-defined]
+register = _FormerEntryPoint()

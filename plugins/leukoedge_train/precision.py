@@ -33,14 +33,22 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from leukoedge.data import Item, collect
-from leukoedge.errors import ExportError, ImageError, LeukoedgeError
-from leukoedge.preprocess import preprocess_for
+from leukoedge.errors import ExportError, LeukoedgeError, first_line
+from leukoedge.preprocess import decode_for
 from leukoedge.spec import SPEC_KEY, ModelSpec
+
+from .data import note_skipped
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+
+    from leukoedge.session import Model
 
 MIN_AGREEMENT = 0.98
 REPORT_IMAGES = 500
@@ -133,17 +141,13 @@ def calibration_files(ckpt: dict[str, Any], calibration: Path | None,
             f"{data} (training patients, run config)")
 
 
-def _decode(spec: ModelSpec, items: Sequence[Item]) -> tuple[np.ndarray, list[Item]]:
-    arrays, kept = [], []
-    for it in items:
-        try:
-            arrays.append(preprocess_for(it.path, spec))
-        except ImageError:
-            continue
-        kept.append(it)
-    s = spec.input_size
-    x = np.stack(arrays) if arrays else np.zeros((0, s, s, 3), np.uint8)
-    return x, kept
+def _decode(spec: ModelSpec, items: Sequence[Item], what: str
+            ) -> tuple[np.ndarray, list[Item]]:
+    """The readable items as the spec preprocesses them (the one batch decoder) and those
+    items; unreadable files are left out and counted on stderr as ``what``."""
+    dec = decode_for([it.path for it in items], spec)
+    note_skipped(dec.skipped, len(items), what)
+    return dec.pixels, [items[i] for i in dec.kept]
 
 
 def report_images(spec: ModelSpec, report_data: Path | None, work: Path,
@@ -154,7 +158,7 @@ def report_images(spec: ModelSpec, report_data: Path | None, work: Path,
     parts = []
     if report_data is not None:
         items = _even_sample(collect([report_data]), MAX_REPORT_REAL)
-        x_real, real = _decode(spec, items)
+        x_real, real = _decode(spec, items, f"report images from {report_data}")
         parts.append(f"{len(real)} real from {report_data}")
     if len(real) >= minimum:
         return x_real, real, parts[0]
@@ -168,14 +172,14 @@ def report_images(spec: ModelSpec, report_data: Path | None, work: Path,
     out = work / "synthetic"
     generate(out, SynthConfig(patients=patients, cells_per_patient=per, seed=SYNTH_SEED,
                               size=450, folds=1))
-    x_syn, syn = _decode(spec, collect([out]))
+    x_syn, syn = _decode(spec, collect([out]), "synthetic report images")
     parts.append(f"{len(syn)} synthetic ({patients} held-out patients x {per}, 450 px)")
     return np.concatenate([x_real, x_syn]), real + syn, " + ".join(parts)
 
 
 # -- conversion ----------------------------------------------------------------------------
 
-def _float_prefix(graph: Any) -> list[str]:
+def _float_prefix(graph: onnx.GraphProto) -> list[str]:
     """Names of the nodes kept in float: those before the first Conv (the input's Cast,
     Transpose and normalisation)."""
     names = []
@@ -186,7 +190,7 @@ def _float_prefix(graph: Any) -> list[str]:
     return names
 
 
-def _normalize_as_batchnorm(proto: Any) -> bool:
+def _normalize_as_batchnorm(proto: onnx.ModelProto) -> bool:
     """Replace the input normalisation ``Mul(scale) -> Add(shift)`` (per-channel constants)
     by one inference-mode ``BatchNormalization`` (mean 0, var 1, epsilon 0): the same
     arithmetic, bit for bit, but onnxruntime cannot push the NHWC transpose that the int8
@@ -201,7 +205,7 @@ def _normalize_as_batchnorm(proto: Any) -> bool:
     first_conv = next((i for i, n in enumerate(nodes) if n.op_type == "Conv"), None)
     if first_conv is None:
         return False
-    def channel_const(n: Any) -> bool:  # a [1, 3, 1, 1] initializer as second input
+    def channel_const(n: onnx.NodeProto) -> bool:  # a [1, 3, 1, 1] initializer as second input
         return len(n.input) == 2 and n.input[1] in init \
             and list(init[n.input[1]].dims) == [1, 3, 1, 1]
 
@@ -254,7 +258,7 @@ def quantize_int8(fp32: Path, out: Path, spec: ModelSpec, files: Sequence[Path])
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    x, kept = _decode(spec, [Item(f) for f in files])
+    x, kept = _decode(spec, [Item(f) for f in files], "calibration images")
     if not kept:
         raise ExportError("no readable calibration image",
                           "pass --calibration FOLDER with typical cells")
@@ -262,8 +266,7 @@ def quantize_int8(fp32: Path, out: Path, spec: ModelSpec, files: Sequence[Path])
     try:
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=False)
     except (RuntimeError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise ExportError(f"int8: pre-processing failed ({str(exc).splitlines()[0][:200]})") \
-            from exc
+        raise ExportError(f"int8: pre-processing failed ({first_line(exc)})") from exc
     proto = onnx.load(str(pre))
     if _normalize_as_batchnorm(proto):
         onnx.save(proto, str(pre), save_as_external_data=False)
@@ -272,14 +275,13 @@ def quantize_int8(fp32: Path, out: Path, spec: ModelSpec, files: Sequence[Path])
     del proto
     try:
         quantize_static(
-            str(pre), str(out), _Reader(x, input_name),  # type: ignore[arg-type]
+            str(pre), str(out), _Reader(x, input_name),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
             extra_options={"CalibTensorRangeSymmetric": False})
     except (RuntimeError, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
-        raise ExportError(f"int8: quantize_static failed ({str(exc).splitlines()[0][:200]})") \
-            from exc
+        raise ExportError(f"int8: quantize_static failed ({first_line(exc)})") from exc
     finally:
         pre.unlink(missing_ok=True)
     return len(kept)
@@ -309,19 +311,20 @@ def embed_spec(path: Path, spec: ModelSpec) -> None:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"onnx.checker rejects the {spec.precision} model: "
-                          f"{str(exc).splitlines()[0][:300]}") from exc
+                          f"{first_line(exc)}") from exc
 
 
 # -- the report ----------------------------------------------------------------------------
 
-def _logits(model: Any, x: np.ndarray, batch: int = 32) -> np.ndarray:
+def _logits(model: Model, x: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate([model.logits(x[i:i + batch]) for i in range(0, len(x), batch)]) \
         .astype(np.float64)
 
 
 def compare(fp32: Path, converted: Path, spec: ModelSpec, precision: str,
             report_data: Path | None, work: Path, minimum: int = REPORT_IMAGES,
-            provider: str = "cpu", model: Any = None) -> PrecisionReport:
+            provider: str = "cpu", model: torch.nn.Module | None = None
+            ) -> PrecisionReport:
     """Run both models on the same cells; see the module docstring. ``model`` (the
     PyTorch model) adds the error of both against its float64 oracle."""
     from leukoedge.evaluate import metrics
@@ -346,9 +349,9 @@ def compare(fp32: Path, converted: Path, spec: ModelSpec, precision: str,
         precision, len(x), source, used, float(np.mean(a == b)), pearson,
         float(diff.max()), float(diff.mean()),
         disagreeing=[str(items[i].path.name) for i in np.flatnonzero(a != b)][:20])
+    truth = [it.label for it in items if it.label is not None]
     lab = [i for i, it in enumerate(items) if it.label is not None]
     if lab:
-        truth = [items[i].label for i in lab]
         m_ref = metrics(truth, [int(a[i]) for i in lab])
         m_got = metrics(truth, [int(b[i]) for i in lab])
         rep.labelled = len(lab)
@@ -359,7 +362,7 @@ def compare(fp32: Path, converted: Path, spec: ModelSpec, precision: str,
     return rep
 
 
-def _oracle_errors(rep: PrecisionReport, model: Any, x: np.ndarray, ref: np.ndarray,
+def _oracle_errors(rep: PrecisionReport, model: torch.nn.Module, x: np.ndarray, ref: np.ndarray,
                    got: np.ndarray) -> None:
     """Fill in the errors against the float64 oracle on up to ``parity.MAX_IMAGES``
     cells spread evenly over the report's."""
@@ -381,7 +384,8 @@ def _oracle_errors(rep: PrecisionReport, model: Any, x: np.ndarray, ref: np.ndar
 
 def convert(precision: str, fp32: Path, out: Path, spec: ModelSpec, ckpt: dict[str, Any],
             calibration: Path | None, report_data: Path | None,
-            minimum: int = REPORT_IMAGES, model: Any = None) -> PrecisionReport:
+            minimum: int = REPORT_IMAGES, model: torch.nn.Module | None = None
+            ) -> PrecisionReport:
     """Write the ``precision`` version of ``fp32`` to ``out`` (spec embedded) and return
     its report. The caller refuses it when the report did not pass. ``model`` (PyTorch)
     adds the errors against its float64 oracle to the report."""

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from leukoedge.errors import UsageError
 
+from .defaults import DEFAULTS
+
 if TYPE_CHECKING:
     from .train import TrainConfig
 
@@ -37,14 +39,17 @@ class Recipe:
                 "settings": dict(self.settings), "selection": self.selection}
 
 
+_SCRATCH = DEFAULTS["scratch"]
+
 #: What ``--screen`` changes to make a candidate cheap to compare (smaller input, fewer
 #: epochs); screening runs on 3 of the folds.
 SCREEN = {"input_size": 64, "epochs": 10}
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("baseline", "scratch",
-           "today's train scratch defaults: 128 px, 30 epochs, early stopping (patience 8) "
-           "on an inner 20% patient split of the training side",
+           f"today's train scratch defaults: {_SCRATCH.input_size} px, {_SCRATCH.epochs} "
+           f"epochs, early stopping (patience {_SCRATCH.patience}) on an inner "
+           f"{_SCRATCH.val_fraction:.0%} patient split of the training side",
            {}, selection="inner"),
     Recipe("seed", "scratch",
            "the student project's settings: 45 px, no batch norm, no augmentation, "

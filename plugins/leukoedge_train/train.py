@@ -1,6 +1,11 @@
 """The training loop: split, cache, stages, schedule, validation, checkpoints, curves.
 
-One entry point, :func:`train`, driven by a :class:`TrainConfig`. The run folder gets
+One entry point, :func:`train`, driven by a :class:`TrainConfig`, in named steps (timm
+style): :func:`resolve_run` (settings, run folder, the checkpoint to resume),
+:func:`prepare_split`, :func:`build_model`, :func:`load_data`, :func:`build_optimisation`,
+:func:`restore_progress`, then :func:`run_epochs`: per epoch :func:`train_one_epoch`,
+:func:`validate` and :func:`save_checkpoint`, and at the end :func:`summary`. Settings
+left at ``None`` come from the table in :mod:`.defaults`. The run folder gets
 ``best.pt`` and ``last.pt`` (see :mod:`.checkpoint`), ``history.csv``, ``curves.png`` and
 ``config.json`` (settings, the split with its patients, environment).
 
@@ -15,13 +20,12 @@ import csv
 import io
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,13 +36,17 @@ from leukoedge.console import err, note
 from leukoedge.data import Item, fingerprint
 from leukoedge.errors import OutputExistsError, TrainingError, UsageError
 from leukoedge.evaluate import metrics as score
-from leukoedge.output import atomic_write_text, escape_path
+from leukoedge.output import atomic_path, atomic_write_text, escape_path
 from leukoedge.session import cores
 from leukoedge.spec import ModelSpec
 
 from . import checkpoint as ckpt_io
+from .checkpoint import Checkpoint
 from .data import Loaded, Split, augment, labels_of, load_images, make_split
+from .defaults import defaults_for
 from .models import (
+    ArchInfo,
+    Normalize,
     arch_info,
     create_model,
     head_prefixes,
@@ -46,6 +54,9 @@ from .models import (
     set_trainable,
     trainable_prefixes,
 )
+
+if TYPE_CHECKING:
+    import rich.progress
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc",
                    "val_weighted_f1", "lr", "seconds")
@@ -96,29 +107,21 @@ class TrainConfig:
     gamma_jitter: float | None = None
 
     def resolved(self) -> TrainConfig:
-        """A copy with every ``None`` replaced by the architecture's default."""
-        info = arch_info(self.arch)
+        """A copy with every ``None`` replaced by the architecture's default (the table in
+        :mod:`.defaults`)."""
+        row = defaults_for(self.arch, arch_info(self.arch).input_size)
         c = TrainConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
-        resnet = self.arch == "resnet50"
-        defaults: dict[str, Any] = {
-            "input_size": info.input_size, "epochs": 12 if resnet else 30,
-            "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "schedule": "cosine",
-            "warmup_epochs": 1.0, "augment": True, "batchnorm": True, "dropout": 0.5,
-            "class_weights": True, "val_fraction": 0.2, "seed": 0, "patience": 8,
-            "device": "auto", "amp": True, "weights": "imagenet" if resnet else "none",
-            "crop_fraction": 1.0, "width": 1.0, "head": "flatten", "colour_norm": "none",
-            "stain_jitter": 0.1, "gamma_jitter": 0.0,
-        }
-        for k, v in defaults.items():
+        for k, v in row.settings().items():
             if getattr(c, k) is None:
                 setattr(c, k, v)
-        pretrained = resnet and c.weights != "none"
+        assert c.lr is not None
+        pretrained = c.weights != "none"
         if c.head_epochs is None:
-            c.head_epochs = 2 if pretrained else 0
+            c.head_epochs = row.head_epochs_pretrained if pretrained else 0
         if c.unfreeze is None:
-            c.unfreeze = "layer3" if pretrained else "all"
+            c.unfreeze = row.unfreeze_pretrained if pretrained else "all"
         if c.finetune_lr is None:
-            c.finetune_lr = c.lr / 10 if c.head_epochs else c.lr
+            c.finetune_lr = c.lr / row.finetune_lr_divisor if c.head_epochs else c.lr
         c.validate()
         return c
 
@@ -262,16 +265,12 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     b.set_ylim(0, 1.02)
     b.legend(loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
-def _progress(total_batches: int, label: str) -> Any:
+def _progress(label: str) -> rich.progress.Progress:
+    """The training bar of one epoch (on a terminal only; gone when the epoch ends)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -285,45 +284,136 @@ def _progress(total_batches: int, label: str) -> Any:
                     console=err, transient=True, disable=not err.is_terminal)
 
 
-# -- the loop ------------------------------------------------------------------------------
+# -- the run: its settings, model, data and optimisation ---------------------------------
 
-def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None = None,
-          split: Split | None = None) -> TrainResult:
-    """Train (or resume) one run; return where it is and how it went.
+#: A file left out of training: the side (train or val), the item, why.
+Skipped = tuple[str, Item, str]
 
-    ``split`` replaces the split made from ``cfg`` (the cross-validation harness passes
-    its folds; the validation side is then only watched, see :mod:`.cv`)."""
+
+@dataclass
+class Cells:
+    """The decoded cells as tensors: uint8 ``[N, S, S, 3]`` images, float 0/1 labels."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+
+@dataclass
+class Optimisation:
+    """The loss, the optimiser and mixed precision of a run."""
+
+    criterion: nn.BCEWithLogitsLoss
+    pos_weight: float
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    amp_dtype: torch.dtype
+
+
+@dataclass
+class Run:
+    """Everything the epochs of one run read; built once by :func:`train`."""
+
+    cfg: TrainConfig  # resolved: no setting is None
+    run_dir: Path
+    device: torch.device
+    info: ArchInfo
+    split: Split
+    fingerprint: str
+    model: Normalize
+    arch_kwargs: dict[str, Any]
+    cells: Cells
+    opt: Optimisation
+    stages: list[Stage]
+    steps_per_epoch: int
+
+
+@dataclass
+class Progress:
+    """Where a run stands: its history, epochs done and best epoch so far."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    epoch: int = 0
+    best_epoch: int = 0
+    best_f1: float = -1.0
+    best_acc: float = 0.0
+
+    def record(self, row: dict[str, float]) -> bool:
+        """Add one epoch's row; whether its validation weighted F1 is a new best."""
+        self.history.append(row)
+        self.epoch = int(row["epoch"])
+        improved = row["val_weighted_f1"] > self.best_f1
+        if improved:
+            self.best_epoch, self.best_f1, self.best_acc = \
+                self.epoch, row["val_weighted_f1"], row["val_acc"]
+        return improved
+
+
+@dataclass
+class EpochStats:
+    """Running training loss and accuracy of one epoch, and the last lr used."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    lr: float = 0.0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        n = len(y)
+        self.loss_sum += float(loss.item()) * n
+        self.correct += int(((logits.detach() >= 0).float() == y).sum())
+        self.seen += n
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / max(self.seen, 1)
+
+
+def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, Checkpoint | None]:
+    """The resolved settings, the run folder and, with ``--resume``, its ``last.pt``."""
     run_dir = cfg.out or default_run_dir(cfg.arch)
-    state: dict[str, Any] | None = None
-    if cfg.resume:
-        if cfg.out is None:
-            raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
-        state = ckpt_io.load(run_dir / "last.pt")
-        saved = TrainConfig.from_json_dict(state["config"])
-        given = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
-        ignored = [k for k, v in given.items() if v is not None and v is not False
-                   and k not in RESUMABLE + ("arch", "data", "out", "resume")
-                   and v != getattr(saved, k)]
-        if ignored:
-            note(f"--resume uses the run's own settings; ignoring {', '.join(ignored)}")
-        if cfg.arch != saved.arch:
-            raise UsageError(f"{run_dir} is a {saved.arch} run, not {cfg.arch}")
-        for k in RESUMABLE:
-            if given[k] is not None:
-                setattr(saved, k, given[k])
-        saved.data, saved.out, saved.resume = cfg.data, cfg.out, True
-        c = saved.resolved()
-    else:
+    if not cfg.resume:
         c = cfg.resolved()
         if (run_dir / "last.pt").exists():
             raise OutputExistsError(f"{run_dir} already holds a run",
                                     "add --resume to continue it, or choose another --out")
-    assert c.input_size and c.epochs and c.batch_size and c.seed is not None
+        return c, run_dir, None
+    if cfg.out is None:
+        raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
+    state = ckpt_io.load(run_dir / "last.pt")
+    return _resumed_config(cfg, run_dir, state), run_dir, state
 
-    torch.set_num_threads(c.threads or cores())
-    device = pick_device(c.device or "auto")
-    info = arch_info(c.arch)
 
+def _resumed_config(cfg: TrainConfig, run_dir: Path, state: Checkpoint) -> TrainConfig:
+    """The run's own settings from its checkpoint, with the :data:`RESUMABLE` ones given
+    on the command line; a note names the other settings given, which are ignored."""
+    saved = TrainConfig.from_json_dict(state["config"])
+    given = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    ignored = [k for k, v in given.items() if v is not None and v is not False
+               and k not in RESUMABLE + ("arch", "data", "out", "resume")
+               and v != getattr(saved, k)]
+    if ignored:
+        note(f"--resume uses the run's own settings; ignoring {', '.join(ignored)}")
+    if cfg.arch != saved.arch:
+        raise UsageError(f"{run_dir} is a {saved.arch} run, not {cfg.arch}")
+    for k in RESUMABLE:
+        if given[k] is not None:
+            setattr(saved, k, given[k])
+    saved.data, saved.out, saved.resume = cfg.data, cfg.out, True
+    return saved.resolved()
+
+
+def prepare_split(c: TrainConfig, split: Split | None, run_dir: Path,
+                  state: Checkpoint | None) -> tuple[Split, str]:
+    """The split (``split`` or one made from the settings) and its training fingerprint,
+    which a resumed run must share with its checkpoint."""
+    assert c.seed is not None
     if split is None:
         split = make_split(c.data, c.val, c.val_fold, c.val_fraction or 0.2, c.seed,
                            c.split_by_image)
@@ -335,24 +425,44 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
         raise TrainingError(f"{c.data} is not the data {run_dir} was trained on "
                             "(the training-set fingerprint differs)",
                             "resume with the same DATA and split options")
+    return split, fp
 
-    torch.manual_seed(c.seed)
-    arch_kwargs: dict[str, Any] = {}
+
+def model_kwargs(c: TrainConfig) -> dict[str, Any]:
+    """The architecture's construction arguments (kept in the checkpoint)."""
+    kwargs: dict[str, Any] = {}
     if c.arch == "scratch":
-        arch_kwargs = {"dropout": float(c.dropout or 0.0), "batchnorm": bool(c.batchnorm),
-                       "dense": [256, 128, 64], "width": float(c.width or 1.0),
-                       "head": c.head or "flatten"}
+        kwargs = {"dropout": float(c.dropout or 0.0), "batchnorm": bool(c.batchnorm),
+                  "dense": [256, 128, 64], "width": float(c.width or 1.0),
+                  "head": c.head or "flatten"}
     if c.colour_norm and c.colour_norm != "none":
-        arch_kwargs["colour_norm"] = c.colour_norm
-    model = create_model(c.arch, c.input_size, **arch_kwargs)
-    weights_source = "checkpoint"
+        kwargs["colour_norm"] = c.colour_norm
+    return kwargs
+
+
+def build_model(c: TrainConfig, state: Checkpoint | None,
+                device: torch.device) -> tuple[Normalize, dict[str, Any], str]:
+    """The model, initialised from ``--seed``, with the backbone weights (a new run) or the
+    checkpoint's (a resumed one), on ``device``; its kwargs; where its weights came from."""
+    assert c.seed is not None
+    torch.manual_seed(c.seed)
+    kwargs = model_kwargs(c)
+    model = create_model(c.arch, c.input_size, **kwargs)
     if state is None:
-        weights_source = load_backbone_weights(model, c.arch, c.weights or "none")
-        note(f"weights: {weights_source}")
+        source = load_backbone_weights(model, c.arch, c.weights or "none")
+        note(f"weights: {source}")
     else:
+        source = "checkpoint"
         model.load_state_dict(state["model"])
     model.to(device)
+    return model, kwargs, source
 
+
+def load_data(c: TrainConfig, split: Split,
+              info: ArchInfo) -> tuple[Split, Cells, list[Skipped]]:
+    """Decode both sides into memory; unreadable files are reported and left out (the
+    split without them must still train)."""
+    assert c.input_size
     t0 = time.perf_counter()
     loaded_train, loaded_val = _load(split, c.input_size, info.interpolation, c.workers,
                                      c.crop_fraction or 1.0)
@@ -371,168 +481,262 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
          f"{d['train_hem']} HEM, {len(d['train_patients'])} patients), "
          f"{d['val_images']} validation ({d['val_all']} ALL, {d['val_hem']} HEM, "
          f"{len(d['val_patients'])} patients), split by {split.method}")
-    y_train = torch.from_numpy(labels_of(split.train))
-    y_val = torch.from_numpy(labels_of(split.val))
-    xt = torch.from_numpy(x_train)
-    xv = torch.from_numpy(x_val)
+    cells = Cells(y_train=torch.from_numpy(labels_of(split.train)),
+                  y_val=torch.from_numpy(labels_of(split.val)),
+                  x_train=torch.from_numpy(x_train), x_val=torch.from_numpy(x_val))
+    return split, cells, skipped
 
+
+def build_optimisation(c: TrainConfig, model: nn.Module, y_train: torch.Tensor,
+                       device: torch.device) -> Optimisation:
+    """Class-weighted BCE (``pos_weight`` = HEM/ALL), AdamW, and autocast + GradScaler
+    when mixed precision runs (CUDA only; bf16 where supported, else fp16)."""
     n_pos = float(y_train.sum())
     n_neg = float(len(y_train) - n_pos)
     pos_weight = torch.tensor([n_neg / n_pos if c.class_weights and n_pos else 1.0],
                               device=device)
-    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-    val_criterion = nn.BCEWithLogitsLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr or 1e-3,
                                   weight_decay=c.weight_decay or 0.0)
     use_amp = bool(c.amp) and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    return Optimisation(nn.BCEWithLogitsLoss(pos_weight=pos_weight),
+                        float(pos_weight.item()), optimizer, scaler, use_amp, amp_dtype)
 
-    history: list[dict[str, float]] = []
-    best_epoch, best_f1, best_acc = 0, -1.0, 0.0
-    start = 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        history = [dict(r) for r in state["history"]]
-        start = int(state["epoch"])
-        best_epoch = int(state["best"]["epoch"])
-        best_f1 = float(state["best"]["val_weighted_f1"])
-        best_acc = float(state["best"]["val_accuracy"])
-        note(f"resuming {run_dir} after epoch {start} (best weighted F1 {best_f1:.4f} at "
-             f"epoch {best_epoch})")
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+def restore_progress(state: Checkpoint | None, opt: Optimisation, run_dir: Path) -> Progress:
+    """A new run's empty progress, or a resumed run's, with its optimiser state back."""
+    if state is None:
+        return Progress()
+    opt.optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        opt.scaler.load_state_dict(state["scaler"])
+    best = state["best"]
+    progress = Progress([dict(r) for r in state["history"]], int(state["epoch"]),
+                        int(best["epoch"]), float(best["val_weighted_f1"]),
+                        float(best["val_accuracy"]))
+    note(f"resuming {run_dir} after epoch {progress.epoch} (best weighted F1 "
+         f"{progress.best_f1:.4f} at epoch {progress.best_epoch})")
+    return progress
+
+
+def steps_in_epoch(images: int, batch_size: int) -> int:
+    """Optimiser steps per epoch: a last batch of one is dropped (see :func:`train_one_epoch`)."""
+    return max(1, images // batch_size + (1 if images % batch_size > 1 else 0))
+
+
+def write_run_files(run: Run, weights_source: str, skipped: list[Skipped],
+                    resumed: bool) -> None:
+    """``config.json`` (a new run's, or a resumed run's that lacks one) and
+    ``skipped.csv``."""
+    c = run.cfg
+    run.run_dir.mkdir(parents=True, exist_ok=True)
     config_doc = {
-        "config": c.to_json_dict(), "split": d, "weights": weights_source,
-        "pos_weight": float(pos_weight.item()), "device": str(device), "amp": use_amp,
+        "config": c.to_json_dict(), "split": run.split.describe(), "weights": weights_source,
+        "pos_weight": run.opt.pos_weight, "device": str(run.device), "amp": run.opt.use_amp,
         "torch": torch.__version__, "leukoedge": __version__,
-        "data_fingerprint": fp, "started_at": utc_now(), "skipped_images": len(skipped),
-        "interpolation": info.interpolation, "mean": list(info.mean), "std": list(info.std),
+        "data_fingerprint": run.fingerprint, "started_at": utc_now(),
+        "skipped_images": len(skipped), "interpolation": run.info.interpolation,
+        "mean": list(run.info.mean), "std": list(run.info.std),
     }
-    if state is None or not (run_dir / "config.json").exists():
-        atomic_write_text(run_dir / "config.json", json.dumps(config_doc, indent=2) + "\n")
+    if not resumed or not (run.run_dir / "config.json").exists():
+        atomic_write_text(run.run_dir / "config.json", json.dumps(config_doc, indent=2) + "\n")
     if skipped:
-        _write_skipped(skipped, run_dir / "skipped.csv")
+        _write_skipped(skipped, run.run_dir / "skipped.csv")
 
-    def spec_now(f1: float, acc: float, epoch: int) -> ModelSpec:
-        return ModelSpec(
-            architecture=c.arch, input_size=c.input_size,
-            crop_fraction=c.crop_fraction or 1.0,
-            interpolation=info.interpolation, mean=info.mean, std=info.std, threshold=0.5,
-            data_fingerprint=fp, train_images=len(split.train), created_at=utc_now(),
-            tool_version=__version__,
-            metrics={"val_weighted_f1": round(max(f1, 0.0), 6),
-                     "val_accuracy": round(acc, 6), "epoch": float(epoch)},
-            notes=f"validation: split by {split.method}, {len(split.val)} images",
-        )
 
-    stages = stages_of(c)
-    steps_per_epoch = max(1, len(xt) // c.batch_size + (1 if len(xt) % c.batch_size > 1
-                                                      else 0))
-    stopped_early = False
-    epoch = start
-    patience = c.patience or 0
-    if patience and start - best_epoch >= patience and start < c.epochs:
-        note(f"no improvement for {start - best_epoch} epochs already (patience {patience})")
-        stopped_early = True
-    for epoch in range(start + 1, c.epochs + 1) if not stopped_early else []:
-        stage = next(s for s in stages if s.first <= epoch <= s.last)
-        frozen_bn = set_trainable(model, stage.prefixes)
-        t_epoch = time.perf_counter()
-        torch.manual_seed(c.seed * 100_003 + epoch)
-        gen = torch.Generator().manual_seed(c.seed * 7_919 + epoch)
-        perm = torch.randperm(len(xt), generator=gen)
-        if len(perm) % c.batch_size == 1 and len(perm) > 1:
-            perm = perm[:-1]  # a batch of one breaks batch norm; the cell is back next epoch
-        model.train()
-        for m in frozen_bn:
-            m.eval()
-        total_stage = (stage.last - stage.first + 1) * steps_per_epoch
-        warm = int(round((c.warmup_epochs or 0.0) * steps_per_epoch))
-        warm = min(warm, total_stage // 2)
-        loss_sum, correct, seen = 0.0, 0, 0
-        lr = 0.0
-        with _progress(steps_per_epoch, f"epoch {epoch}/{c.epochs}") as bar:
-            task = bar.add_task("train", total=steps_per_epoch, stats="")
-            for b, i0 in enumerate(range(0, len(perm), c.batch_size)):
-                idx = perm[i0:i0 + c.batch_size]
-                xb = xt[idx]
-                if c.augment:
-                    xb = augment(xb, gen, colour=c.stain_jitter or 0.0,
-                                 gamma=c.gamma_jitter or 0.0)
-                xb = xb.to(device, non_blocking=True)
-                yb = y_train[idx].to(device)
-                step = (epoch - stage.first) * steps_per_epoch + b
-                lr = lr_at(step, total_stage, stage.lr, warm, c.schedule or "cosine")
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = model(xb)
-                loss = criterion(logits.float(), yb)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"the loss became {loss.item()} at epoch {epoch}",
-                                        "lower --lr")
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                n = len(idx)
-                loss_sum += float(loss.item()) * n
-                correct += int(((logits.detach() >= 0).float() == yb).sum())
-                seen += n
-                bar.update(task, advance=1, stats=f"loss {loss_sum / seen:.4f} "
-                                                  f"acc {correct / seen:.3f}")
-        recalibrate_bn(model, xt, frozen_bn, device, 2 * c.batch_size)
-        v_logits, v_loss = evaluate(model, xv, y_val, val_criterion, device, 2 * c.batch_size,
-                                    use_amp, amp_dtype)
-        y_pred = (v_logits >= 0).astype(np.int64)
-        m = score(y_val.numpy().astype(np.int64), y_pred)
-        row = {"epoch": float(epoch), "train_loss": loss_sum / max(seen, 1),
-               "train_acc": correct / max(seen, 1), "val_loss": v_loss,
-               "val_acc": float(m["accuracy"]), "val_weighted_f1": float(m["weighted_f1"]),
-               "lr": lr, "seconds": time.perf_counter() - t_epoch}
-        history.append(row)
-        improved = row["val_weighted_f1"] > best_f1
-        if improved:
-            best_epoch, best_f1, best_acc = epoch, row["val_weighted_f1"], row["val_acc"]
-        spec = spec_now(best_f1, best_acc, best_epoch)
-        blob = {
-            "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "architecture": c.arch,
-            "arch_kwargs": arch_kwargs, "model": _cpu_state(model),
-            "spec": spec.to_json(), "optimizer": optimizer.state_dict(),
-            "scheduler": {"kind": c.schedule, "steps_per_epoch": steps_per_epoch,
-                          "stages": [asdict(s) | {"prefixes": list(s.prefixes or [])}
-                                     for s in stages]},
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "epoch": epoch, "history": history,
-            "best": {"epoch": best_epoch, "val_weighted_f1": best_f1,
-                     "val_accuracy": best_acc},
-            "config": c.to_json_dict(), "split": d,
-            "rng": {"torch": torch.get_rng_state()},
-        }
-        if improved:  # best.pt is for export: no optimiser state (a third of the size)
-            ckpt_io.save({k: v for k, v in blob.items() if k not in ("optimizer", "scaler")},
-                         run_dir / "best.pt")
-        ckpt_io.save(blob, run_dir / "last.pt")
-        write_history(history, run_dir / "history.csv")
-        plot_curves(history, run_dir / "curves.png")
-        note(f"epoch {epoch}/{c.epochs} ({stage.name}) loss {row['train_loss']:.4f} "
-             f"acc {row['train_acc']:.3f} | val loss {row['val_loss']:.4f} "
-             f"acc {row['val_acc']:.3f} wF1 {row['val_weighted_f1']:.4f}"
-             f"{' *' if improved else ''} | lr {lr:.2e} | {row['seconds']:.1f} s")
+# -- one epoch -----------------------------------------------------------------------------
+
+def train_step(run: Run, xb: torch.Tensor, yb: torch.Tensor, lr: float,
+               epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step at ``lr`` on a batch already on the device; (loss, logits)."""
+    opt = run.opt
+    for g in opt.optimizer.param_groups:
+        g["lr"] = lr
+    opt.optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(run.device.type, dtype=opt.amp_dtype, enabled=opt.use_amp):
+        logits = run.model(xb)
+    loss = opt.criterion(logits.float(), yb)
+    if not torch.isfinite(loss):
+        raise TrainingError(f"the loss became {loss.item()} at epoch {epoch}", "lower --lr")
+    opt.scaler.scale(loss).backward()
+    opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
+    return loss, logits
+
+
+def train_one_epoch(run: Run, stage: Stage, epoch: int,
+                    frozen_bn: list[nn.Module]) -> EpochStats:
+    """One pass over the training cells in the epoch's seeded order, augmented with the
+    epoch's generator; the lr follows the stage's schedule step by step."""
+    c, x, y = run.cfg, run.cells.x_train, run.cells.y_train
+    assert c.seed is not None and c.batch_size
+    torch.manual_seed(c.seed * 100_003 + epoch)
+    gen = torch.Generator().manual_seed(c.seed * 7_919 + epoch)
+    perm = torch.randperm(len(x), generator=gen)
+    if len(perm) % c.batch_size == 1 and len(perm) > 1:
+        perm = perm[:-1]  # a batch of one breaks batch norm; the cell is back next epoch
+    run.model.train()
+    for m in frozen_bn:
+        m.eval()
+    steps = run.steps_per_epoch
+    total_stage = (stage.last - stage.first + 1) * steps
+    warm = min(int(round((c.warmup_epochs or 0.0) * steps)), total_stage // 2)
+    stats = EpochStats()
+    with _progress(f"epoch {epoch}/{c.epochs}") as bar:
+        task = bar.add_task("train", total=steps, stats="")
+        for b, i0 in enumerate(range(0, len(perm), c.batch_size)):
+            idx = perm[i0:i0 + c.batch_size]
+            xb = x[idx]
+            if c.augment:
+                xb = augment(xb, gen, colour=c.stain_jitter or 0.0,
+                             gamma=c.gamma_jitter or 0.0)
+            xb = xb.to(run.device, non_blocking=True)
+            yb = y[idx].to(run.device)
+            stats.lr = lr_at((epoch - stage.first) * steps + b, total_stage, stage.lr, warm,
+                             c.schedule or "cosine")
+            loss, logits = train_step(run, xb, yb, stats.lr, epoch)
+            stats.add(loss, logits, yb)
+            bar.update(task, advance=1,
+                       stats=f"loss {stats.loss_sum / stats.seen:.4f} "
+                             f"acc {stats.correct / stats.seen:.3f}")
+    return stats
+
+
+def validate(run: Run) -> tuple[float, dict[str, Any]]:
+    """The validation loss (plain BCE) and metrics at logit 0, in eval mode."""
+    assert run.cfg.batch_size
+    y = run.cells.y_val
+    logits, loss = evaluate(run.model, run.cells.x_val, y, nn.BCEWithLogitsLoss(), run.device,
+                            2 * run.cfg.batch_size, run.opt.use_amp, run.opt.amp_dtype)
+    y_pred = (logits >= 0).astype(np.int64)
+    return loss, score(y.numpy().astype(np.int64), y_pred)
+
+
+def run_epoch(run: Run, epoch: int) -> tuple[dict[str, float], Stage]:
+    """Train one epoch in its stage, re-estimate batch norm, validate: the history row."""
+    assert run.cfg.batch_size
+    stage = next(s for s in run.stages if s.first <= epoch <= s.last)
+    frozen_bn = set_trainable(run.model, stage.prefixes)
+    t_epoch = time.perf_counter()
+    stats = train_one_epoch(run, stage, epoch, frozen_bn)
+    recalibrate_bn(run.model, run.cells.x_train, frozen_bn, run.device,
+                   2 * run.cfg.batch_size)
+    val_loss, m = validate(run)
+    row = {"epoch": float(epoch), "train_loss": stats.loss, "train_acc": stats.accuracy,
+           "val_loss": val_loss, "val_acc": float(m["accuracy"]),
+           "val_weighted_f1": float(m["weighted_f1"]), "lr": stats.lr,
+           "seconds": time.perf_counter() - t_epoch}
+    return row, stage
+
+
+# -- checkpoint and summary ----------------------------------------------------------------
+
+def spec_of_run(run: Run, progress: Progress) -> ModelSpec:
+    """The ModelSpec a checkpoint carries: the data contract and the best epoch so far."""
+    c, info = run.cfg, run.info
+    assert c.input_size
+    return ModelSpec(
+        architecture=c.arch, input_size=c.input_size, crop_fraction=c.crop_fraction or 1.0,
+        interpolation=info.interpolation, mean=info.mean, std=info.std, threshold=0.5,
+        data_fingerprint=run.fingerprint, train_images=len(run.split.train),
+        created_at=utc_now(), tool_version=__version__,
+        metrics={"val_weighted_f1": round(max(progress.best_f1, 0.0), 6),
+                 "val_accuracy": round(progress.best_acc, 6),
+                 "epoch": float(progress.best_epoch)},
+        notes=f"validation: split by {run.split.method}, {len(run.split.val)} images",
+    )
+
+
+def save_checkpoint(run: Run, progress: Progress, improved: bool) -> None:
+    """``last.pt`` after every epoch; ``best.pt`` (no optimiser state) when it improved."""
+    c = run.cfg
+    blob: Checkpoint = {
+        "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "architecture": c.arch,
+        "arch_kwargs": run.arch_kwargs, "model": _cpu_state(run.model),
+        "spec": spec_of_run(run, progress).to_json(),
+        "optimizer": run.opt.optimizer.state_dict(),
+        "scheduler": {"kind": c.schedule, "steps_per_epoch": run.steps_per_epoch,
+                      "stages": [asdict(s) | {"prefixes": list(s.prefixes or [])}
+                                 for s in run.stages]},
+        "scaler": run.opt.scaler.state_dict() if run.opt.scaler.is_enabled() else {},
+        "epoch": progress.epoch, "history": progress.history,
+        "best": {"epoch": progress.best_epoch, "val_weighted_f1": progress.best_f1,
+                 "val_accuracy": progress.best_acc},
+        "config": c.to_json_dict(), "split": run.split.describe(),
+        "rng": {"torch": torch.get_rng_state()},
+    }
+    if improved:  # best.pt is for export: no optimiser state (a third of the size)
+        ckpt_io.save({k: v for k, v in blob.items() if k not in ("optimizer", "scaler")},
+                     run.run_dir / "best.pt")
+    ckpt_io.save(blob, run.run_dir / "last.pt")
+
+
+def note_epoch(run: Run, stage: Stage, row: dict[str, float], improved: bool) -> None:
+    note(f"epoch {int(row['epoch'])}/{run.cfg.epochs} ({stage.name}) "
+         f"loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
+         f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} "
+         f"wF1 {row['val_weighted_f1']:.4f}{' *' if improved else ''} | "
+         f"lr {row['lr']:.2e} | {row['seconds']:.1f} s")
+
+
+def summary(run: Run, progress: Progress, stopped_early: bool) -> TrainResult:
+    """The end of the run: where it is, epochs done, the best epoch."""
+    return TrainResult(run.run_dir, progress.epoch if progress.history else 0,
+                       progress.best_epoch, progress.best_f1, progress.history, stopped_early)
+
+
+# -- the loop ------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None = None,
+          split: Split | None = None) -> TrainResult:
+    """Train (or resume) one run; return where it is and how it went.
+
+    ``split`` replaces the split made from ``cfg`` (the cross-validation harness passes
+    its folds; the validation side is then only watched, see :mod:`.cv`)."""
+    c, run_dir, state = resolve_run(cfg)
+    assert c.batch_size
+    torch.set_num_threads(c.threads or cores())
+    device = pick_device(c.device or "auto")
+    info = arch_info(c.arch)
+    split, fp = prepare_split(c, split, run_dir, state)
+    model, arch_kwargs, weights_source = build_model(c, state, device)
+    split, cells, skipped = load_data(c, split, info)
+    opt = build_optimisation(c, model, cells.y_train, device)
+    progress = restore_progress(state, opt, run_dir)
+    run = Run(c, run_dir, device, info, split, fp, model, arch_kwargs, cells, opt,
+              stages_of(c), steps_in_epoch(len(cells.x_train), c.batch_size))
+    write_run_files(run, weights_source, skipped, resumed=state is not None)
+    return run_epochs(run, progress, on_epoch)
+
+
+def run_epochs(run: Run, progress: Progress,
+               on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """The epochs left, each followed by its checkpoint, history, curves and note; stops
+    early after ``patience`` epochs without a better validation weighted F1."""
+    c = run.cfg
+    assert c.epochs is not None
+    patience, start = c.patience or 0, progress.epoch
+    if patience and start - progress.best_epoch >= patience and start < c.epochs:
+        note(f"no improvement for {start - progress.best_epoch} epochs already "
+             f"(patience {patience})")
+        return summary(run, progress, stopped_early=True)
+    for epoch in range(start + 1, c.epochs + 1):
+        row, stage = run_epoch(run, epoch)
+        improved = progress.record(row)
+        save_checkpoint(run, progress, improved)
+        write_history(progress.history, run.run_dir / "history.csv")
+        plot_curves(progress.history, run.run_dir / "curves.png")
+        note_epoch(run, stage, row, improved)
         if on_epoch is not None:
             on_epoch(row)
-        if patience and epoch - best_epoch >= patience:
+        if patience and epoch - progress.best_epoch >= patience:
             note(f"early stop: no better validation weighted F1 for {patience} epochs")
-            stopped_early = True
-            break
-    return TrainResult(run_dir, epoch if history else 0, best_epoch, best_f1, history,
-                       stopped_early)
+            return summary(run, progress, stopped_early=True)
+    return summary(run, progress, stopped_early=False)
 
 
-def _report_skipped(skipped: list[tuple[str, Item, str]]) -> None:
+def _report_skipped(skipped: list[Skipped]) -> None:
     shown = 5
     note(f"warning: {len(skipped)} unreadable images left out of training "
          "(listed in skipped.csv in the run folder):")
@@ -542,7 +746,7 @@ def _report_skipped(skipped: list[tuple[str, Item, str]]) -> None:
         note(f"  ... and {len(skipped) - shown} more")
 
 
-def _write_skipped(skipped: list[tuple[str, Item, str]], path: Path) -> None:
+def _write_skipped(skipped: list[Skipped], path: Path) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["side", "path", "reason"])

@@ -1,0 +1,181 @@
+"""``classify``: images in, one row per image out, as they come."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ..console import err, escape, facts_table, note, out
+from ..errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
+from ..output import ResultWriter, check_output_location, escape_path
+from .common import open_model, print_drift, progress_bar
+from .options import (
+    BatchOpt,
+    LabelsOpt,
+    ModelOpt,
+    Paths,
+    ProviderOpt,
+    ThreadsOpt,
+    ThresholdOpt,
+    WorkersOpt,
+)
+
+# numpy-using modules (classify, data, heatmap) are imported inside the command, so that
+# ``leukoedge --help`` stays fast (docs/performance.md).
+if TYPE_CHECKING:
+    from ..classify import RunStats
+    from ..data import Item
+    from ..engines.parts import PartWriter
+    from ..heatmap import OverlayWriter
+    from ..session import Model
+
+OutOpt = Annotated[Path, typer.Option(
+    "--out", "-o", help="Result file: .csv, or .jsonl for JSON Lines.")]
+FormatOpt = Annotated[str | None, typer.Option(
+    "--format", help="csv or jsonl (default: from the --out extension); parquet: --out is a "
+    "folder of part files (the scale extra).", show_default=False)]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="local (this process) or ray (a Ray cluster; the scale extra).")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    "--ray-address", help="With --engine ray: 'auto' or the cluster's address (default: a "
+    "local cluster on this machine).", show_default=False)]
+ActorsOpt = Annotated[int | None, typer.Option(
+    "--actors", min=1, help="With --engine ray: model actors (default: one per node, or one "
+    "per --gpus-per-actor GPUs).", show_default=False)]
+GpusPerActorOpt = Annotated[float, typer.Option(
+    "--gpus-per-actor", min=0.0, help="With --engine ray: GPUs reserved by each actor.")]
+
+
+def check_engine(engine: str, address: str | None, actors: int | None, gpus: float) -> None:
+    """``--engine`` and the Ray flags agree; a missing Ray is said before anything runs."""
+    if engine not in ("local", "ray"):
+        raise UsageError(f"unknown engine {engine!r}", "choose local or ray")
+    if engine != "ray" and (address is not None or actors is not None or gpus):
+        raise UsageError("--ray-address, --actors and --gpus-per-actor need --engine ray")
+    if engine == "ray":  # a missing extra is said before anything is written
+        from ..engines.ray_engine import import_ray
+
+        import_ray()
+
+
+def open_writer(out_file: Path, fmt: str | None, resume: bool,
+                overwrite: bool) -> ResultWriter | PartWriter:
+    """CSV/JSON Lines into one file, or Parquet part files into a folder (--format parquet)."""
+    if fmt == "parquet":
+        from ..engines.parts import PartWriter
+
+        return PartWriter(out_file, resume=resume, overwrite=overwrite)
+    return ResultWriter(out_file, fmt, resume=resume, overwrite=overwrite)
+
+
+def classify(
+    paths: Paths,
+    model: ModelOpt = None,
+    out_file: OutOpt = Path("predictions.csv"),
+    fmt: FormatOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted run: "
+                                         "skip the files already in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite",
+                                            help="Replace an existing --out.")] = False,
+    provider: ProviderOpt = "auto",
+    batch_size: BatchOpt = 32,
+    threads: ThreadsOpt = None,
+    workers: WorkersOpt = None,
+    labels: LabelsOpt = None,
+    threshold: ThresholdOpt = None,
+    cam: Annotated[Path | None, typer.Option(
+        "--cam", help="Write each image's heatmap overlay (PNG, original size) under this "
+        "folder, mirroring the inputs' paths; the row's 'heatmap' names it. Needs a model "
+        "exported with --cam.", show_default=False)] = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    actors: ActorsOpt = None,
+    gpus_per_actor: GpusPerActorOpt = 0.0,
+) -> int:
+    """Classify every image under PATHS as ALL or HEM; rows go to --out as they come."""
+    from ..classify import classify_files
+    from ..data import collect
+
+    check_engine(engine, ray_address, actors, gpus_per_actor)
+    items = collect(paths, labels)
+    check_output_location(out_file, paths)
+    m = open_model(model, provider, threads, threshold)
+    overlays = None if cam is None else open_overlays(cam, paths, items, m, resume, overwrite)
+    with open_writer(out_file, fmt, resume, overwrite) as writer:
+        if resume and writer.done:
+            note(f"resuming {out_file}: {len(writer.done)} rows already there")
+        todo = len(items)
+        if writer.done:
+            todo -= sum(1 for it in items if escape_path(it.path) in writer.done)
+        with progress_bar(todo, "classify") as advance:
+            if engine == "ray":
+                from ..engines.ray_engine import RayOptions, classify_ray
+
+                stats = classify_ray(m, items, writer, batch_size, workers, advance,
+                                     RayOptions(ray_address, actors, gpus_per_actor),
+                                     threads, overlays)
+            else:
+                stats = classify_files(m, items, writer, batch_size, workers, advance,
+                                       overlays)
+    _summary(stats, m, out_file, len(items))
+    _drift(stats, writer.previous_rows, m)
+    return EXIT_SOME_FAILED if stats.errors else EXIT_OK
+
+
+def open_overlays(cam: Path, paths: list[Path], items: list[Item], m: Model, resume: bool,
+                  overwrite: bool) -> OverlayWriter:
+    """``--cam``: where the heatmap overlays go; the model must have a heatmap output."""
+    from ..heatmap import OverlayWriter
+
+    check_output_location(cam, paths)
+    if not m.has_cam:
+        raise UsageError(f"--cam: {m.path} has no heatmap output",
+                         "export the model with 'leukoedge export --cam'")
+    overlays = OverlayWriter(cam, paths, m.spec.crop_fraction, overwrite or resume)
+    if not (resume or overwrite):
+        overlays.refuse_existing(it.path for it in items)
+    return overlays
+
+
+def _drift(stats: RunStats, previous: list[dict[str, Any]], m: Model) -> None:
+    """Per patient: median drift score and share of cells above 1.0 (this run's rows and a
+    resumed file's), and the one line naming drifted patients."""
+    if m.drift is None:
+        return
+    from ..drift import summary
+
+    pairs = list(stats.drift)
+    for r in previous:
+        try:
+            score = float(str(r.get("drift") or ""))
+        except ValueError:
+            continue
+        patient = r.get("patient")
+        pairs.append((str(patient) if patient else None, score))
+    print_drift(summary([p for p, _ in pairs], [s for _, s in pairs], m.drift.patient_flag))
+
+
+def _summary(stats: RunStats, m: Model, out_file: Path, total: int) -> None:
+    t = facts_table("leukoedge classify")
+    classified = stats.files - stats.errors
+    t.add_row("model", escape(str(m.path)))
+    t.add_row("provider", m.provider)
+    t.add_row("files found", str(total))
+    if stats.skipped:
+        t.add_row("already done (resume)", str(stats.skipped))
+    t.add_row("classified", str(classified))
+    t.add_row("  ALL", str(stats.positives))
+    t.add_row("  HEM", str(classified - stats.positives))
+    t.add_row("errors", f"[red]{stats.errors}[/red]" if stats.errors else "0")
+    t.add_row("speed", f"{stats.images_per_second:.1f} images/s")
+    t.add_row("results", escape(str(out_file)))
+    out.print(t)
+    for e in stats.error_examples:
+        err.print(f"[red]error:[/red] {escape(e)}")
+    if stats.errors > len(stats.error_examples):
+        err.print(f"... and {stats.errors - len(stats.error_examples)} more error rows "
+                  f"in {escape(str(out_file))}")
+
+

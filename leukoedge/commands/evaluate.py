@@ -1,0 +1,257 @@
+"""``evaluate``: labelled images (or a predictions file) in, metrics out (the report
+:mod:`leukoedge.evaluate` builds, printed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ..console import err, escape, facts_table, note, out
+from ..errors import EXIT_OK, EXIT_SOME_FAILED, DataError, OutputExistsError, UsageError
+from ..output import ResultWriter, atomic_write_text, check_output_location
+from .common import (
+    open_model,
+    parse_folds,
+    print_drift,
+    progress_bar,
+    spec_for_predictions,
+    warn,
+)
+from .options import (
+    BatchOpt,
+    LabelsOpt,
+    ModelOpt,
+    ProviderOpt,
+    ThreadsOpt,
+    ThresholdOpt,
+    WorkersOpt,
+)
+
+# numpy-using modules (classify, data, evaluate) are imported inside the command, so that
+# ``leukoedge --help`` stays fast (docs/performance.md).
+if TYPE_CHECKING:
+    from ..classify import Prediction
+    from ..data import Item
+    from ..evaluate import Report
+    from ..session import Model
+
+
+def evaluate(
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="Image files or folders (searched recursively); not with --from-predictions.",
+        show_default=False)] = None,
+    model: ModelOpt = None,
+    labels: LabelsOpt = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write the full report as JSON here.", show_default=False)] = None,
+    predictions: Annotated[Path | None, typer.Option(
+        "--predictions", help="Also write the per-image rows here (.csv/.jsonl).",
+        show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite",
+                                            help="Replace existing output files.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    provider: ProviderOpt = "auto",
+    batch_size: BatchOpt = 32,
+    threads: ThreadsOpt = None,
+    workers: WorkersOpt = None,
+    threshold: ThresholdOpt = None,
+    from_predictions: Annotated[Path | None, typer.Option(
+        "--from-predictions", help="Score this predictions file (classify's rows, or "
+        "out-of-fold predictions with logits) instead of running the model; --model then "
+        "only gives the spec (temperature, threshold).", show_default=False)] = None,
+    folds: Annotated[str | None, typer.Option(
+        "--folds", help="With --from-predictions: only the rows of these folds "
+        "(comma-separated).", show_default=False)] = None,
+    resamples: Annotated[int, typer.Option(
+        "--resamples", min=0, max=100_000,
+        help="Patient-bootstrap resamples for the 95% intervals (0: none).")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+) -> int:
+    """Classify labelled images and report accuracy, weighted F1, AUC, calibration (ECE,
+    Brier, log-loss), 95% intervals by patient, per patient..."""
+    from ..data import collect
+    from ..evaluate import build_report
+
+    if from_predictions is not None:
+        if paths:
+            raise UsageError("give images or --from-predictions, not both")
+        rep = evaluate_predictions(from_predictions, model, labels, threshold, folds,
+                                   resamples, seed)
+        return _finish(rep, report, overwrite, as_json)
+    if not paths:
+        raise UsageError("no images given", "leukoedge evaluate IMAGES..., or "
+                         "leukoedge evaluate --from-predictions FILE")
+    if folds is not None:
+        raise UsageError("--folds selects rows of a predictions file",
+                         "use it with --from-predictions")
+    items = collect(paths, labels)
+    if not any(it.label is not None for it in items):
+        raise DataError("no labels found for these images",
+                        "put them under all/ and hem/ folders, name them *_all/*_hem, "
+                        "or pass --labels C-NMC_test_prelim_phase_data_labels.csv")
+    _check_outputs(paths, report, predictions, overwrite)
+    m = open_model(model, provider, threads, threshold)
+    preds = _predict(m, items, predictions, overwrite, batch_size, workers)
+    return _finish(build_report(preds, m, resamples, seed), report, overwrite, as_json)
+
+
+def _check_outputs(paths: list[Path], report: Path | None, predictions: Path | None,
+                   overwrite: bool) -> None:
+    """--report and --predictions: outside the inputs, two files, no report replaced
+    without --overwrite; checked before the model runs."""
+    for target in (report, predictions):
+        if target is not None:
+            check_output_location(target, paths)
+    if (report is not None and predictions is not None
+            and report.absolute() == predictions.absolute()):
+        raise UsageError("--report and --predictions name the same file",
+                         "the report would replace the rows; choose two files")
+    _refuse_existing_report(report, overwrite)
+
+
+def _refuse_existing_report(report: Path | None, overwrite: bool) -> None:
+    if report is not None and report.exists() and not overwrite:
+        raise OutputExistsError(f"report {report} already exists",
+                                "add --overwrite or choose another --report")
+
+
+def _predict(m: Model, items: list[Item], predictions: Path | None, overwrite: bool,
+             batch_size: int, workers: int | None) -> list[Prediction]:
+    """Every item through the model, with a progress bar; rows to --predictions as they
+    come."""
+    from ..classify import predict_stream
+
+    writer = ResultWriter(predictions, overwrite=overwrite) if predictions else None
+    try:
+        with progress_bar(len(items), "evaluate") as advance:
+            def on_batch(batch: list[Prediction]) -> None:
+                if writer is not None:
+                    writer.write([p.row for p in batch])
+                advance(len(batch))
+
+            return list(predict_stream(m, items, batch_size, workers, on_batch=on_batch))
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _finish(rep: Report, report: Path | None, overwrite: bool, as_json: bool) -> int:
+    from ..evaluate import clean
+
+    _refuse_existing_report(report, overwrite)
+    for w in rep["warnings"]:
+        warn(w)
+    if report is not None:
+        atomic_write_text(report, json.dumps(clean(rep), indent=2) + "\n")
+    if as_json:
+        out.print_json(json.dumps(clean(rep)))
+    else:
+        print_report(rep)
+        if report is not None:
+            note(f"report written to {report}")
+    return EXIT_SOME_FAILED if rep["errors"] else EXIT_OK
+
+
+def evaluate_predictions(path: Path, model: Path | None, labels: Path | None,
+                         threshold: float | None, folds: str | None, resamples: int,
+                         seed: int) -> Report:
+    """The report of a predictions file's rows, scored with the model's spec."""
+    from ..evaluate import report_of
+    from ..predictions import read_predictions
+
+    ps = read_predictions(path, labels, parse_folds(folds))
+    if not any(t is not None for t in ps.truth):
+        raise DataError(f"{path}: no row has a label",
+                        "give --labels FILE, or rows whose paths lie in all/ and hem/")
+    name, spec = spec_for_predictions(model, threshold)
+    if not ps.has_logits and spec.temperature != 1.0:
+        note("the rows carry no logits: their prob_all is used as written, without this "
+             "model's temperature")
+    return report_of(ps.scores(spec), spec, model=name, provider="(predictions file)",
+                     files=ps.files, error_rows=ps.errors, resamples=resamples, seed=seed,
+                     from_file=True)
+
+
+def _f(x: object) -> str:
+    return "-" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
+
+
+def print_report(rep: Report) -> None:
+    """The report as tables: the figures, per class, confusion, per patient, drift."""
+    _print_head(rep)
+    mt = rep["metrics"]
+    if mt:
+        _print_classes(mt)
+    if rep["patients"]:
+        from rich.table import Table
+
+        pt = Table(title="per patient", title_justify="left")
+        for c in ("patient", "truth", "cells", "pred ALL", "mean P(ALL)", "accuracy", "vote"):
+            pt.add_column(c)
+        for r in rep["patients"]:
+            pt.add_row(r["patient"], r["true_label"] or "-", str(r["cells"]),
+                       str(r["predicted_all"]), _f(r["mean_prob_all"]), _f(r["accuracy"]),
+                       r["vote"])
+        out.print(pt)
+    pv = rep["patient_vote"]
+    if pv:
+        out.print(f"patient-level vote: {pv['patients']} patients, accuracy "
+                  f"{pv['accuracy']:.4f}, weighted F1 {pv['weighted_f1']:.4f}")
+    print_drift(rep.get("drift"))
+    if rep["errors"]:
+        err.print(f"[red]{rep['errors']} files could not be read[/red] (not in the metrics):")
+        for e in rep["error_rows"][:5]:
+            err.print(f"  {escape(e['error'])}")
+
+
+def _print_head(rep: Report) -> None:
+    """The figures with their intervals, and the calibration."""
+    mt = rep["metrics"]
+    head = facts_table("leukoedge evaluate", [
+        ("model", escape(rep["model"])),
+        ("files / errors / unlabelled", f"{rep['files']} / {rep['errors']} / "
+                                        f"{rep['unlabelled']}")])
+    if mt:
+        head.add_row("images scored", str(mt["n"]))
+        for k in ("weighted_f1", "accuracy", "balanced_accuracy", "sensitivity_all",
+                  "specificity_all", "roc_auc", "majority_rate"):
+            iv = (rep["intervals"] or {}).get(k)
+            ci = f"  (95% CI {iv['low']:.4f}-{iv['high']:.4f})" if iv else ""
+            head.add_row(k.replace("_", " "), _f(mt[k]) + ci)
+    cal = rep["calibration"]
+    if cal:
+        head.add_row("temperature", f"{rep['temperature']:.4f}")
+        before = cal.get("uncalibrated")
+        for k in ("ece", "brier", "log_loss"):
+            was = f"  (temperature 1: {before[k]:.4f})" if before else ""
+            head.add_row(k.replace("_", " ") if k != "ece" else "ECE (15 bins)",
+                         f"{cal[k]:.4f}{was}")
+    iv = rep["intervals"]
+    if iv:
+        head.add_row("intervals", f"patient bootstrap stratified by class: {iv['resamples']} "
+                     f"resamples, seed {iv['seed']}, {iv['patients_all']} ALL + "
+                     f"{iv['patients_hem']} HEM patients")
+    out.print(head)
+
+
+def _print_classes(mt: dict[str, Any]) -> None:
+    """Per class figures and the confusion matrix."""
+    from rich.table import Table
+
+    pc = Table(title="per class", title_justify="left")
+    for c in ("class", "precision", "recall", "F1", "support"):
+        pc.add_column(c, justify="right" if c != "class" else "left")
+    for name, v in mt["per_class"].items():
+        pc.add_row(name.upper(), _f(v["precision"]), _f(v["recall"]), _f(v["f1"]),
+                   str(v["support"]))
+    out.print(pc)
+    cm = Table(title="confusion (rows: true, columns: predicted)", title_justify="left")
+    cm.add_column("")
+    cm.add_column("HEM", justify="right")
+    cm.add_column("ALL", justify="right")
+    for name, row in zip(("HEM", "ALL"), mt["confusion"]["matrix"]):
+        cm.add_row(name, str(row[0]), str(row[1]))
+    out.print(cm)
