@@ -5,8 +5,9 @@
 # the test patients' ECE / Brier / log-loss before and after, and what
 # --target-sensitivity 0.95 (chosen on the calibration folds) gives on the test patients.
 #
-#   scripts/calibration_crossfit.sh OOF.csv "0 1 2" [OUT_DIR]
+#   scripts/calibration_crossfit.sh OOF.csv|OOF_DIR "0 1 2" [OUT_DIR]
 #
+# OOF_DIR: a `cv run` output folder (its oof-fold-*.csv files are put together first).
 # The model file only carries the spec (the logits are the file's; its graph never runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,11 @@ OUT=${3:-/tmp/leukoedge-crossfit}
 MODEL=${MODEL:-leukoedge/models/default.onnx}
 LE=${LEUKOEDGE:-.venv/bin/leukoedge}
 mkdir -p "$OUT"
+if [ -d "$OOF" ]; then
+  files=("$OOF"/oof-fold-*.csv)
+  { head -n 1 "${files[0]}"; for f in "${files[@]}"; do tail -n +2 "$f"; done; } > "$OUT/oof.csv"
+  OOF="$OUT/oof.csv"
+fi
 run() { echo "+ $*" >&2; "$@"; }
 echo "| test fold | calibration folds | T | ECE before | ECE after | Brier before | Brier after | log-loss before | log-loss after | sens95: sensitivity [95% CI] | specificity [95% CI] |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
