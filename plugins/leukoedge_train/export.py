@@ -229,7 +229,7 @@ def _check_options(precision: str, exporter: str, opset: int) -> None:
         raise UsageError(f"--exporter {exporter!r} is unknown",
                          f"choose {' or '.join(EXPORTERS)}")
     if not 7 <= opset <= 23:
-        raise UsageError(f"--opset {opset} is out of range", f"use 17..21; default {ONNX_OPSET}")
+        raise UsageError(f"--opset {opset} is out of range", f"use 7..23; default {ONNX_OPSET}")
 
 
 def _output_path(ckpt_path: Path, out: Path | None, overwrite: bool) -> Path:
