@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import DataError, ImageError, OutputExistsError, UsageError
+from .errors import ImageError, OutputExistsError, UsageError
 from .output import atomic_path, escape_path
 from .preprocess import open_image, to_rgb
 
@@ -147,11 +147,7 @@ class OverlayWriter:
             img = render(path, cam, self.crop_fraction)
         except ImageError:
             return None
-        try:
-            with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
-                img.save(fh, format="PNG")
-        except DataError as exc:  # "cannot write PATH: why", named a heatmap here
-            raise DataError("cannot write heatmap " + exc.message.removeprefix("cannot write "),
-                            "free some space or choose another --cam folder, then rerun "
-                            "with --resume") from exc
+        with atomic_path(dest, "heatmap", "free some space or choose another --cam folder, "
+                         "then rerun with --resume") as tmp, open(tmp, "wb") as fh:
+            img.save(fh, format="PNG")
         return escape_path(dest)

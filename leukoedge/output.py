@@ -309,19 +309,21 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (see :func:`atomic_write_text`)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+def atomic_write_bytes(path: Path, data: bytes, hint: str | None = None) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write_text`); ``hint``
+    goes with the :class:`DataError` of a failed write."""
+    with atomic_path(path, hint=hint) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
 
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, what: str = "", hint: str | None = None) -> Iterator[Path]:
     """The one atomic write of leukoedge: yields a temporary path in ``path``'s folder for
     the caller to write (with ``open``, ``torch.save``, ``onnx.save``, ``Image.save``...);
     on a normal exit it is fsynced and renamed onto ``path``, so readers see the old file or
     the new one, never half. On any exception the temporary file is removed and nothing
-    changes at ``path``; an ``OSError`` becomes a :class:`DataError` naming ``path``.
+    changes at ``path``; an ``OSError`` becomes a :class:`DataError` naming ``path``
+    ("cannot write [what ]PATH: why", with ``hint``).
     """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -331,7 +333,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        raise DataError(f"cannot write {escape_path(path)}: {_why(exc)}") from exc
+        named = f"{what} {escape_path(path)}" if what else escape_path(path)
+        raise DataError(f"cannot write {named}: {_why(exc)}", hint) from exc
     finally:
         try:
             tmp.unlink()

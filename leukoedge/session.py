@@ -105,7 +105,6 @@ def provider_load_problem(ort: ModuleType, provider: str) -> str | None:
     return None
 
 
-
 def probe_provider(ort: ModuleType, provider: str) -> str | None:
     """Create a tiny session on ``provider``; None when it really runs there, else why not
     (a library that loads proves nothing without a usable device and driver)."""
@@ -139,6 +138,7 @@ def provider_status(ort: ModuleType) -> dict[str, str]:
             problem = probe_provider(ort, p)
         status[p] = "ok" if problem is None else problem
     return status
+
 
 @dataclass
 class SessionConfig:

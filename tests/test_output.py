@@ -177,3 +177,19 @@ def test_first_line_one_line_one_limit():
     assert first_line(ValueError("\n  disk   full \nsecond")) == "disk full"
     long = first_line(ValueError("x" * 1000))
     assert len(long) == REASON_LIMIT and long.endswith("...")
+
+
+def test_atomic_path_names_what_failed_and_gives_the_hint(tmp_path):
+    from leukoedge.errors import DataError
+    from leukoedge.output import atomic_path, atomic_write_bytes
+
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"x")  # a file where a folder should be
+    with pytest.raises(DataError) as e, atomic_path(blocker / "m.png", "heatmap", "do X"):
+        pass
+    assert e.value.message.startswith(f"cannot write heatmap {blocker / 'm.png'}: ")
+    assert e.value.hint == "do X"
+    with pytest.raises(DataError) as e:
+        atomic_write_bytes(blocker / "p.parquet", b"", "do Y")
+    assert e.value.message.startswith(f"cannot write {blocker / 'p.parquet'}: ")
+    assert e.value.hint == "do Y"

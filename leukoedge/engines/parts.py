@@ -116,10 +116,8 @@ class PartWriter:
         final = self.path / f"part-{self._next:05d}.parquet"
         sink = pa.BufferOutputStream()  # a part is at most part_rows rows: a few MB
         self.pq.write_table(table, sink)
-        try:
-            atomic_write_bytes(final, sink.getvalue().to_pybytes())
-        except DataError as exc:
-            raise DataError(exc.message, "free some space, then rerun with --resume") from exc
+        atomic_write_bytes(final, sink.getvalue().to_pybytes(),
+                           "free some space, then rerun with --resume")
         self._next += 1
 
     def close(self) -> None:

@@ -29,8 +29,7 @@ def _batch(spec: ModelSpec, files: Sequence[Path], n: int) -> np.ndarray:
     the readable ones among the first ``n`` files, cycled; noise when there is none);
     unreadable files are left out and counted on stderr."""
     x, skipped = sample_batch(spec, files, n)
-    note_skipped([(i, why) for i, (_, why) in enumerate(skipped)], min(len(files), n),
-                 "files for PyTorch eager")
+    note_skipped(skipped, min(len(files), n), "files for PyTorch eager")
     return x
 
 

@@ -154,9 +154,10 @@ def load_images(items: Sequence[Item], size: int, crop_fraction: float = 1.0,
                   [(items[i], why) for i, why in dec.skipped])
 
 
-def note_skipped(skipped: Sequence[tuple[int, str]], total: int, what: str) -> None:
+def note_skipped(skipped: Sequence[tuple[object, str]], total: int, what: str) -> None:
     """One line on stderr when files were left out of ``what`` because they cannot be
-    read (:attr:`leukoedge.preprocess.Decoded.skipped`): how many, and the first reason."""
+    read (each (index or path, why), as :attr:`leukoedge.preprocess.Decoded.skipped`):
+    how many, and the first reason."""
     if skipped:
         from leukoedge.console import note
 
