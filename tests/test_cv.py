@@ -142,6 +142,40 @@ def test_recipes_fill_only_unset_settings() -> None:
     assert all(r.selection in ("last", "inner") for r in RECIPES.values())
 
 
+def test_patient_weights_even_out_patients_within_each_class() -> None:
+    from leukoedge_train.train import patient_weights
+
+    items = [Item(Path(f"a{i}"), 1, "A") for i in range(16)] + [Item(Path("b"), 1, "B")] \
+        + [Item(Path(f"h{i}"), 0, "H") for i in range(4)] + [Item(Path("g"), 0, "G")]
+    assert patient_weights(items, 0.0) is None  # off: the plain loss
+    for alpha in (0.5, 1.0):
+        w = patient_weights(items, alpha)
+        assert w is not None and len(w) == len(items)
+        # the class balance is untouched: each class keeps a mean weight of 1
+        assert w[:17].mean().item() == pytest.approx(1.0)
+        assert w[17:].mean().item() == pytest.approx(1.0)
+        # a patient's share of its class: 16 / 1 cells at alpha 0, 4 / 1 at 0.5, 1 / 1 at 1
+        assert w[:16].sum().item() / w[16].item() == pytest.approx(16 ** (1 - alpha))
+    assert apply_recipe(TrainConfig(arch="scratch", data=Path("x")),
+                        "gap-balanced").patient_balance == 0.5
+    with pytest.raises(UsageError, match="--patient-balance"):
+        TrainConfig(arch="scratch", data=Path("x"), patient_balance=1.5).resolved()
+
+
+def test_patient_weights_change_the_loss() -> None:
+    """The weighted loss is the plain one when every weight is 1, and moves when not."""
+    from leukoedge_train.train import build_optimisation
+
+    y = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    cfg = TrainConfig(arch="scratch", data=Path("x")).resolved()
+    opt = build_optimisation(cfg, torch.nn.Linear(1, 1), y, torch.device("cpu"))
+    logits = torch.tensor([2.0, -1.0, 0.5, -3.0])
+    plain = opt.criterion(logits, y)
+    assert (opt.per_cell(logits, y) * torch.ones(4)).mean().item() == pytest.approx(plain.item())
+    tilted = (opt.per_cell(logits, y) * torch.tensor([0.2, 1.8, 1.0, 1.0])).mean()
+    assert tilted.item() > plain.item()  # the badly called ALL cell now counts more
+
+
 def test_greyworld_removes_stain_gain_and_keeps_background() -> None:
     rng = np.random.default_rng(1)
     img = np.zeros((1, 3, 16, 16), np.float32)

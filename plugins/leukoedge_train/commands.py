@@ -149,6 +149,10 @@ def train(
         "--gamma-jitter", min=0.0, max=2.0, help="Per-channel gamma augmentation, "
         "exp(+-x) "
         f"\\[default: {default_text('gamma_jitter')}].", show_default=False)] = None,
+    patient_balance: Annotated[float | None, typer.Option(
+        "--patient-balance", min=0.0, max=1.0, help="Loss weight of a cell = (its "
+        "patient's training cells)^-x, per class: 1 = every patient weighs the same "
+        f"\\[default: {default_text('patient_balance')}].", show_default=False)] = None,
 ) -> int:
     """Train a model on labelled cells; checkpoints, history and curves go to --out."""
     from leukoedge.plugins import require_torch
@@ -169,7 +173,7 @@ def train(
         patience=patience, device=device, amp=amp, weights=weights, head_epochs=head_epochs,
         unfreeze=unfreeze, workers=workers, threads=threads, crop_fraction=crop, width=width,
         head=head, colour_norm=colour_norm, stain_jitter=stain_jitter,
-        gamma_jitter=gamma_jitter)
+        gamma_jitter=gamma_jitter, patient_balance=patient_balance)
     if recipe is not None:
         from .recipes import apply_recipe
 

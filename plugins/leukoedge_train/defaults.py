@@ -43,6 +43,7 @@ class ArchDefaults:
     colour_norm: str = "none"
     stain_jitter: float = 0.1
     gamma_jitter: float = 0.0
+    patient_balance: float = 0.0
     head_epochs_pretrained: int = 0
     unfreeze_pretrained: str = "all"
     finetune_lr_divisor: int = 10

@@ -75,6 +75,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            {"input_size": 96, "crop_fraction": 0.75, "epochs": 16, "patience": 0,
             "stain_jitter": 0.25, "gamma_jitter": 0.3, "colour_norm": "greyworld",
             "width": 0.5, "head": "gap"}),
+    Recipe("gap-balanced", "scratch",
+           "gap + per-patient loss weights (a cell weighs (its patient's cells)^-0.5 "
+           "within its class, so a few large patients dominate less)",
+           {"input_size": 96, "crop_fraction": 0.75, "epochs": 16, "patience": 0,
+            "stain_jitter": 0.25, "gamma_jitter": 0.3, "colour_norm": "greyworld",
+            "width": 0.5, "head": "gap", "patient_balance": 0.5}),
     Recipe("resnet50-random", "resnet50",
            "ResNet50 from random weights (ImageNet weights cannot be had here) at 96 px "
            "on the central 75%, 10 fixed epochs",

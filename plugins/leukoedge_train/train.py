@@ -21,7 +21,8 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -105,6 +106,7 @@ class TrainConfig:
     colour_norm: str | None = None
     stain_jitter: float | None = None
     gamma_jitter: float | None = None
+    patient_balance: float | None = None
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` replaced by the architecture's default (the table in
@@ -144,6 +146,8 @@ class TrainConfig:
                  "only the head is trained")
         if not 0.0 <= (self.dropout or 0.0) < 1.0:
             raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= (self.patient_balance or 0.0) <= 1.0:
+            raise UsageError(f"--patient-balance must be in 0..1, got {self.patient_balance}")
 
     def to_json_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -292,12 +296,14 @@ Skipped = tuple[str, Item, str]
 
 @dataclass
 class Cells:
-    """The decoded cells as tensors: uint8 ``[N, S, S, 3]`` images, float 0/1 labels."""
+    """The decoded cells as tensors: uint8 ``[N, S, S, 3]`` images, float 0/1 labels, and
+    the training cells' loss weights (``None``: all equal; see :func:`patient_weights`)."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
+    w_train: torch.Tensor | None = None
 
 
 @dataclass
@@ -305,6 +311,7 @@ class Optimisation:
     """The loss, the optimiser and mixed precision of a run."""
 
     criterion: nn.BCEWithLogitsLoss
+    per_cell: nn.BCEWithLogitsLoss  # the same loss, unreduced (for per-cell weights)
     pos_weight: float
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -483,8 +490,28 @@ def load_data(c: TrainConfig, split: Split,
          f"{len(d['val_patients'])} patients), split by {split.method}")
     cells = Cells(y_train=torch.from_numpy(labels_of(split.train)),
                   y_val=torch.from_numpy(labels_of(split.val)),
-                  x_train=torch.from_numpy(x_train), x_val=torch.from_numpy(x_val))
+                  x_train=torch.from_numpy(x_train), x_val=torch.from_numpy(x_val),
+                  w_train=patient_weights(split.train, c.patient_balance or 0.0))
     return split, cells, skipped
+
+
+def patient_weights(items: Sequence[Item], alpha: float) -> torch.Tensor | None:
+    """Per-cell loss weights that shrink the share of patients with many cells.
+
+    A cell of a patient with ``n`` training cells weighs ``n ** -alpha``, rescaled within
+    each class to a mean of 1, so the class balance (``pos_weight``) is unchanged: at
+    ``alpha = 1`` every patient of a class weighs the same in the loss, at 0 every cell
+    (``None``: the plain loss). Cells without a patient id count as one patient per class.
+    """
+    if alpha <= 0.0:
+        return None
+    counts = Counter((it.label, it.patient) for it in items)
+    w = np.array([counts[(it.label, it.patient)] ** -alpha for it in items],
+                 dtype=np.float64)
+    labels = np.array([it.label for it in items])
+    for label in np.unique(labels):
+        w[labels == label] /= w[labels == label].mean()
+    return torch.from_numpy(w.astype(np.float32))
 
 
 def build_optimisation(c: TrainConfig, model: nn.Module, y_train: torch.Tensor,
@@ -501,6 +528,7 @@ def build_optimisation(c: TrainConfig, model: nn.Module, y_train: torch.Tensor,
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     return Optimisation(nn.BCEWithLogitsLoss(pos_weight=pos_weight),
+                        nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none"),
                         float(pos_weight.item()), optimizer, scaler, use_amp, amp_dtype)
 
 
@@ -548,15 +576,19 @@ def write_run_files(run: Run, weights_source: str, skipped: list[Skipped],
 # -- one epoch -----------------------------------------------------------------------------
 
 def train_step(run: Run, xb: torch.Tensor, yb: torch.Tensor, lr: float,
-               epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser step at ``lr`` on a batch already on the device; (loss, logits)."""
+               epoch: int, wb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step at ``lr`` on a batch already on the device; (loss, logits).
+    ``wb``: the batch's per-cell loss weights (:func:`patient_weights`), if any."""
     opt = run.opt
     for g in opt.optimizer.param_groups:
         g["lr"] = lr
     opt.optimizer.zero_grad(set_to_none=True)
     with torch.autocast(run.device.type, dtype=opt.amp_dtype, enabled=opt.use_amp):
         logits = run.model(xb)
-    loss = opt.criterion(logits.float(), yb)
+    if wb is None:
+        loss = opt.criterion(logits.float(), yb)
+    else:
+        loss = (opt.per_cell(logits.float(), yb) * wb).mean()
     if not torch.isfinite(loss):
         raise TrainingError(f"the loss became {loss.item()} at epoch {epoch}", "lower --lr")
     opt.scaler.scale(loss).backward()
@@ -595,7 +627,8 @@ def train_one_epoch(run: Run, stage: Stage, epoch: int,
             yb = y[idx].to(run.device)
             stats.lr = lr_at((epoch - stage.first) * steps + b, total_stage, stage.lr, warm,
                              c.schedule or "cosine")
-            loss, logits = train_step(run, xb, yb, stats.lr, epoch)
+            wb = None if run.cells.w_train is None else run.cells.w_train[idx].to(run.device)
+            loss, logits = train_step(run, xb, yb, stats.lr, epoch, wb)
             stats.add(loss, logits, yb)
             bar.update(task, advance=1,
                        stats=f"loss {stats.loss_sum / stats.seen:.4f} "
