@@ -164,15 +164,16 @@ def test_patient_weights_even_out_patients_within_each_class() -> None:
 
 def test_patient_weights_change_the_loss() -> None:
     """The weighted loss is the plain one when every weight is 1, and moves when not."""
-    from leukoedge_train.train import build_optimisation
+    from leukoedge_train.train import build_optimisation, training_loss
 
     y = torch.tensor([1.0, 1.0, 0.0, 0.0])
     cfg = TrainConfig(arch="scratch", data=Path("x")).resolved()
     opt = build_optimisation(cfg, torch.nn.Linear(1, 1), y, torch.device("cpu"))
     logits = torch.tensor([2.0, -1.0, 0.5, -3.0])
     plain = opt.criterion(logits, y)
-    assert (opt.per_cell(logits, y) * torch.ones(4)).mean().item() == pytest.approx(plain.item())
-    tilted = (opt.per_cell(logits, y) * torch.tensor([0.2, 1.8, 1.0, 1.0])).mean()
+    assert training_loss(opt, logits, y).item() == plain.item()  # no weights: the same loss
+    assert training_loss(opt, logits, y, torch.ones(4)).item() == pytest.approx(plain.item())
+    tilted = training_loss(opt, logits, y, torch.tensor([0.2, 1.8, 1.0, 1.0]))
     assert tilted.item() > plain.item()  # the badly called ALL cell now counts more
 
 

@@ -241,6 +241,12 @@ class OOF:
     logits: np.ndarray
 
 
+def oof_files(src: Path) -> list[Path]:
+    """The out-of-fold files ``src`` stands for: ``src`` itself if it is a file, else the
+    ``oof-fold-*.csv`` of a ``cv run`` folder, in fold order (none if there are none)."""
+    return [src] if src.is_file() else sorted(src.glob("oof-fold-*.csv"))
+
+
 def read_oof(files: Sequence[Path]) -> OOF:
     paths, patients, labels, folds, logits = [], [], [], [], []
     for f in files:
@@ -256,7 +262,7 @@ def read_oof(files: Sequence[Path]) -> OOF:
     return OOF(paths, patients, np.array(labels), np.array(folds), np.array(logits))
 
 
-def _headline(y: np.ndarray, z: np.ndarray, threshold: float = 0.0) -> dict[str, Any]:
+def headline(y: np.ndarray, z: np.ndarray, threshold: float = 0.0) -> dict[str, Any]:
     m = metrics(y.tolist(), (z >= threshold).astype(int).tolist(),
                 (1.0 / (1.0 + np.exp(-z))).tolist())
     return {k: m[k] for k in HEADLINE} | {"cells": int(len(y))}
@@ -264,11 +270,11 @@ def _headline(y: np.ndarray, z: np.ndarray, threshold: float = 0.0) -> dict[str,
 
 def report(oof: OOF) -> dict[str, Any]:
     """Pooled, per-fold (mean and spread) and per-patient figures at logit 0."""
-    pooled = _headline(oof.labels, oof.logits)
+    pooled = headline(oof.labels, oof.logits)
     per_fold = []
     for f in sorted(set(oof.folds.tolist())):
         sel = oof.folds == f
-        per_fold.append({"fold": int(f)} | _headline(oof.labels[sel], oof.logits[sel]))
+        per_fold.append({"fold": int(f)} | headline(oof.labels[sel], oof.logits[sel]))
     spread = {}
     for k in HEADLINE:
         vals = [r[k] for r in per_fold if r[k] is not None]
@@ -327,7 +333,7 @@ def markdown(rep: dict[str, Any], title: str) -> str:
 
 
 def write_report(out: Path) -> dict[str, Any]:
-    files = sorted(out.glob("oof-fold-*.csv"))
+    files = oof_files(out)
     if not files:
         raise DataError(f"{out}: no oof-fold-*.csv yet", "run 'leukoedge cv run' first")
     rep = report(read_oof(files))

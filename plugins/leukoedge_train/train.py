@@ -311,7 +311,6 @@ class Optimisation:
     """The loss, the optimiser and mixed precision of a run."""
 
     criterion: nn.BCEWithLogitsLoss
-    per_cell: nn.BCEWithLogitsLoss  # the same loss, unreduced (for per-cell weights)
     pos_weight: float
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -528,7 +527,6 @@ def build_optimisation(c: TrainConfig, model: nn.Module, y_train: torch.Tensor,
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     return Optimisation(nn.BCEWithLogitsLoss(pos_weight=pos_weight),
-                        nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none"),
                         float(pos_weight.item()), optimizer, scaler, use_amp, amp_dtype)
 
 
@@ -575,6 +573,16 @@ def write_run_files(run: Run, weights_source: str, skipped: list[Skipped],
 
 # -- one epoch -----------------------------------------------------------------------------
 
+def training_loss(opt: Optimisation, logits: torch.Tensor, y: torch.Tensor,
+                  w: torch.Tensor | None = None) -> torch.Tensor:
+    """The run's class-weighted BCE, each cell's term times its weight in ``w`` (if given)
+    before the mean: with ``w`` None it is ``opt.criterion`` exactly."""
+    bce = nn.functional.binary_cross_entropy_with_logits
+    if w is None:
+        return bce(logits, y, pos_weight=opt.criterion.pos_weight)
+    return (bce(logits, y, pos_weight=opt.criterion.pos_weight, reduction="none") * w).mean()
+
+
 def train_step(run: Run, xb: torch.Tensor, yb: torch.Tensor, lr: float,
                epoch: int, wb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step at ``lr`` on a batch already on the device; (loss, logits).
@@ -585,13 +593,10 @@ def train_step(run: Run, xb: torch.Tensor, yb: torch.Tensor, lr: float,
     opt.optimizer.zero_grad(set_to_none=True)
     with torch.autocast(run.device.type, dtype=opt.amp_dtype, enabled=opt.use_amp):
         logits = run.model(xb)
-    if wb is None:
-        loss = opt.criterion(logits.float(), yb)
-    else:
-        loss = (opt.per_cell(logits.float(), yb) * wb).mean()
+    loss = training_loss(opt, logits.float(), yb, wb)
     if not torch.isfinite(loss):
         raise TrainingError(f"the loss became {loss.item()} at epoch {epoch}", "lower --lr")
-    opt.scaler.scale(loss).backward()
+    torch.autograd.backward(opt.scaler.scale(loss))  # = .backward(), which is untyped
     opt.scaler.step(opt.optimizer)
     opt.scaler.update()
     return loss, logits
