@@ -4,7 +4,9 @@ resampled patient brings its cells' predictions from both recipes).
 
     python scripts/oof_compare.py A.csv|A_DIR B.csv|B_DIR [--resamples 2000] [--seed 0]
 
-A ``cv run`` output folder stands for its ``oof-fold-*.csv`` files put together. Only the
+A ``cv run`` output folder stands for its ``oof-fold-*.csv`` files put together; ``X+Y``
+(two or more sources joined by ``+``) stands for the ensemble that averages their logits
+(``cv.mean_oof``: still out-of-fold when X and Y were run on the same folds). Only the
 cells both sides predicted are compared. Figures are those of ``leukoedge cv report``
 (threshold logit 0, as in every figure of docs/accuracy.md). The resampling draws the
 patients with replacement, unstratified; a resample without both classes is skipped.
@@ -17,21 +19,28 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from leukoedge_train.cv import HEADLINE, OOF, headline, oof_files, read_oof
+from leukoedge.errors import DataError
+from leukoedge_train.cv import HEADLINE, OOF, headline, mean_oof, oof_files, read_oof
 
 
-def read(src: Path) -> OOF:
-    files = oof_files(src)
-    if not files:
-        raise SystemExit(f"error: {src}: no out-of-fold predictions (a CSV file or a "
-                         "'cv run' folder)")
-    return read_oof(files)
+def read(src: str) -> OOF:
+    members = []
+    for part in src.split("+"):
+        files = oof_files(Path(part))
+        if not files:
+            raise SystemExit(f"error: {part}: no out-of-fold predictions (a CSV file or a "
+                             "'cv run' folder)")
+        members.append(read_oof(files))
+    try:
+        return mean_oof(members) if len(members) > 1 else members[0]
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("a", type=Path)
-    ap.add_argument("b", type=Path)
+    ap.add_argument("a")
+    ap.add_argument("b")
     ap.add_argument("--resamples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

@@ -92,6 +92,22 @@ def test_report_pooled_and_per_patient() -> None:
     assert "| pooled | 100 |" in md and "| UID_H1 | hem |" in md
 
 
+def test_mean_oof_averages_shared_cells_and_refuses_other_folds() -> None:
+    a = cv.OOF(["x", "y", "z"], ["P1", "P1", "P2"], np.array([1, 1, 0]), np.array([0, 0, 1]),
+               np.array([2.0, -1.0, 0.5]))
+    b = cv.OOF(["z", "x"], ["P2", "P1"], np.array([0, 1]), np.array([1, 0]),
+               np.array([-1.5, 0.0]))
+    m = cv.mean_oof([a, b])
+    assert m.paths == ["x", "z"] and m.patients == ["P1", "P2"]
+    assert m.logits.tolist() == [1.0, -0.5]
+    assert m.labels.tolist() == [1, 0] and m.folds.tolist() == [0, 1]
+    moved = cv.OOF(["x"], ["P1"], np.array([1]), np.array([3]), np.array([0.0]))
+    with pytest.raises(DataError, match="x: fold or label differs"):
+        cv.mean_oof([a, moved])
+    with pytest.raises(DataError, match="share no cell"):
+        cv.mean_oof([a, cv.OOF(["w"], ["P9"], np.array([0]), np.array([0]), np.array([0.0]))])
+
+
 def test_cv_run_trains_each_fold_on_other_patients(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     data = write_dataset(tmp_path / "d", patients=8, cells=6, size=48, seed=5)

@@ -262,6 +262,29 @@ def read_oof(files: Sequence[Path]) -> OOF:
     return OOF(paths, patients, np.array(labels), np.array(folds), np.array(logits))
 
 
+def mean_oof(members: Sequence[OOF]) -> OOF:
+    """An ensemble's out-of-fold predictions from its members': the mean logit of every
+    cell that all members predicted (in the first member's order). Each member's model
+    never saw the cell's patient, so neither does the ensemble, provided the members
+    used the same folds: a cell whose fold or label differs between members is refused."""
+    first = members[0]
+    index = [{p: i for i, p in enumerate(m.paths)} for m in members]
+    keep = [i for i, p in enumerate(first.paths) if all(p in ix for ix in index[1:])]
+    if not keep:
+        raise DataError("the out-of-fold predictions to average share no cell")
+    rows = [np.array([ix[first.paths[i]] for i in keep]) for ix in index]
+    for m, r in zip(members[1:], rows[1:]):
+        bad = np.flatnonzero((m.folds[r] != first.folds[keep])
+                             | (m.labels[r] != first.labels[keep]))
+        if len(bad):
+            raise DataError(f"{first.paths[keep[bad[0]]]}: fold or label differs between "
+                            "the out-of-fold files to average",
+                            "average only runs made on the same folds file")
+    return OOF([first.paths[i] for i in keep], [first.patients[i] for i in keep],
+               first.labels[keep], first.folds[keep],
+               np.mean([m.logits[r] for m, r in zip(members, rows)], axis=0))
+
+
 def headline(y: np.ndarray, z: np.ndarray, threshold: float = 0.0) -> dict[str, Any]:
     m = metrics(y.tolist(), (z >= threshold).astype(int).tolist(),
                 (1.0 / (1.0 + np.exp(-z))).tolist())
