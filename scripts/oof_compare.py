@@ -9,7 +9,9 @@ A ``cv run`` output folder stands for its ``oof-fold-*.csv`` files put together;
 (``cv.mean_oof``: still out-of-fold when X and Y were run on the same folds). Only the
 cells both sides predicted are compared. Figures are those of ``leukoedge cv report``
 (threshold logit 0, as in every figure of docs/accuracy.md). The resampling draws the
-patients with replacement, unstratified; a resample without both classes is skipped.
+patients with replacement, stratified by class (ALL patients from the ALL patients, HEM from
+HEM, as many as there are: every resample keeps the class mix of patients), as
+``leukoedge evaluate``'s intervals do.
 Used for the baseline comparison there.
 """
 
@@ -19,8 +21,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from leukoedge.errors import DataError
 from leukoedge_train.cv import HEADLINE, OOF, headline, mean_oof, oof_files, read_oof
+
+from leukoedge.errors import DataError
 
 
 def read(src: str) -> OOF:
@@ -69,12 +72,14 @@ def main() -> None:
         a, b = headline(y[s], za[s])["weighted_f1"], headline(y[s], zb[s])["weighted_f1"]
         print(f"  fold {k}: {a:.3f} {b:.3f} {b - a:+.3f}")
     rng = np.random.default_rng(args.seed)
-    groups = [np.flatnonzero(patient == p) for p in sorted(set(patient.tolist()))]
+    by_class: dict[bool, list[np.ndarray]] = {True: [], False: []}
+    for p in sorted(set(patient.tolist())):
+        cells = np.flatnonzero(patient == p)
+        by_class[bool(y[cells].mean() > 0.5)].append(cells)
     diffs = []
     for _ in range(args.resamples):
-        idx = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
-        if len(set(y[idx].tolist())) < 2:
-            continue
+        idx = np.concatenate([g[i] for g in by_class.values() if g
+                              for i in rng.integers(0, len(g), len(g))])
         diffs.append(headline(y[idx], zb[idx])["weighted_f1"]
                      - headline(y[idx], za[idx])["weighted_f1"])
     if diffs:
