@@ -7,7 +7,8 @@ resampled patient brings its cells' predictions from both recipes).
 A ``cv run`` output folder stands for its ``oof-fold-*.csv`` files put together; ``X+Y``
 (two or more sources joined by ``+``) stands for the ensemble that averages their logits
 (``cv.mean_oof``: still out-of-fold when X and Y were run on the same folds). Only the
-cells both sides predicted are compared. Figures are those of ``leukoedge cv report``
+cells both sides predicted are compared (``cv.align_oof``, which refuses runs whose folds
+or labels of a cell differ). Figures are those of ``leukoedge cv report``
 (threshold logit 0, as in every figure of docs/accuracy.md). The resampling draws the
 patients with replacement, stratified by class (ALL patients from the ALL patients, HEM from
 HEM, as many as there are: every resample keeps the class mix of patients), as
@@ -21,7 +22,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from leukoedge_train.cv import HEADLINE, OOF, headline, mean_oof, oof_files, read_oof
+from leukoedge_train.cv import HEADLINE, OOF, align_oof, headline, mean_oof, oof_files, read_oof
 
 from leukoedge.errors import DataError
 
@@ -47,17 +48,13 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    ra, rb = read(args.a), read(args.b)
-    ia = {p: i for i, p in enumerate(ra.paths)}
-    ib = {p: i for i, p in enumerate(rb.paths)}
-    paths = sorted(set(ia) & set(ib))
-    if not paths:
-        raise SystemExit(f"error: {args.a} and {args.b} share no cell")
-    sa = np.array([ia[p] for p in paths])
-    sb = np.array([ib[p] for p in paths])
-    y, fold, za, zb = ra.labels[sa], ra.folds[sa], ra.logits[sa], rb.logits[sb]
-    patient = np.array(ra.patients)[sa]
-    print(f"{len(paths)} cells, {len(set(patient))} patients, "
+    try:
+        ra, rb = align_oof([read(args.a), read(args.b)])
+    except DataError as e:
+        raise SystemExit(f"error: {args.a} and {args.b}: {e}") from None
+    y, fold, za, zb = ra.labels, ra.folds, ra.logits, rb.logits
+    patient = np.array(ra.patients)
+    print(f"{len(y)} cells, {len(set(patient))} patients, "
           f"folds {', '.join(str(k) for k in sorted(set(fold.tolist())))}")
     print("| | " + " | ".join(HEADLINE) + " |")
     print("|---|" + "---|" * len(HEADLINE))

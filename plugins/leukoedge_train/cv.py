@@ -262,27 +262,35 @@ def read_oof(files: Sequence[Path]) -> OOF:
     return OOF(paths, patients, np.array(labels), np.array(folds), np.array(logits))
 
 
-def mean_oof(members: Sequence[OOF]) -> OOF:
-    """An ensemble's out-of-fold predictions from its members': the mean logit of every
-    cell that all members predicted (in the first member's order). Each member's model
-    never saw the cell's patient, so neither does the ensemble, provided the members
+def align_oof(members: Sequence[OOF]) -> list[OOF]:
+    """Each member cut down to the cells every member predicted, in the first member's
+    order, so that row ``i`` is the same cell in all. Runs compared or averaged must have
     used the same folds: a cell whose fold or label differs between members is refused."""
     first = members[0]
     index = [{p: i for i, p in enumerate(m.paths)} for m in members]
-    keep = [i for i, p in enumerate(first.paths) if all(p in ix for ix in index[1:])]
-    if not keep:
-        raise DataError("the out-of-fold predictions to average share no cell")
-    rows = [np.array([ix[first.paths[i]] for i in keep]) for ix in index]
-    for m, r in zip(members[1:], rows[1:]):
+    keep = np.array([i for i, p in enumerate(first.paths)
+                     if all(p in ix for ix in index[1:])], dtype=np.int64)
+    if not len(keep):
+        raise DataError("the out-of-fold predictions share no cell")
+    out = []
+    for m, ix in zip(members, index):
+        r = np.array([ix[first.paths[i]] for i in keep], dtype=np.int64)
         bad = np.flatnonzero((m.folds[r] != first.folds[keep])
                              | (m.labels[r] != first.labels[keep]))
         if len(bad):
             raise DataError(f"{first.paths[keep[bad[0]]]}: fold or label differs between "
-                            "the out-of-fold files to average",
-                            "average only runs made on the same folds file")
-    return OOF([first.paths[i] for i in keep], [first.patients[i] for i in keep],
-               first.labels[keep], first.folds[keep],
-               np.mean([m.logits[r] for m, r in zip(members, rows)], axis=0))
+                            "the out-of-fold files", "use only runs made on the same folds file")
+        out.append(OOF([m.paths[j] for j in r], [m.patients[j] for j in r], m.labels[r],
+                       m.folds[r], m.logits[r]))
+    return out
+
+
+def mean_oof(members: Sequence[OOF]) -> OOF:
+    """An ensemble's out-of-fold predictions from its members': the mean logit of every
+    cell that all members predicted (:func:`align_oof`). Each member's model never saw the
+    cell's patient, so neither does the ensemble."""
+    aligned = align_oof(members)
+    return replace(aligned[0], logits=np.mean([m.logits for m in aligned], axis=0))
 
 
 def headline(y: np.ndarray, z: np.ndarray, threshold: float = 0.0) -> dict[str, Any]:
