@@ -62,6 +62,9 @@ DEFAULTS: dict[str, ArchDefaults] = {
     "scratch": _SCRATCH,
     "resnet50": replace(_SCRATCH, input_size=224, epochs=12, weights="imagenet",
                         head_epochs_pretrained=2, unfreeze_pretrained="layer3"),
+    # EfficientNet-Lite0 from ImageNet weights, fine-tuned end to end (docs/accuracy.md)
+    "lite0": replace(_SCRATCH, input_size=128, epochs=6, weights="imagenet", dropout=0.2,
+                     patience=0),
 }
 
 

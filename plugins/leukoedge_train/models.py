@@ -21,6 +21,8 @@ from torch import nn
 
 from leukoedge.errors import TrainingError, UsageError, first_line
 
+from . import lite0, pretrained
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -226,6 +228,9 @@ register(ArchInfo("scratch", _build_scratch, 128, (0.0, 0.0, 0.0), (1.0, 1.0, 1.
                   description="the seed's 4-block CNN with batch norm"))
 register(ArchInfo("resnet50", _build_resnet50, 224, IMAGENET_MEAN, IMAGENET_STD,
                   description="torchvision ResNet50, one-logit head"))
+register(ArchInfo("lite0", lite0.build, 128, lite0.MEAN, lite0.STD,
+                  description="EfficientNet-Lite0 (ImageNet weights from "
+                              f"{pretrained.PACKAGE}), one-logit head"))
 
 
 def known() -> list[str]:
@@ -318,9 +323,11 @@ def load_backbone_weights(model: Normalize, name: str, weights: str) -> str:
     backbone; return a one-line description of what was loaded."""
     if weights == "none":
         return "random initialisation"
+    if name == "lite0":
+        return _load_lite0(model, weights)
     if name != "resnet50":
-        raise UsageError(f"--weights {weights} is only for resnet50; scratch starts from "
-                         "random weights")
+        raise UsageError(f"--weights {weights} is for resnet50 and lite0; scratch starts "
+                         "from random weights")
     net = model.net
     if weights == "imagenet":
         w = _resnet50_imagenet()
@@ -331,12 +338,8 @@ def load_backbone_weights(model: Normalize, name: str, weights: str) -> str:
             state = _download_state_dict(w, dest)
         source = f"ImageNet ({w.name}, {dest.name})"
     else:
-        path = Path(weights)
-        if not path.is_file():
-            raise UsageError(f"--weights {weights}: no such file",
-                             "use imagenet, none, or a state-dict file")
-        state = _load_state_file(path)
-        source = str(path)
+        state = _load_state_file(_user_file(weights))
+        source = str(weights)
     state = _unwrap_state(state)
     own = net.state_dict()
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
@@ -350,6 +353,33 @@ def load_backbone_weights(model: Normalize, name: str, weights: str) -> str:
             f"{(missing + list(result.unexpected_keys))[0]})",
             "pass a torchvision resnet50 state dict")
     return source + (f"; new head ({', '.join(skipped)} not loaded)" if skipped else "")
+
+
+def _user_file(weights: str) -> Path:
+    path = Path(weights)
+    if not path.is_file():
+        raise UsageError(f"--weights {weights}: no such file",
+                         "use imagenet, none, or a state-dict file")
+    return path
+
+
+def _load_lite0(model: Normalize, weights: str) -> str:
+    """lite0: the package's pinned file (``imagenet``) or a user's file, every key but
+    ``_fc.*`` present with its shape (:func:`.pretrained.check_keys`), loaded strictly."""
+    if weights == "imagenet":
+        path = pretrained.package_file()
+        digest = pretrained.check_hash(path)
+        source = (f"ImageNet ({pretrained.PACKAGE} {pretrained.PACKAGE_VERSION}, "
+                  f"{path.name}, sha256 {digest})")
+    else:
+        path = _user_file(weights)
+        source = f"{weights} (sha256 {pretrained.sha256_of(path)})"
+    state = _unwrap_state(_load_state_file(path))
+    own = model.net.state_dict()
+    state = pretrained.check_keys(own, state, str(weights if weights != "imagenet" else path))
+    result = model.net.load_state_dict(state, strict=False)
+    assert all(k.startswith("_fc.") for k in result.missing_keys), result.missing_keys
+    return source + "; new one-logit head (_fc)"
 
 
 def _load_state_file(path: Path) -> object:
@@ -392,8 +422,11 @@ def trainable_prefixes(name: str, unfreeze: str) -> tuple[str, ...] | None:
     """Backbone module prefixes trained in the fine-tuning stage; None means all.
 
     ``layer3`` trains ``layer3``, ``layer4`` and ``fc``: Keras' "top 125 of ResNet50's 175
-    layers" starts at ``conv4_block1``, which is torchvision's ``layer3``.
+    layers" starts at ``conv4_block1``, which is torchvision's ``layer3``. lite0's stages
+    are in :func:`.lite0.trainable`.
     """
+    if name == "lite0":
+        return lite0.trainable(unfreeze)
     if name != "resnet50" or unfreeze == "all":
         return None
     if unfreeze not in UNFREEZE_CHOICES:
@@ -404,7 +437,7 @@ def trainable_prefixes(name: str, unfreeze: str) -> tuple[str, ...] | None:
 
 
 def head_prefixes(name: str) -> tuple[str, ...]:
-    return ("fc",) if name == "resnet50" else ("head",)
+    return {"resnet50": ("fc",), "lite0": ("_fc",)}.get(name, ("head",))
 
 
 def set_trainable(model: Normalize, prefixes: tuple[str, ...] | None) -> list[nn.Module]:

@@ -86,6 +86,21 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            "on the central 75%, 10 fixed epochs",
            {"input_size": 96, "crop_fraction": 0.75, "epochs": 10, "patience": 0,
             "weights": "none"}),
+    # issue #27's candidates (docs/accuracy.md, "lite0": the list was fixed before the runs)
+    Recipe("lite0", "lite0",
+           "EfficientNet-Lite0 from ImageNet weights, fine-tuned end to end at 128 px on the "
+           "whole image, 6 fixed epochs, dropout 0.2",
+           {"input_size": 128, "crop_fraction": 1.0, "epochs": 6, "patience": 0,
+            "weights": "imagenet", "dropout": 0.2, "head_epochs": 0, "unfreeze": "all"}),
+    Recipe("lite0-2stage", "lite0",
+           "lite0, but two stages: 1 epoch of the head on the frozen ImageNet network, then "
+           "5 epochs of all layers at lr/10",
+           {"input_size": 128, "crop_fraction": 1.0, "epochs": 6, "patience": 0,
+            "weights": "imagenet", "dropout": 0.2, "head_epochs": 1, "unfreeze": "all"}),
+    Recipe("lite0-160", "lite0",
+           "lite0 at 160 px", {"input_size": 160, "crop_fraction": 1.0, "epochs": 6,
+                               "patience": 0, "weights": "imagenet", "dropout": 0.2,
+                               "head_epochs": 0, "unfreeze": "all"}),
 )}
 
 

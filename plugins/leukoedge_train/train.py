@@ -42,6 +42,7 @@ from leukoedge.session import cores
 from leukoedge.spec import ModelSpec
 
 from . import checkpoint as ckpt_io
+from . import pretrained
 from .checkpoint import Checkpoint
 from .data import Loaded, Split, augment, labels_of, load_images, make_split
 from .defaults import defaults_for
@@ -134,8 +135,9 @@ class TrainConfig:
         if self.device not in DEVICES:
             raise UsageError(f"--device {self.device!r} is unknown",
                              f"choose one of {', '.join(DEVICES)}")
-        if self.arch != "resnet50" and (self.head_epochs or self.unfreeze != "all"):
-            raise UsageError("--head-epochs and --unfreeze are for resnet50")
+        if self.arch not in ("resnet50", "lite0") and (self.head_epochs
+                                                       or self.unfreeze != "all"):
+            raise UsageError("--head-epochs and --unfreeze are for resnet50 and lite0")
         if self.arch != "scratch" and (self.width != 1.0 or self.head != "flatten"):
             raise UsageError("--width and --head are for scratch")
         if not 0.05 <= (self.crop_fraction or 1.0) <= 1.0:
@@ -441,6 +443,8 @@ def model_kwargs(c: TrainConfig) -> dict[str, Any]:
         kwargs = {"dropout": float(c.dropout or 0.0), "batchnorm": bool(c.batchnorm),
                   "dense": [256, 128, 64], "width": float(c.width or 1.0),
                   "head": c.head or "flatten"}
+    elif c.arch == "lite0":
+        kwargs = {"dropout": float(c.dropout or 0.0)}
     if c.colour_norm and c.colour_norm != "none":
         kwargs["colour_norm"] = c.colour_norm
     return kwargs
@@ -462,6 +466,18 @@ def build_model(c: TrainConfig, state: Checkpoint | None,
         model.load_state_dict(state["model"])
     model.to(device)
     return model, kwargs, source
+
+
+def check_pretrained(model: Normalize, cells: Cells, source: str) -> None:
+    """The loaded network is the one its weights were trained for: each batch norm's input
+    statistics on (up to 64) real training cells are in range (:func:`.pretrained.bn_check`)."""
+    x = cells.x_train[:64].to(next(model.parameters()).device)
+    with torch.no_grad():
+        check = pretrained.bn_check(model.net, model.prepare(x))
+    pretrained.require_bn(check, source.split(" (")[0])
+    note(f"weights check: the typical one of {check.layers} batch norms sees {len(x)} training "
+         f"cells within {check.typical_ratio:.2f}x of its stored variance (limit "
+         f"{pretrained.BN_RATIO:g}x)")
 
 
 def load_data(c: TrainConfig, split: Split,
@@ -740,6 +756,8 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
     split, fp = prepare_split(c, split, run_dir, state)
     model, arch_kwargs, weights_source = build_model(c, state, device)
     split, cells, skipped = load_data(c, split, info)
+    if state is None and c.arch == "lite0" and c.weights != "none":
+        check_pretrained(model, cells, weights_source)
     opt = build_optimisation(c, model, cells.y_train, device)
     progress = restore_progress(state, opt, run_dir)
     run = Run(c, run_dir, device, info, split, fp, model, arch_kwargs, cells, opt,
