@@ -21,6 +21,7 @@ import numpy as np
 from .data import Item
 from .errors import ImageError
 from .output import Row, escape_path
+from .patient import PatientTally
 from .preprocess import preprocess_for
 from .session import Model, cores
 from .spec import ModelSpec
@@ -48,6 +49,8 @@ class RunStats:
     error_examples: list[str] = field(default_factory=list)
     #: (patient, drift score) of every classified cell that has a score
     drift: list[tuple[str | None, float]] = field(default_factory=list)
+    #: every written row, per patient (leukoedge.patient: the end-of-run patient table)
+    patients: PatientTally = field(default_factory=PatientTally)
 
     @property
     def images_per_second(self) -> float:
@@ -274,6 +277,8 @@ def tally(stats: RunStats, rows: Iterable[Row], positive: str) -> None:
             stats.positives += 1
         if row.drift is not None:
             stats.drift.append((row.patient, row.drift))
+        stats.patients.add(row.patient, None if row.error else row.label == positive,
+                           row.prob_all, row.drift)
 
 
 def classify_files(

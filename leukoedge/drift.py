@@ -321,11 +321,21 @@ class PatientDrift:
     median: float
     share_above: float  # share of cells scoring above 1.0
     flagged: bool
+    #: why a patient is not flagged whatever its score: "too few cells", "cannot flag"
+    note: str = ""
+
+
+#: what a summary says when the model that made the rows is unknown
+CANNOT_FLAG = ("the model that made these predictions is unknown (no --model and no "
+               ".meta.json beside the file): scores shown, no patient flagged")
 
 
 def per_patient(patients: Sequence[str | None], scores: Sequence[float | None],
-                flag: float = DEFAULT_PATIENT_FLAG) -> list[PatientDrift]:
-    """Median score and share above 1.0 per patient (cells without a score left out)."""
+                flag: float | None = DEFAULT_PATIENT_FLAG,
+                min_cells: int = 1) -> list[PatientDrift]:
+    """Median score and share above 1.0 per patient (cells without a score left out).
+    Flagged: median above the model's ``flag`` with at least ``min_cells`` scored cells
+    (the patient rule's minimum); ``flag`` None: the model is unknown, nobody is flagged."""
     groups: dict[str, list[float]] = {}
     for p, s in zip(patients, scores):
         if s is not None and math.isfinite(s):
@@ -334,33 +344,43 @@ def per_patient(patients: Sequence[str | None], scores: Sequence[float | None],
     for pid in sorted(groups):
         v = np.asarray(groups[pid])
         med = float(np.median(v))
-        out.append(PatientDrift(pid, len(v), med, float((v > 1.0).mean()), med > flag))
+        note = ("cannot flag" if flag is None else
+                "too few cells" if len(v) < min_cells else "")
+        out.append(PatientDrift(pid, len(v), med, float((v > 1.0).mean()),
+                                not note and flag is not None and med > flag, note))
     return out
 
 
-def flag_line(rows: Sequence[PatientDrift], flag: float) -> str:
-    """One line naming the drifted patients (or saying there are none)."""
+def flag_line(rows: Sequence[PatientDrift], flag: float | None) -> str:
+    """One line naming the drifted patients (or saying there are none, or that it cannot
+    flag)."""
     bad = [r for r in rows if r.flagged]
     if not rows:
         return "drift: no scored cells"
+    if flag is None:
+        return f"drift: {CANNOT_FLAG}"
+    few = sum(1 for r in rows if r.note == "too few cells")
+    few_text = f"; {few} with too few cells not flagged" if few else ""
     if not bad:
         return (f"drift: no patient drifted (median score <= {flag:g} for all "
-                f"{len(rows)})")
+                f"{len(rows) - few}{few_text})")
     names = ", ".join(f"{r.patient} ({r.median:.2f})" for r in bad[:10])
     more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
     return (f"drift: {len(bad)} of {len(rows)} patients do not look like the training "
-            f"cells (median score > {flag:g}): {names}{more}; do not trust their calls")
+            f"cells (median score > {flag:g}): {names}{more}; do not trust their "
+            f"calls{few_text}")
 
 
 def summary(patients: Sequence[str | None], scores: Sequence[float | None],
-            flag: float) -> dict[str, Any] | None:
+            flag: float | None, min_cells: int = 1) -> dict[str, Any] | None:
     """What classify and evaluate report: per patient, cells scored, median score, share of
-    cells above 1.0, flagged (median > ``flag``); the flagged patients; and the one line
-    that names them. None when no cell has a score."""
-    rows = per_patient(patients, scores, flag)
+    cells above 1.0, flagged (median > ``flag``, at least ``min_cells`` cells; ``flag``
+    None: the model is unknown and nobody is flagged); the flagged patients; and the one
+    line that names them. None when no cell has a score."""
+    rows = per_patient(patients, scores, flag, min_cells)
     if not rows:
         return None
-    return {"flag": flag, "patients": [asdict(r) for r in rows],
+    return {"flag": flag, "min_cells": min_cells, "patients": [asdict(r) for r in rows],
             "flagged": [r.patient for r in rows if r.flagged],
             "line": flag_line(rows, flag)}
 

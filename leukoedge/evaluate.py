@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from typing import NotRequired  # Python 3.11; only an annotation here (3.10 runs)
 
     from .classify import Prediction
+    from .patient import PatientView
     from .session import Model
     from .spec import ModelSpec
 
@@ -310,6 +311,12 @@ class Report(TypedDict):
     #: see :func:`leukoedge.drift.summary`; set by :func:`build_report` when the model has
     #: drift statistics
     drift: NotRequired[dict[str, Any] | None]
+    #: the patient's view (leukoedge.patient): one summary per patient (its COLUMNS), every
+    #: cell and error row included; the figures over patients with a truth
+    #: (:func:`leukoedge.patient.patient_metrics`); the rule and drift flag used
+    patient_calls: list[dict[str, Any]]
+    patient_metrics: dict[str, Any] | None
+    patient_rule: dict[str, Any]
 
 
 @dataclass
@@ -381,10 +388,15 @@ def patient_warnings(spec: ModelSpec, patients: Sequence[str | None],
 
 def report_of(scores: Scores, spec: ModelSpec, *, model: str, provider: str, files: int,
               error_rows: Sequence[ErrorRow], resamples: int = RESAMPLES, seed: int = SEED,
-              from_file: bool = False) -> Report:
+              from_file: bool = False, view: PatientView | None = None,
+              drift: Sequence[float | None] | None = None,
+              error_patients: Sequence[str | None] = ()) -> Report:
     """The evaluation report of scored cells: metrics, calibration, patient-bootstrap
     intervals, the per-patient table, warnings. Error rows are counted and listed, never
-    scored; cells without a label are counted as ``unlabelled``."""
+    scored; cells without a label are counted as ``unlabelled``.
+
+    The patient's view (:mod:`leukoedge.patient`) uses ``view`` (default: the spec's rule
+    and drift flag), the cells' ``drift`` scores and the patients of the error rows."""
     lab = [i for i, t in enumerate(scores.truth) if t is not None]
     y_true = [int(scores.truth[i] or 0) for i in lab]
     pred_all = scores.predicted(spec)
@@ -406,6 +418,7 @@ def report_of(scores: Scores, spec: ModelSpec, *, model: str, provider: str, fil
             cal["uncalibrated"] = calibration_metrics(y_true, raw, z)
         if resamples > 0:
             intervals = bootstrap_intervals(y_true, y_pred, prob, patients, resamples, seed)
+    part = _patient_view(scores, spec, pred_all, view, drift, error_patients)
     return {
         "model": model,
         "architecture": spec.architecture,
@@ -422,11 +435,44 @@ def report_of(scores: Scores, spec: ModelSpec, *, model: str, provider: str, fil
         "patients": [asdict(r) for r in rows],
         "patient_vote": patient_vote_metrics(rows),
         "warnings": patient_warnings(spec, patients, from_file),
+        "patient_calls": part["patient_calls"],
+        "patient_metrics": part["patient_metrics"],
+        "patient_rule": part["patient_rule"],
     }
 
 
+class _PatientPart(TypedDict):
+    patient_calls: list[dict[str, Any]]
+    patient_metrics: dict[str, Any] | None
+    patient_rule: dict[str, Any]
+
+
+def _patient_view(scores: Scores, spec: ModelSpec, pred_all: np.ndarray,
+                  view: PatientView | None, drift: Sequence[float | None] | None,
+                  error_patients: Sequence[str | None]) -> _PatientPart:
+    """The report's patient summaries (:func:`leukoedge.patient.summarize`)."""
+    from .patient import PatientView, patient_metrics, patient_truth, summarize
+    from .patient import from_spec as rule_of
+
+    if view is None:
+        from .drift import from_spec as drift_of
+
+        st = drift_of(spec)
+        view = PatientView(rule_of(spec), None if st is None else st.patient_flag)
+    n, ne = len(scores.paths), len(error_patients)
+    called: list[bool | int | None] = [int(v) for v in pred_all]
+    probs: list[float | None] = [float(v) for v in scores.probs]
+    drifts: list[float | None] = list(drift) if drift is not None else [None] * n
+    rows = summarize(list(scores.patients) + list(error_patients), called + [None] * ne,
+                     probs + [None] * ne, drifts + [None] * ne, view)
+    return {"patient_calls": [r.to_json() for r in rows],
+            "patient_metrics": patient_metrics(rows, patient_truth(scores.patients,
+                                                                   scores.truth)),
+            "patient_rule": view.to_json()}
+
+
 def build_report(preds: Sequence[Prediction], model: Model, resamples: int = RESAMPLES,
-                 seed: int = SEED) -> Report:
+                 seed: int = SEED, view: PatientView | None = None) -> Report:
     """The evaluation report of one run over labelled (and unlabelled) images.
 
     Probabilities are the spec's :meth:`~leukoedge.spec.ModelSpec.probability` of the
@@ -439,13 +485,21 @@ def build_report(preds: Sequence[Prediction], model: Model, resamples: int = RES
                        [p.row.prob_all if p.row.prob_all is not None else math.nan
                         for p in ok])
     errors = [ErrorRow(path=p.row.path, error=p.row.error) for p in preds if p.row.error]
+    if view is None:
+        from .patient import PatientView
+        from .patient import from_spec as rule_of
+
+        view = PatientView(rule_of(model.spec),
+                           None if model.drift is None else model.drift.patient_flag)
     rep = report_of(scores, model.spec, model=str(model.path), provider=model.provider,
-                    files=len(preds), error_rows=errors, resamples=resamples, seed=seed)
+                    files=len(preds), error_rows=errors, resamples=resamples, seed=seed,
+                    view=view, drift=[p.row.drift for p in ok],
+                    error_patients=[p.row.patient for p in preds if p.row.error])
     if model.drift is not None:
         from .drift import summary
 
         rep["drift"] = summary([p.row.patient for p in ok], [p.row.drift for p in ok],
-                               model.drift.patient_flag)
+                               model.drift.patient_flag, view.rule.min_cells)
     return rep
 
 

@@ -31,7 +31,7 @@ from typing import Any
 from .data import Item, fingerprint, label_of, patient_of, read_prelim_labels
 from .errors import DataError, UsageError, first_line
 from .evaluate import ErrorRow, Scores, scores_of
-from .output import escape_path, json_lines, unescape_path
+from .output import csv_plain_row, escape_path, json_lines, unescape_path
 from .spec import LABELS, ModelSpec
 
 MAX_FILE_BYTES = 1024 * 1024 * 1024
@@ -53,6 +53,8 @@ class PredictionSet:
     drift: list[float | None]
     errors: list[ErrorRow] = field(default_factory=list)
     truth_from: str = ""
+    #: the patient of each error row (its ``patient`` column, else from its file name)
+    error_patients: list[str | None] = field(default_factory=list)
 
     @property
     def files(self) -> int:
@@ -138,7 +140,7 @@ def _records(path: Path, text: str) -> tuple[list[dict[str, Any]], list[str]]:
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         cols = list(reader.fieldnames or [])
-        return [dict(r) for r in reader], cols
+        return [csv_plain_row(r) for r in reader], cols  # classify's spreadsheet-safe cells
     except csv.Error as exc:
         raise DataError(f"{escape_path(path)}: not valid CSV ({first_line(exc)})") from exc
 
@@ -202,6 +204,8 @@ def read_predictions(path: Path, labels_file: Path | None = None,
         err = r.get("error")
         if err:
             ps.errors.append(ErrorRow(path=p, error=str(err)))
+            ps.error_patients.append(str(r.get("patient") or "")
+                                     or patient_of(os.path.basename(p)))
             continue
         if truth_col is not None:
             t = _truth_value(r.get(truth_col), here)

@@ -4,7 +4,7 @@ What a person would rather look at than read: the headline figures with their 95
 patient-bootstrap intervals, probability histograms per class, the ROC curve with the
 operating point, the reliability diagram (before and after calibration when the rows carry
 logits and the spec a temperature), the confusion matrix, the per-patient table with the
-vote, and thumbnail montages of the most confident ALL, the most confident HEM, the most
+call (leukoedge.patient), and thumbnail montages of the most confident ALL, the most confident HEM, the most
 uncertain and the misclassified cells (with their heatmaps when the rows name them).
 Without labels it shows what needs none.
 
@@ -360,25 +360,46 @@ def _confusion(mt: dict[str, Any]) -> str:
 
 
 def _patients(rep: Report) -> str:
-    """The per-patient table and the patient-level vote."""
-    prow = "".join(
-        f'<tr data-patient="{_esc(r["patient"])}"><td>{_esc(r["patient"])}</td>'
-        f"<td>{_esc(r['true_label'] or '-')}</td>"
-        f"<td>{_num(f'patients.{j}.cells', r['cells'])}</td>"
-        f"<td>{_num(f'patients.{j}.predicted_all', r['predicted_all'])}</td>"
-        f"<td>{_num(f'patients.{j}.mean_prob_all', r['mean_prob_all'], 3)}</td>"
-        f"<td>{_num(f'patients.{j}.accuracy', r['accuracy'], 3)}</td>"
-        f"<td class=\"{_esc(r['vote'])}\">{_esc(r['vote'].upper())}</td></tr>"
-        for j, r in enumerate(rep["patients"]))
-    pv = rep["patient_vote"]
-    vote = ""
-    if pv:
-        vote = (f'<p>Patient-level vote (majority of cells, ties to ALL): accuracy '
-                f'{_num("patient_vote.accuracy", pv["accuracy"], 3)} over '
-                f'{_num("patient_vote.patients", pv["patients"])} patients.</p>')
+    """The per-patient summary (leukoedge.patient: the same rows as classify
+    --patients-out, evaluate and serve) with each patient's truth, and the figures over
+    patients."""
+    truth = {r["patient"]: r["true_label"] for r in rep["patients"]}
+    prow = []
+    for j, r in enumerate(rep["patient_calls"]):
+        base = f"patient_calls.{j}"
+        share = (f"{_num(base + '.share_all', r['share_all'], 3)} "
+                 f"({_num(base + '.share_all_low', r['share_all_low'], 2)}–"
+                 f"{_num(base + '.share_all_high', r['share_all_high'], 2)})")
+        t = truth.get(r["patient"])
+        prow.append(
+            f'<tr data-patient="{_esc(r["patient"])}" data-call="{_esc(r["call"])}">'
+            f"<td>{_esc(r['patient'])}</td><td>{_esc(t.upper() if t else '-')}</td>"
+            f"<td>{_num(base + '.cells', r['cells'])}</td>"
+            f"<td>{_num(base + '.errors', r['errors'])}</td>"
+            f"<td>{_num(base + '.called_all', r['called_all'])}</td><td>{share}</td>"
+            f"<td>{_num(base + '.mean_prob_all', r['mean_prob_all'], 3)}</td>"
+            f"<td>{_num(base + '.drift', r['drift'], 2)}</td>"
+            f"<td class=\"{_esc(r['call'].lower())}\">{_esc(r['call'])}</td>"
+            f"<td>{_esc(r['reason'])}</td></tr>")
+    pm = rep["patient_metrics"]
+    figs = ""
+    if pm:
+        figs = (f"<p>Over the {_num('patient_metrics.patients', pm['patients'])} patients with "
+                f"a truth: {_num('patient_metrics.called', pm['called'])} called, accuracy "
+                f"among called {_num('patient_metrics.accuracy_called', pm['accuracy_called'], 3)}"
+                f", sensitivity {_num('patient_metrics.sensitivity', pm['sensitivity'], 3)}, "
+                f"specificity {_num('patient_metrics.specificity', pm['specificity'], 3)}, no "
+                f"call {_num('patient_metrics.no_call_share', pm['no_call_share'], 3)} (a "
+                "patient with no call counts as not found).</p>")
+    from .patient import parse
+
+    rule = parse(rep["patient_rule"]["rule"])
     return ('<section id="patients"><h2>Per patient</h2><table><tr><th>patient</th>'
-            "<th>truth</th><th>cells</th><th>called ALL</th><th>mean P(ALL)</th>"
-            f"<th>accuracy</th><th>vote</th></tr>{prow}</table>{vote}</section>")
+            "<th>truth</th><th>cells</th><th>errors</th><th>called ALL</th>"
+            "<th>share ALL (95% Wilson)</th><th>mean P(ALL)</th><th>median drift</th>"
+            f"<th>call</th><th>reason</th></tr>{''.join(prow)}</table>{figs}"
+            f'<p class="dim">Patient rule: {_esc(rule.describe())} (docs/usage.md, '
+            '"Patients").</p></section>')
 
 
 def _drift(drift: dict[str, Any]) -> str:
@@ -388,12 +409,14 @@ def _drift(drift: dict[str, Any]) -> str:
         f"<td>{_num(f'drift.patients.{j}.cells', r['cells'])}</td>"
         f"<td>{_num(f'drift.patients.{j}.median', r['median'], 2)}</td>"
         f"<td>{_num(f'drift.patients.{j}.share_above', r['share_above'], 2)}</td>"
-        f"<td>{'flagged' if r['flagged'] else 'no'}</td></tr>"
+        f"<td>{'flagged' if r['flagged'] else 'no (' + _esc(r['note']) + ')' if r.get('note') else 'no'}</td></tr>"
         for j, r in enumerate(drift["patients"]))
+    flag = ("no patient is flagged: the model that made these rows is unknown" if
+            drift["flag"] is None else "a patient is flagged when its median is above "
+            f"{_num('drift.flag', drift['flag'], 3)}")
     return ('<section id="drift"><h2>Drift: do these cells look like the training cells?</h2>'
             f"<p>{_esc(drift['line'])}</p><p class=\"dim\">Score 1.0 = the 95th percentile "
-            "of the training cells' own scores; a patient is flagged when its median is "
-            f"above {_num('drift.flag', drift['flag'], 3)} (docs/usage.md).</p>"
+            f"of the training cells' own scores; {flag} (docs/usage.md).</p>"
             "<table><tr><th>patient</th><th>cells</th><th>median score</th>"
             f"<th>share above 1.0</th><th>flagged</th></tr>{drow}</table></section>")
 

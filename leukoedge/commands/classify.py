@@ -8,14 +8,23 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..console import err, escape, facts_table, note, out
-from ..errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
+from ..errors import EXIT_OK, EXIT_SOME_FAILED, OutputExistsError, UsageError
 from ..output import ResultWriter, check_output_location, escape_path
-from .common import open_model, print_drift, progress_bar
+from .common import (
+    open_model,
+    print_drift,
+    print_patients,
+    progress_bar,
+    view_of_model,
+    write_patients,
+)
 from .options import (
     BatchOpt,
     LabelsOpt,
+    MinCellsOpt,
     ModelOpt,
     Paths,
+    PrecisionOpt,
     ProviderOpt,
     ThreadsOpt,
     ThresholdOpt,
@@ -80,6 +89,7 @@ def classify(
     overwrite: Annotated[bool, typer.Option("--overwrite",
                                             help="Replace an existing --out.")] = False,
     provider: ProviderOpt = "auto",
+    precision: PrecisionOpt = "f32",
     batch_size: BatchOpt = 32,
     threads: ThreadsOpt = None,
     workers: WorkersOpt = None,
@@ -93,6 +103,11 @@ def classify(
     ray_address: RayAddressOpt = None,
     actors: ActorsOpt = None,
     gpus_per_actor: GpusPerActorOpt = 0.0,
+    patients_out: Annotated[Path | None, typer.Option(
+        "--patients-out", help="Also write the per-patient summary here (.csv, or .jsonl "
+        "for JSON Lines): cells, share called ALL with its interval, drift, call.",
+        show_default=False)] = None,
+    min_cells: MinCellsOpt = None,
 ) -> int:
     """Classify every image under PATHS as ALL or HEM; rows go to --out as they come."""
     from ..classify import classify_files
@@ -101,11 +116,15 @@ def classify(
     check_engine(engine, ray_address, actors, gpus_per_actor)
     items = collect(paths, labels)
     check_output_location(out_file, paths)
-    m = open_model(model, provider, threads, threshold)
+    _check_patients_out(patients_out, out_file, paths, resume, overwrite)
+    m = open_model(model, provider, threads, threshold, precision)
+    view = view_of_model(m, min_cells)
     overlays = None if cam is None else open_overlays(cam, paths, items, m, resume, overwrite)
     with open_writer(out_file, fmt, resume, overwrite) as writer:
         if resume and writer.done:
             note(f"resuming {out_file}: {len(writer.done)} rows already there")
+        if fmt != "parquet":
+            _write_meta(out_file, m, resumed=bool(resume and writer.done))
         todo = len(items)
         if writer.done:
             todo -= sum(1 for it in items if escape_path(it.path) in writer.done)
@@ -120,8 +139,50 @@ def classify(
                 stats = classify_files(m, items, writer, batch_size, workers, advance,
                                        overlays)
     _summary(stats, m, out_file, len(items))
-    _drift(stats, writer.previous_rows, m)
+    previous = getattr(writer, "previous_rows", [])
+    _drift(stats, previous, m, view.rule.min_cells)
+    for r in previous:
+        stats.patients.add_record(r, m.spec.positive)
+    rows = stats.patients.summaries(view)
+    print_patients(rows, view)
+    if patients_out is not None:
+        write_patients(patients_out, rows)
+        note(f"per-patient summary written to {patients_out}")
     return EXIT_SOME_FAILED if stats.errors else EXIT_OK
+
+
+def _check_patients_out(path: Path | None, out_file: Path, paths: list[Path], resume: bool,
+                        overwrite: bool) -> None:
+    """--patients-out: outside the inputs, not --out, not replaced without --overwrite or
+    --resume (a resumed run rewrites it over all its rows)."""
+    if path is None:
+        return
+    check_output_location(path, paths)
+    if path.absolute() == out_file.absolute():
+        raise UsageError("--patients-out and --out name the same file", "choose two files")
+    if path.exists() and not (resume or overwrite):
+        raise OutputExistsError(f"{path} already exists",
+                                "add --overwrite, or choose another --patients-out")
+
+
+def _write_meta(out_file: Path, m: Model, resumed: bool) -> None:
+    """``<out>.meta.json``: which model wrote the rows (docs/usage.md). A resumed file that
+    has none keeps none (its first rows came from a model nobody recorded); one written by
+    another model is refused."""
+    from ..provenance import meta_path, of_model, read_meta, write_meta
+
+    meta = of_model(m)
+    if resumed:
+        old = read_meta(out_file)
+        if old is None:
+            note(f"{out_file} has no {meta_path(out_file).name}: its model stays unrecorded "
+                 "(report and evaluate will need --model)")
+            return
+        if old.model_sha256 != meta.model_sha256:
+            raise UsageError(f"{out_file} was written by {old.model} (sha256 "
+                             f"{old.model_sha256[:12]}...), not by {m.path.name}",
+                             "resume with the same --model, or write a new --out")
+    write_meta(out_file, meta)
 
 
 def open_overlays(cam: Path, paths: list[Path], items: list[Item], m: Model, resume: bool,
@@ -139,7 +200,7 @@ def open_overlays(cam: Path, paths: list[Path], items: list[Item], m: Model, res
     return overlays
 
 
-def _drift(stats: RunStats, previous: list[dict[str, Any]], m: Model) -> None:
+def _drift(stats: RunStats, previous: list[dict[str, Any]], m: Model, min_cells: int) -> None:
     """Per patient: median drift score and share of cells above 1.0 (this run's rows and a
     resumed file's), and the one line naming drifted patients."""
     if m.drift is None:
@@ -154,7 +215,8 @@ def _drift(stats: RunStats, previous: list[dict[str, Any]], m: Model) -> None:
             continue
         patient = r.get("patient")
         pairs.append((str(patient) if patient else None, score))
-    print_drift(summary([p for p, _ in pairs], [s for _, s in pairs], m.drift.patient_flag))
+    print_drift(summary([p for p, _ in pairs], [s for _, s in pairs], m.drift.patient_flag,
+                        min_cells))
 
 
 def _summary(stats: RunStats, m: Model, out_file: Path, total: int) -> None:

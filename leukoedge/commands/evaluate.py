@@ -15,15 +15,19 @@ from ..output import ResultWriter, atomic_write_text, check_output_location
 from .common import (
     open_model,
     parse_folds,
+    predictions_context,
     print_drift,
+    print_patients,
     progress_bar,
-    spec_for_predictions,
+    view_of_model,
     warn,
 )
 from .options import (
     BatchOpt,
     LabelsOpt,
+    MinCellsOpt,
     ModelOpt,
+    PrecisionOpt,
     ProviderOpt,
     ThreadsOpt,
     ThresholdOpt,
@@ -54,6 +58,7 @@ def evaluate(
                                             help="Replace existing output files.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     provider: ProviderOpt = "auto",
+    precision: PrecisionOpt = "f32",
     batch_size: BatchOpt = 32,
     threads: ThreadsOpt = None,
     workers: WorkersOpt = None,
@@ -69,6 +74,7 @@ def evaluate(
         "--resamples", min=0, max=100_000,
         help="Patient-bootstrap resamples for the 95% intervals (0: none).")] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    min_cells: MinCellsOpt = None,
 ) -> int:
     """Classify labelled images and report accuracy, weighted F1, AUC, calibration (ECE,
     Brier, log-loss), 95% intervals by patient, per patient..."""
@@ -79,7 +85,7 @@ def evaluate(
         if paths:
             raise UsageError("give images or --from-predictions, not both")
         rep = evaluate_predictions(from_predictions, model, labels, threshold, folds,
-                                   resamples, seed)
+                                   resamples, seed, min_cells)
         return _finish(rep, report, overwrite, as_json)
     if not paths:
         raise UsageError("no images given", "leukoedge evaluate IMAGES..., or "
@@ -93,9 +99,10 @@ def evaluate(
                         "put them under all/ and hem/ folders, name them *_all/*_hem, "
                         "or pass --labels C-NMC_test_prelim_phase_data_labels.csv")
     _check_outputs(paths, report, predictions, overwrite)
-    m = open_model(model, provider, threads, threshold)
+    m = open_model(model, provider, threads, threshold, precision)
     preds = _predict(m, items, predictions, overwrite, batch_size, workers)
-    return _finish(build_report(preds, m, resamples, seed), report, overwrite, as_json)
+    return _finish(build_report(preds, m, resamples, seed, view_of_model(m, min_cells)),
+                   report, overwrite, as_json)
 
 
 def _check_outputs(paths: list[Path], report: Path | None, predictions: Path | None,
@@ -157,8 +164,9 @@ def _finish(rep: Report, report: Path | None, overwrite: bool, as_json: bool) ->
 
 def evaluate_predictions(path: Path, model: Path | None, labels: Path | None,
                          threshold: float | None, folds: str | None, resamples: int,
-                         seed: int) -> Report:
-    """The report of a predictions file's rows, scored with the model's spec."""
+                         seed: int, min_cells: int | None = None) -> Report:
+    """The report of a predictions file's rows, scored with the spec of the model that
+    made them (``--model``, or the file's ``.meta.json``)."""
     from ..evaluate import report_of
     from ..predictions import read_predictions
 
@@ -166,13 +174,19 @@ def evaluate_predictions(path: Path, model: Path | None, labels: Path | None,
     if not any(t is not None for t in ps.truth):
         raise DataError(f"{path}: no row has a label",
                         "give --labels FILE, or rows whose paths lie in all/ and hem/")
-    name, spec = spec_for_predictions(model, threshold)
+    name, spec, view = predictions_context(path, model, threshold, min_cells)
     if not ps.has_logits and spec.temperature != 1.0:
         note("the rows carry no logits: their prob_all is used as written, without this "
              "model's temperature")
-    return report_of(ps.scores(spec), spec, model=name, provider="(predictions file)",
-                     files=ps.files, error_rows=ps.errors, resamples=resamples, seed=seed,
-                     from_file=True)
+    rep = report_of(ps.scores(spec), spec, model=name, provider="(predictions file)",
+                    files=ps.files, error_rows=ps.errors, resamples=resamples, seed=seed,
+                    from_file=True, view=view, drift=ps.drift,
+                    error_patients=ps.error_patients)
+    if any(d is not None for d in ps.drift):
+        from ..drift import summary
+
+        rep["drift"] = summary(ps.patients, ps.drift, view.drift_flag, view.rule.min_cells)
+    return rep
 
 
 def _f(x: object) -> str:
@@ -185,26 +199,32 @@ def print_report(rep: Report) -> None:
     mt = rep["metrics"]
     if mt:
         _print_classes(mt)
-    if rep["patients"]:
-        from rich.table import Table
-
-        pt = Table(title="per patient", title_justify="left")
-        for c in ("patient", "truth", "cells", "pred ALL", "mean P(ALL)", "accuracy", "vote"):
-            pt.add_column(c)
-        for r in rep["patients"]:
-            pt.add_row(r["patient"], r["true_label"] or "-", str(r["cells"]),
-                       str(r["predicted_all"]), _f(r["mean_prob_all"]), _f(r["accuracy"]),
-                       r["vote"])
-        out.print(pt)
-    pv = rep["patient_vote"]
-    if pv:
-        out.print(f"patient-level vote: {pv['patients']} patients, accuracy "
-                  f"{pv['accuracy']:.4f}, weighted F1 {pv['weighted_f1']:.4f}")
+    if rep["patient_calls"]:
+        _print_patient_view(rep)
     print_drift(rep.get("drift"))
     if rep["errors"]:
         err.print(f"[red]{rep['errors']} files could not be read[/red] (not in the metrics):")
         for e in rep["error_rows"][:5]:
             err.print(f"  {escape(e['error'])}")
+
+
+def _print_patient_view(rep: Report) -> None:
+    """The per-patient table (leukoedge.patient) with the truth, and the figures over
+    patients."""
+    from ..patient import PatientSummary, PatientView, parse
+
+    rows = [PatientSummary(**r) for r in rep["patient_calls"]]
+    pr = rep["patient_rule"]
+    view = PatientView(parse(pr["rule"]), pr["drift_flag"], pr["flag_note"])
+    truth = {r["patient"]: 1 if r["true_label"] == "all" else 0 for r in rep["patients"]
+             if r["true_label"] is not None}
+    print_patients(rows, view, truth or None)
+    pm = rep["patient_metrics"]
+    if pm:
+        out.print(f"patients: {pm['patients']} with a truth, {pm['called']} called; "
+                  f"accuracy among called {_f(pm['accuracy_called'])}, sensitivity "
+                  f"{_f(pm['sensitivity'])}, specificity {_f(pm['specificity'])}, no call "
+                  f"{_f(pm['no_call_share'])}")
 
 
 def _print_head(rep: Report) -> None:

@@ -9,8 +9,8 @@ import typer
 
 from ..console import note
 from ..errors import EXIT_OK, OutputExistsError
-from .common import parse_folds, spec_for_predictions, warn
-from .options import FoldsOpt, LabelsOpt, ThresholdOpt
+from .common import parse_folds, predictions_context, warn
+from .options import FoldsOpt, LabelsOpt, MinCellsOpt, ThresholdOpt
 
 
 def report(
@@ -21,8 +21,10 @@ def report(
     = Path("report.html"),
     labels: LabelsOpt = None,
     model: Annotated[Path | None, typer.Option(
-        "--model", "-m", help="The model whose spec (temperature, threshold) scores the "
-        "rows' logits; default: temperature 1, threshold 0.5.", show_default=False)] = None,
+        "--model", "-m", help="The model whose spec (temperature, threshold, drift flag, "
+        "patient rule) scores the rows; default: the model recorded in the file's "
+        ".meta.json, else temperature 1, threshold 0.5 and no drift flag.",
+        show_default=False)] = None,
     folds: FoldsOpt = None,
     images_root: Annotated[Path | None, typer.Option(
         "--images-root", help="Folder the rows' relative paths start from (default: the "
@@ -38,6 +40,7 @@ def report(
     threshold: ThresholdOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite",
                                             help="Replace an existing --out.")] = False,
+    min_cells: MinCellsOpt = None,
 ) -> int:
     """Write an HTML report of a predictions file: figures with intervals, histograms, ROC,
     reliability, confusion, per patient, thumbnails (needs the report extra)."""
@@ -51,16 +54,15 @@ def report(
         raise OutputExistsError(f"{out_file} already exists",
                                 "add --overwrite or choose another --out")
     ps = read_predictions(predictions, labels, parse_folds(folds))
-    name, spec = spec_for_predictions(model, threshold)
+    name, spec, view = predictions_context(predictions, model, threshold, min_cells)
     rep = report_of(ps.scores(spec), spec, model=name, provider="(predictions file)",
                     files=ps.files, error_rows=ps.errors, resamples=resamples, seed=seed,
-                    from_file=True)
+                    from_file=True, view=view, drift=ps.drift,
+                    error_patients=ps.error_patients)
     if any(d is not None for d in ps.drift):
-        from ..drift import DEFAULT_PATIENT_FLAG, from_spec, summary
+        from ..drift import summary
 
-        stats = from_spec(spec)
-        rep["drift"] = summary(ps.patients, ps.drift,
-                               stats.patient_flag if stats else DEFAULT_PATIENT_FLAG)
+        rep["drift"] = summary(ps.patients, ps.drift, view.drift_flag, view.rule.min_cells)
     for w in rep["warnings"]:
         warn(w)
     page = render(ps, spec, rep, title=title, images_root=images_root, per_montage=cells)
