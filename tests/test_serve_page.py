@@ -180,7 +180,7 @@ def test_page_is_served_from_package_data_with_no_other_origin(tiny_model: Path)
 
 def test_page_calls_equal_classify(browser: Browser, server: Served, cells: list[Path],
                                    reference: tuple[list[str], dict[str, Any]],
-                                   tmp_path: Path) -> None:
+                                   page_model: Path, tmp_path: Path) -> None:
     columns, ref = reference
     shots = shots_dir(tmp_path)
     open_page(browser, server)
@@ -225,21 +225,32 @@ def test_page_calls_equal_classify(browser: Browser, server: Served, cells: list
     probs = [float(c["prob"]) for c in rendered_cells(browser)]
     assert probs == sorted(probs, reverse=True) and len(probs) == len(cells)
 
-    # per-patient view: cells, share called ALL and the vote (a tie votes ALL)
+    # per-patient view: the server's summary (POST /v1/patients), the same calls and
+    # numbers as classify --patients-out on the same cells, never a vote in JavaScript
     select(browser, "view", "patients")
-    table: list[dict[str, str]] = browser.driver.execute_script("""
-        return [...document.querySelectorAll('#patients tbody tr')].map((tr) => ({
-          patient: tr.dataset.patient, vote: tr.dataset.vote,
-          cells: tr.children[1].textContent, all: tr.children[2].textContent}));""")
+    wait_for(browser, "document.querySelectorAll('#patients tbody tr[data-summary]').length > 0",
+             60, "the patient summary from the server")
+    table: list[dict[str, Any]] = browser.driver.execute_script("""
+        return [...document.querySelectorAll('#patients tbody tr')].map((tr) => Object.assign(
+          JSON.parse(tr.dataset.summary), {shown: tr.children[7].textContent}));""")
+    pout = tmp_path / "patients.csv"
+    r = CliRunner().invoke(assemble(), ["classify", *map(str, cells), "--model",
+                                        str(page_model), "--out", str(tmp_path / "p.csv"),
+                                        "--patients-out", str(pout)])
+    assert r.exit_code == 0, r.output
+    want = list(csv.DictReader(io.StringIO(pout.read_text())))
+    assert [t["patient"] for t in table] == [w["patient"] for w in want]
+    for t, w in zip(table, want):
+        for k in ("cells", "errors", "called_all"):
+            assert t[k] == int(w[k]), (k, t, w)
+        for k in ("share_all", "share_all_low", "share_all_high", "mean_prob_all"):
+            assert abs(t[k] - float(w[k])) <= 6e-5, (k, t, w)
+        assert t["call"] == w["call"] and t["reason"] == w["reason"], (t, w)
+        assert t["shown"] == w["call"], t
+    assert any(t["call"] == "none" for t in table)
     expected: dict[str, list[str]] = {}
-    for r in ref.values():
-        expected.setdefault(r["patient"], []).append(r["label"])
-    assert {t["patient"] for t in table} == set(expected)
-    for t in table:
-        labels = expected[t["patient"]]
-        n_all = labels.count("all")
-        assert int(t["cells"]) == len(labels) and int(t["all"]) == n_all, t
-        assert t["vote"] == ("all" if 2 * n_all >= len(labels) else "hem"), t
+    for row in ref.values():
+        expected.setdefault(row["patient"], []).append(row["label"])
     browser.screenshot(shots / "serve-page-patients.png")
 
     # a patient's "Show cells" button filters the grid to that patient

@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # session imports numpy: loaded when a command runs, not for 
     from rich.progress import Task
     from rich.text import Text
 
+    from ..patient import PatientSummary, PatientView
+
     from ..session import Model
     from ..spec import ModelSpec
 
@@ -128,6 +130,106 @@ def print_drift(summary: dict[str, Any] | None) -> None:
         t.add_column(c, justify="left" if c == "patient" else "right")
     for r in summary["patients"]:
         t.add_row(escape(r["patient"]), str(r["cells"]), f"{r['median']:.2f}",
-                  f"{r['share_above']:.0%}", "[red]yes[/red]" if r["flagged"] else "no")
+                  f"{r['share_above']:.0%}", "[red]yes[/red]" if r["flagged"]
+                  else f"no ({r['note']})" if r.get("note") else "no")
     out.print(t)
     (err if summary["flagged"] else out).print(escape(summary["line"]))
+
+
+def view_of_model(m: Model, min_cells: int | None) -> PatientView:
+    """The patient view of a loaded model: its rule (``--min-cells`` applied) and its drift
+    flag."""
+    from ..patient import model_view
+
+    return model_view(m.spec, None if m.drift is None else m.drift.patient_flag, min_cells)
+
+
+def predictions_context(predictions: Path, model: Path | None, threshold: float | None,
+                        min_cells: int | None) -> tuple[str, ModelSpec, PatientView]:
+    """The spec that scores a predictions file and its patient view: ``--model``'s; else
+    the model recorded in the file's ``.meta.json`` (classify writes it: threshold,
+    temperature, drift flag, patient rule); else temperature 1, threshold 0.5, the default
+    rule and no drift flag ("cannot flag")."""
+    from ..drift import CANNOT_FLAG, from_spec
+    from ..patient import DEFAULT_RULE, PatientView
+    from ..provenance import file_sha256, meta_path, read_meta
+    from ..spec import ModelSpec
+    from ..patient import from_spec as rule_of
+
+    meta = read_meta(predictions)
+    if model is not None:
+        name, spec = spec_for_predictions(model, threshold)
+        if meta is not None and meta.model_sha256 != file_sha256(model):
+            warn(f"{predictions} was written by {meta.model} (sha256 "
+                 f"{meta.model_sha256[:12]}...), not by --model {model}")
+        stats = from_spec(spec)
+        flag = None if stats is None else stats.patient_flag
+        view = PatientView(rule_of(spec).with_min_cells(min_cells), flag,
+                           "" if stats else "the model has no drift statistics")
+        return name, spec, view
+    if meta is None:
+        note(f"no --model and no {meta_path(predictions).name}: scoring the rows' logits at "
+             "temperature 1, threshold 0.5; drift scores shown, not flagged")
+        spec = ModelSpec(architecture="unknown", input_size=8)
+        if threshold is not None:
+            spec = spec.with_updates(threshold=threshold)
+        return "(none)", spec, PatientView(DEFAULT_RULE.with_min_cells(min_cells), None,
+                                           CANNOT_FLAG)
+    note(f"scoring with the model recorded in {meta_path(predictions).name}: {meta.model} "
+         f"(threshold {meta.threshold:g}, temperature {meta.temperature:g})")
+    spec = ModelSpec(architecture="unknown", input_size=8, threshold=meta.threshold,
+                     temperature=meta.temperature)
+    if threshold is not None:
+        spec = spec.with_updates(threshold=threshold)
+    view = PatientView(meta.rule.with_min_cells(min_cells), meta.drift_flag,
+                       "" if meta.drift_flag is not None
+                       else "the model has no drift statistics")
+    return f"{meta.model} (sha256 {meta.model_sha256[:12]}, from {meta_path(predictions).name})", \
+        spec, view
+
+
+def print_patients(rows: list[PatientSummary], view: PatientView,
+                   truth: dict[str, int] | None = None) -> None:
+    """The per-patient table (leukoedge.patient's columns) and the rule in one line."""
+    from rich.table import Table
+
+    t = Table(title="per patient (share called ALL with its 95% Wilson interval)",
+              title_justify="left")
+    cols = ["patient", *(["truth"] if truth else []), "cells", "errors", "called ALL",
+            "share ALL (95% CI)", "mean P(ALL)", "drift", "call", "reason"]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("patient", "truth", "call", "reason")
+                     else "right")
+    for r in rows:
+        share = "-" if r.share_all is None else \
+            f"{r.share_all:.2f} ({r.share_all_low:.2f}-{r.share_all_high:.2f})"
+        tr = [] if not truth else [("ALL" if truth[r.patient] else "HEM")
+                                   if r.patient in truth else "-"]
+        call = {"ALL": "[red]ALL[/red]", "HEM": "[blue]HEM[/blue]"}.get(r.call, "none")
+        t.add_row(escape(r.patient), *tr, str(r.cells), str(r.errors), str(r.called_all),
+                  share, "-" if r.mean_prob_all is None else f"{r.mean_prob_all:.3f}",
+                  "-" if r.drift is None else f"{r.drift:.2f}", call, escape(r.reason))
+    out.print(t)
+    out.print(f"patient rule: {escape(view.rule.describe())} (docs/usage.md, \"Patients\")")
+
+
+def write_patients(path: Path, rows: list[PatientSummary]) -> None:
+    """``--patients-out``: CSV, or JSON Lines for .jsonl/.ndjson/.json; written whole."""
+    import csv
+    import io
+    import json
+
+    from ..output import atomic_write_text, format_for
+    from ..patient import COLUMNS
+
+    if format_for(path, None) == "jsonl":
+        text = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rows)
+    else:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(COLUMNS)
+        for r in rows:
+            cells = r.cells_text()
+            w.writerow([cells[c] for c in COLUMNS])
+        text = buf.getvalue()
+    atomic_write_text(path, text)

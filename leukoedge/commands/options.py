@@ -31,3 +31,7 @@ ThresholdOpt = Annotated[float | None, typer.Option(
 FoldsOpt = Annotated[str | None, typer.Option(
     "--folds", help="Only the rows of these folds (comma-separated) of a predictions file "
                     "with a 'fold' column, e.g. 0,1,2.", show_default=False)]
+MinCellsOpt = Annotated[int | None, typer.Option(
+    "--min-cells", min=1, max=100_000,
+    help="Fewest classified cells a patient needs for a call and a drift flag; default: "
+         "the model's patient rule (docs/usage.md, 'Patients').", show_default=False)]

@@ -69,6 +69,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     hosts: frozenset[str] | None = None  # accepted Host headers; None: any
     token: str | None = None  # bearer token; None: none asked for
+    min_cells: int | None = None  # --min-cells: overrides the model's patient rule
 
 
 class Service:
@@ -306,6 +307,29 @@ class Handlers:
             return _json(408, {"error": f"the body did not arrive within "
                                         f"{self.limits.body_seconds:g} s"})
         return body if refused is None else refused
+
+    async def patients(self, request: Request) -> Response:
+        """``{"rows": [{patient, label, prob_all, error, drift}, ...]}`` (rows as
+        /v1/classify answers them) -> ``{"columns", "patients", "rule", ...}``: the same
+        summary as ``classify --patients-out``, with this model's rule and drift flag."""
+        from ..patient import COLUMNS, model_view, summarize_records
+
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            payload = json.loads(bytes(body))
+        except (ValueError, UnicodeDecodeError):
+            return _json(400, {"error": "the body must be JSON: {\"rows\": [...]}"})
+        rows = payload.get("rows") if isinstance(payload, dict) else None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            return _json(400, {"error": "the body must be JSON: {\"rows\": [objects]}"})
+        model = self.service.model
+        view = model_view(model.spec, None if model.drift is None else model.drift.patient_flag,
+                          self.service.settings.min_cells)
+        summary = summarize_records(rows, view, model.spec.positive)
+        return _json(200, {"columns": list(COLUMNS),
+                           "patients": [r.to_json() for r in summary], **view.to_json()})
 
     async def model_info(self) -> Response:
         model, cfg = self.service.model, self.service.settings

@@ -484,14 +484,54 @@
       sel.value = table.some((g) => g.pid === keep) ? keep : "";
     }
     if ($("patients-view").hidden) return;
-    const frag = document.createDocumentFragment();
-    for (const g of table) {
+    // the calls come from the server (POST /v1/patients: leukoedge.patient, the same
+    // summary as classify --patients-out), never from a vote computed here
+    const rows = [];
+    for (const it of state.items) {
+      if (!it.row) continue;
+      rows.push({ patient: it.row.patient, label: it.row.label, prob_all: it.row.prob_all,
+        error: it.row.error, drift: typeof it.row.drift === "number" ? it.row.drift : null });
+    }
+    const key = state.items.length + ":" + rows.length + ":" + table.length;
+    if (key === state.patientsAsked) return;
+    state.patientsAsked = key;
+    askPatients(rows, key);
+  }
+
+  async function askPatients(rows, key) {
+    let data = null;
+    let problem = "";
+    try {
+      const resp = await fetch("/v1/patients", { method: "POST", body: JSON.stringify({ rows }),
+        headers: Object.assign({ "Content-Type": "application/json" }, authHeaders()) });
+      data = await resp.json();
+      if (!resp.ok) problem = (data && data.error) || ("HTTP " + resp.status);
+    } catch (e) {
+      problem = "the server did not answer";
+    }
+    if (key !== state.patientsAsked) return;  // newer rows were asked about meanwhile
+    const body = $("patients").tBodies[0];
+    if (problem) {
+      state.patientsAsked = "";
       const tr = document.createElement("tr");
-      tr.dataset.patient = g.pid;
-      const vote = g.n ? (g.nAll * 2 >= g.n ? "all" : "hem") : "";
-      tr.dataset.vote = vote;
-      const cells = [g.pid, String(g.n), String(g.nAll), g.n ? (100 * g.nAll / g.n).toFixed(1) + " %" : "",
-        g.n ? (g.probSum / g.n).toFixed(3) : "", String(g.errors)];
+      const td = document.createElement("td");
+      td.colSpan = 10;
+      td.textContent = "No patient summary: " + problem;
+      tr.appendChild(td);
+      body.replaceChildren(tr);
+      return;
+    }
+    const frag = document.createDocumentFragment();
+    for (const g of data.patients) {
+      const tr = document.createElement("tr");
+      tr.dataset.patient = g.patient;
+      tr.dataset.call = g.call;
+      tr.dataset.summary = JSON.stringify(g);
+      const share = g.share_all === null ? "" : (100 * g.share_all).toFixed(1) + " % (" +
+        (100 * g.share_all_low).toFixed(0) + "-" + (100 * g.share_all_high).toFixed(0) + " %)";
+      const cells = [g.patient, String(g.cells), String(g.errors), String(g.called_all), share,
+        g.mean_prob_all === null ? "" : g.mean_prob_all.toFixed(3),
+        g.drift === null ? "" : g.drift.toFixed(2)];
       cells.forEach((text, k) => {
         const td = document.createElement(k === 0 ? "th" : "td");
         if (k === 0) td.scope = "row"; else td.className = "num";
@@ -499,20 +539,23 @@
         tr.appendChild(td);
       });
       const v = document.createElement("td");
-      if (vote) {
+      if (g.call !== "none") {
         const tag = document.createElement("span");
-        tag.className = "tag " + vote;
-        tag.textContent = callText(vote);
+        tag.className = "tag " + g.call.toLowerCase();
+        tag.textContent = g.call;
         v.appendChild(tag);
       } else v.textContent = "none";
       tr.appendChild(v);
+      const why = document.createElement("td");
+      why.textContent = g.reason;
+      tr.appendChild(why);
       const act = document.createElement("td");
       const b = document.createElement("button");
       b.type = "button";
       b.textContent = "Show cells";
-      b.setAttribute("aria-label", "Show the cells of " + g.pid);
+      b.setAttribute("aria-label", "Show the cells of " + g.patient);
       b.addEventListener("click", () => {
-        $("f-patient").value = g.pid;
+        $("f-patient").value = g.patient;
         $("view").value = "cells";
         applyView();
         $("cells-title").focus();
@@ -521,7 +564,7 @@
       tr.appendChild(act);
       frag.appendChild(tr);
     }
-    $("patients").tBodies[0].replaceChildren(frag);
+    body.replaceChildren(frag);
   }
 
   // ---- CSV, in classify's columns and number format ----
