@@ -243,3 +243,21 @@ def test_resume_with_another_model_is_refused(classified: tuple[Path, Path],
             "--resume")
     assert r.exit_code != 0
     assert "was written by" in r.output and "Traceback" not in r.output
+
+
+def test_calibrate_writes_the_rule_into_a_model(shipped: Path, tmp_path: Path) -> None:
+    from leukoedge.patient import from_spec
+    from leukoedge.session import load_model
+
+    rule = tmp_path / "rule.json"
+    rule.write_text(json.dumps({"rule": PatientRule(min_cells=7, cut=0.6).to_json()}))
+    out = tmp_path / "m.onnx"
+    r = run("calibrate", str(shipped), "--patient-rule", str(rule), "--out", str(out))
+    assert r.exit_code == 0, r.output
+    spec = load_model(out).spec
+    assert from_spec(spec) == PatientRule(min_cells=7, cut=0.6)
+    assert spec.threshold == load_model(shipped).spec.threshold  # nothing else changed
+    rule.write_text('{"format": 1, "cut": 3}')
+    r = run("calibrate", str(shipped), "--patient-rule", str(rule), "--out",
+            str(tmp_path / "n.onnx"))
+    assert r.exit_code != 0 and "cut must be" in r.output and "Traceback" not in r.output

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from ..calibrate import Calibration, Rule
     from ..session import Model
+    from ..spec import ModelSpec
 
 FromPredictionsOpt = Annotated[Path | None, typer.Option(
     "--from-predictions", help="Fit on this predictions file's logits (classify's rows, or "
@@ -55,6 +56,11 @@ def calibrate(
     batch_size: BatchOpt = 32,
     threads: ThreadsOpt = None,
     workers: WorkersOpt = None,
+    patient_rule: Annotated[Path | None, typer.Option(
+        "--patient-rule", help="Put this patient rule (the JSON scripts/patient_rule.py "
+        "writes, or a bare rule object) into the spec's extensions['leukoedge.patient']; "
+        "alone (no images, no --from-predictions) nothing else changes.",
+        show_default=False)] = None,
 ) -> int:
     """Fit a temperature (NLL) and pick a threshold on labelled cells; write the model
     with them in its spec. Default threshold rule: best weighted F1."""
@@ -62,6 +68,8 @@ def calibrate(
     from ..session import SessionConfig, load_model
 
     rule = _rule(target_sensitivity, target_specificity)
+    if patient_rule is not None and from_predictions is None and not data:
+        return _patient_rule_only(model, patient_rule, out_file, overwrite)
     if (from_predictions is None) == (not data):
         raise UsageError("give labelled images or --from-predictions FILE (one of them)",
                          "leukoedge calibrate MODEL IMAGES --out NEW.onnx, or "
@@ -82,6 +90,8 @@ def calibrate(
                             from_predictions is not None)
     cal = calibrate(m.spec, cells.logits, cells.truth, cells.patients, rule)
     new = calibrated_spec(m.spec, cal, cells.fingerprint, cells.source)
+    if patient_rule is not None:
+        new = _with_patient_rule(new, patient_rule)
     write_model(model, out_file, new)
     load_model(out_file, SessionConfig(provider="cpu", threads=1))  # reads back, verified
     if as_json:
@@ -89,6 +99,42 @@ def calibrate(
                                    "spec_calibration": new.calibration}))
     else:
         print_calibration(cal, out_file)
+    return EXIT_OK
+
+
+def _with_patient_rule(spec: ModelSpec, path: Path) -> ModelSpec:
+    """``spec`` with the rule of ``path`` under ``extensions["leukoedge.patient"]``."""
+    from ..errors import SpecError
+    from ..patient import EXTENSION_KEY, parse
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"--patient-rule {path}: not readable JSON") from exc
+    if isinstance(raw, dict) and isinstance(raw.get("rule"), dict):
+        raw = raw["rule"]  # scripts/patient_rule.py's output
+    try:
+        rule = parse(raw)
+    except SpecError as exc:
+        raise DataError(f"--patient-rule {path}: {exc.message}") from exc
+    return spec.with_updates(extensions={**spec.extensions, EXTENSION_KEY: rule.to_json()})
+
+
+def _patient_rule_only(model: Path, rule_file: Path, out_file: Path, overwrite: bool) -> int:
+    """``calibrate MODEL --patient-rule RULE.json --out NEW.onnx``: the same model with the
+    rule in its spec, nothing else changed."""
+    from ..calibrate import write_model
+    from ..patient import from_spec
+    from ..session import SessionConfig, load_model
+
+    if out_file.exists() and not overwrite:
+        raise OutputExistsError(f"{out_file} already exists",
+                                "add --overwrite or choose another --out")
+    m = load_model(model, SessionConfig(provider="cpu", threads=1))
+    write_model(model, out_file, _with_patient_rule(m.spec, rule_file))
+    back = load_model(out_file, SessionConfig(provider="cpu", threads=1))  # verified
+    out.print(f"patient rule written into {escape(str(out_file))}: "
+              f"{escape(from_spec(back.spec).describe())}")
     return EXIT_OK
 
 
