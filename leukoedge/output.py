@@ -15,6 +15,18 @@ Paths that are not valid UTF-8 (Linux allows any bytes) are written escaped, rev
 a backslash becomes ``\\\\``, and each byte that is not part of valid UTF-8, and each
 control character, becomes ``\\xNN``.
 :func:`unescape_path` gives the original bytes back.
+
+**Spreadsheet-safe CSV.** A CSV text cell that starts with ``=``, ``+``, ``-``, ``@``, tab
+or carriage return is a formula to Excel and LibreOffice, so a file named ``=cmd.bmp``
+would become one. In the CSV (never in JSON Lines), the text columns (path, patient,
+error, heatmap; never the numbers, so a negative logit stays ``-1.5``) have such a first
+character written in the same ``\\xNN`` form (:func:`csv_safe`: ``=cmd.bmp`` ->
+``\\x3dcmd.bmp``), which a spreadsheet shows as text. leukoedge's readers (resume,
+``evaluate --from-predictions``, ``report``) turn it back (:func:`csv_plain`), so paths
+match exactly; :func:`unescape_path` of the cell gives the file's bytes too. This cannot
+be mistaken for an older file's text: ``escape_path`` never writes ``\\x3d`` (``=`` is
+printable, a backslash is doubled), and tab and CR in paths were already ``\\x09`` and
+``\\x0d``. The page's "Download CSV" writes the same.
 """
 
 from __future__ import annotations
@@ -58,6 +70,35 @@ def escape_path(path: str | os.PathLike[str] | bytes) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+#: first characters that make a spreadsheet read a CSV cell as a formula
+FORMULA_START = frozenset("=+-@\t\r")
+#: the CSV text columns :func:`csv_safe` applies to (never the numeric ones)
+TEXT_COLUMNS = ("path", "patient", "error", "heatmap")
+_PLAIN_CODES = {f"{ord(c):02x}": c for c in "=+-@"}
+
+
+def csv_safe(text: str) -> str:
+    """A text cell as the CSV holds it: a first character in :data:`FORMULA_START` becomes
+    ``\\xNN`` (module docstring), so spreadsheets open the cell as text."""
+    if text and text[0] in FORMULA_START:
+        return f"\\x{ord(text[0]):02x}{text[1:]}"
+    return text
+
+
+def csv_plain(text: str) -> str:
+    """The inverse of :func:`csv_safe` for ``= + - @`` (a leading tab or CR is left as
+    ``\\x09``/``\\x0d``: the form paths already have)."""
+    if text.startswith("\\x") and text[2:4] in _PLAIN_CODES:
+        return _PLAIN_CODES[text[2:4]] + text[4:]
+    return text
+
+
+def csv_plain_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A CSV row read back: :func:`csv_plain` on its text columns."""
+    return {k: csv_plain(v) if k in TEXT_COLUMNS and isinstance(v, str) else v
+            for k, v in row.items()}
 
 
 _UNESCAPE_RE = re.compile(r"\\(\\|x[0-9a-fA-F]{2})")
@@ -105,13 +146,14 @@ class Row:
         return {c: getattr(self, c) for c in COLUMNS}
 
     def cells(self) -> dict[str, str]:
-        """The CSV text of every column (empty where there is no value)."""
+        """The CSV text of every column (empty where there is no value); text columns
+        spreadsheet-safe (:func:`csv_safe`)."""
         return {
-            "path": self.path, "patient": self.patient or "",
+            "path": csv_safe(self.path), "patient": csv_safe(self.patient or ""),
             "prob_all": "" if self.prob_all is None else f"{self.prob_all:.6f}",
-            "label": self.label or "", "error": self.error or "",
+            "label": self.label or "", "error": csv_safe(self.error or ""),
             "logit": "" if self.logit is None else f"{self.logit:.6f}",
-            "heatmap": self.heatmap or "",
+            "heatmap": csv_safe(self.heatmap or ""),
             "drift": "" if self.drift is None else f"{self.drift:.4f}",
         }
 
@@ -196,7 +238,7 @@ def _read_rows(path: Path, fmt: str) -> tuple[list[dict[str, Any]], tuple[str, .
                     raise DataError(f"{path}: not a leukoedge result file (columns "
                                     f"{', '.join(columns)[:200]})",
                                     "use --overwrite to replace it, or another --out")
-            rows.extend(r for r in reader if r.get("path") is not None)
+            rows.extend(csv_plain_row(r) for r in reader if r.get("path") is not None)
         except csv.Error as exc:  # e.g. a field over csv's size limit: not our file
             raise DataError(f"{path}: not a leukoedge result file ({exc})",
                             "use --overwrite to replace it, or another --out") from exc
