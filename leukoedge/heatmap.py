@@ -73,15 +73,60 @@ def upsample(cam: np.ndarray, width: int, height: int, crop_fraction: float
     return np.asarray(out, dtype=np.float64)
 
 
+def _scaled(cam: np.ndarray, width: int, height: int, crop_fraction: float) -> np.ndarray:
+    """The map on ``[height, width]`` pixels divided by its largest ``|value|``, in
+    [-1, 1]; 0 outside the crop."""
+    m = upsample(cam, width, height, crop_fraction)
+    peak = float(np.nanmax(np.abs(m))) if np.isfinite(m).any() else 0.0
+    return np.nan_to_num(m / peak if peak > 0 else np.zeros_like(m))
+
+
 def overlay(rgb: np.ndarray, cam: np.ndarray, crop_fraction: float) -> np.ndarray:
     """``rgb`` uint8 ``[H, W, 3]`` with ``cam`` drawn on it (module docstring)."""
     h, w = rgb.shape[:2]
-    m = upsample(cam, w, h, crop_fraction)
-    peak = float(np.nanmax(np.abs(m))) if np.isfinite(m).any() else 0.0
-    t = np.nan_to_num(m / peak if peak > 0 else np.zeros_like(m))
+    t = _scaled(cam, w, h, crop_fraction)
     alpha = (OPACITY * np.abs(t))[..., None]
     out = rgb.astype(np.float64) * (1 - alpha) + colormap(t) * alpha
     return np.asarray(np.clip(np.rint(out), 0, 255), dtype=np.uint8)
+
+
+def layer(cam: np.ndarray, width: int, height: int, crop_fraction: float) -> np.ndarray:
+    """The overlay alone, RGBA uint8 ``[height, width, 4]``: the colour with the opacity
+    :func:`overlay` blends it with, so drawing it over the image gives :func:`overlay`'s
+    picture (transparent outside the crop and where there is no evidence)."""
+    t = _scaled(cam, width, height, crop_fraction)
+    alpha = OPACITY * np.abs(t) * 255.0
+    rgba = np.concatenate([colormap(t), alpha[..., None]], axis=-1)
+    return np.asarray(np.clip(np.rint(rgba), 0, 255), dtype=np.uint8)
+
+
+#: the longest side of a served heatmap (``serve``'s ``?heatmaps=1``): the page draws it
+#: over a thumbnail 128 px wide, and the map itself is 7x7 to 16x16 cells
+SERVED_SIDE = 192
+
+
+def data_url(source: bytes, cam: np.ndarray, crop_fraction: float,
+             side: int = SERVED_SIDE) -> str | None:
+    """``cam`` as a transparent PNG layer (:func:`layer`) with the aspect of the image in
+    ``source`` (its header is read, its pixels are not), at most ``side`` pixels on its
+    longer side, as a ``data:image/png;base64,...`` URL; None when ``source`` cannot be
+    opened (it was decoded once already, so only a changed file gets here)."""
+    import base64
+    import io
+
+    try:
+        img = open_image(source)
+    except ImageError:
+        return None
+    try:
+        w, h = img.size
+    finally:
+        img.close()
+    scale = min(1.0, side / max(w, h, 1))
+    w, h = max(1, round(w * scale)), max(1, round(h * scale))
+    buf = io.BytesIO()
+    Image.fromarray(layer(cam, w, h, crop_fraction), "RGBA").save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def render(path: str | os.PathLike[str], cam: np.ndarray, crop_fraction: float) -> Image.Image:

@@ -6,6 +6,8 @@ Every image of a request is decoded in the worker pool by the one preprocessing 
 :class:`~.batcher.Batcher`, and answered as a prediction row (:class:`leukoedge.output.Row`:
 the same fields as ``classify`` writes, ``path`` named ``name`` here), in request order.
 A bad image is an error entry in its row, as in ``classify``; the request still succeeds.
+``?heatmaps=1`` (a model with a ``cam`` output, ``/v1/model`` says ``heatmaps: true``)
+adds each cell's overlay as a ``data:`` PNG in ``heatmap``; without it no map is computed.
 
 No documentation page is served (FastAPI's ``/docs`` loads scripts from a CDN); the
 schema is at ``/openapi.json``.
@@ -33,6 +35,7 @@ from .. import __version__
 from ..classify import default_workers, error_text, scored_row
 from ..data import patient_of
 from ..errors import ImageError, LeukoedgeError, RequestError
+from ..heatmap import data_url
 from ..output import Row, escape_path
 from ..preprocess import preprocess_for
 from ..session import Model
@@ -104,7 +107,8 @@ class Service:
             self.pool.shutdown(wait=True)
         self.batcher.close()
 
-    def _decode_and_queue(self, data: bytes | bytearray, name: str) -> Future[Scored] | ImageError:
+    def _decode_and_queue(self, data: bytes | bytearray, name: str, cam: bool = False
+                          ) -> Future[Scored] | ImageError:
         try:
             stream = io.BytesIO(data)
             stream.name = name  # what ImageError messages call the image
@@ -112,16 +116,20 @@ class Service:
                 array = preprocess_for(stream, self.model.spec)
             except ImageError as exc:
                 return exc
-            return self.batcher.submit(array)  # queued before it stops counting as coming
+            return self.batcher.submit(array, cam)  # queued before it stops counting as coming
         finally:
             self._count(-1)
 
-    async def classify(self, images: list[tuple[str, bytes | bytearray]]) -> list[Row]:
-        """One row per ``(name, bytes)``, in order."""
+    async def classify(self, images: list[tuple[str, bytes | bytearray]],
+                       heatmaps: bool = False) -> list[Row]:
+        """One row per ``(name, bytes)``, in order; with ``heatmaps`` (a model with a
+        ``cam`` output) each row's ``heatmap`` is its overlay as a ``data:`` PNG
+        (:func:`leukoedge.heatmap.data_url`, drawn in the worker pool)."""
         assert self.pool is not None, "Service.start() first"
         loop = asyncio.get_running_loop()
         self._count(len(images))
-        queued = [loop.run_in_executor(self.pool, self._decode_and_queue, data, name)
+        queued = [loop.run_in_executor(self.pool, self._decode_and_queue, data, name,
+                                       heatmaps)
                   for name, data in images]
         results: list[Scored | ImageError] = []
         for q in queued:
@@ -131,7 +139,20 @@ class Service:
             else:
                 scored: Scored = await asyncio.wrap_future(r)
                 results.append(scored)
-        return rows_for(self.model, [name for name, _ in images], results)
+        rows = rows_for(self.model, [name for name, _ in images], results)
+        if heatmaps:
+            await self._draw_heatmaps(images, results, rows)
+        return rows
+
+    async def _draw_heatmaps(self, images: list[tuple[str, bytes | bytearray]],
+                             results: list[Scored | ImageError], rows: list[Row]) -> None:
+        loop = asyncio.get_running_loop()
+        crop = self.model.spec.crop_fraction
+        drawn = [(row, loop.run_in_executor(self.pool, data_url, bytes(data), r.cam, crop))
+                 for (_, data), r, row in zip(images, results, rows)
+                 if not isinstance(r, ImageError) and r.cam is not None and not row.error]
+        for row, url in drawn:
+            row.heatmap = await url
 
 
 def rows_for(model: Model, names: list[str], results: list[Scored | ImageError]) -> list[Row]:
@@ -174,6 +195,12 @@ def _json(status: int, payload: object, headers: dict[str, str] | None = None) -
 
 
 _CLASSIFY_BODY = {
+    "parameters": [{
+        "name": "heatmaps", "in": "query", "required": False,
+        "schema": {"type": "boolean", "default": False},
+        "description": "Add each cell's heatmap overlay (a data: PNG) to its row; only for "
+                       "a model with a heatmap output (GET /v1/model: heatmaps).",
+    }],
     "requestBody": {
         "required": True,
         "content": {"multipart/form-data": {"schema": {
@@ -254,6 +281,12 @@ class Handlers:
 
     async def _classify(self, request: Request) -> Response:
         """Read and parse the body, classify its images: the rows, or why not."""
+        heatmaps = _flag(request.query_params.get("heatmaps"))
+        if heatmaps is None:
+            return _json(400, {"error": "heatmaps must be 1 or 0 (true/false)"})
+        if heatmaps and not self.service.model.has_cam:
+            return _json(400, {"error": f"{self.service.model.path.name} has no heatmap "
+                                        "output (export it with 'leukoedge export --cam')"})
         body = await self._body(request)
         if isinstance(body, Response):
             return body
@@ -270,7 +303,7 @@ class Handlers:
             return _json(400, {"error": "no image in the request (send file parts, "
                                         "e.g. curl -F image=@cell.bmp)"})
         try:
-            rows = await self.service.classify(images)
+            rows = await self.service.classify(images, heatmaps)
         except LeukoedgeError as exc:  # the model failed: not the images' fault
             return _json(500, {"error": exc.message})
         errors = sum(1 for r in rows if r.error)
@@ -337,6 +370,7 @@ class Handlers:
             "model": model.path.name,
             "provider": model.provider,
             "spec": model.spec.to_dict(),
+            "heatmaps": model.has_cam,  # whether /v1/classify?heatmaps=1 is answered
             "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms},
             "limits": asdict(self.limits),
             "version": __version__,
@@ -348,6 +382,15 @@ class Handlers:
     async def metrics(self) -> Response:
         return Response(self.service.metrics.render(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _flag(value: str | None) -> bool | None:
+    """A query flag: absent, 0/false/no -> False; 1/true/yes -> True; else None."""
+    if value is None:
+        return False
+    v = value.strip().lower()
+    return True if v in ("1", "true", "yes") else False if v in ("", "0", "false", "no") \
+        else None
 
 
 def _images(parts: list[Part]) -> list[tuple[str, bytes | bytearray]]:

@@ -30,6 +30,7 @@ from ..session import Model
 class _Job:
     array: np.ndarray
     future: Future[Scored]
+    cam: bool = False  # this image's heatmap is wanted
 
 
 class Scored(NamedTuple):
@@ -38,6 +39,7 @@ class Scored(NamedTuple):
 
     logit: float
     drift: float | None = None
+    cam: np.ndarray | None = None  # the raw map [h, w], when asked for (submit(cam=True))
 
 
 class Batcher:
@@ -62,15 +64,16 @@ class Batcher:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, array: np.ndarray) -> Future[Scored]:
+    def submit(self, array: np.ndarray, cam: bool = False) -> Future[Scored]:
         """Queue one decoded image; the future resolves to its logit and drift score (or
-        the model's error)."""
+        the model's error), and with ``cam`` its heatmap (a batch computes the maps only
+        when one of its images asks for them)."""
         fut: Future[Scored] = Future()
         with self._lock:
             if self._closed:
                 fut.set_exception(RuntimeError("the server is stopping"))
                 return fut
-            self._queue.put(_Job(array, fut))
+            self._queue.put(_Job(array, fut, cam))
         return fut
 
     def close(self, timeout: float | None = None) -> None:
@@ -133,8 +136,12 @@ class Batcher:
             for i, job in enumerate(jobs):
                 buf[i] = job.array
             t0 = time.perf_counter()
+            maps: np.ndarray | None = None
             try:
-                logits, drift = self.model.predict(buf[:n])
+                if any(job.cam for job in jobs):
+                    logits, drift, maps = self.model.predict_all(buf[:n], cam=True)
+                else:
+                    logits, drift = self.model.predict(buf[:n])
             except (LeukoedgeError, ValueError) as exc:  # the model failed on this batch
                 for job in jobs:
                     job.future.set_exception(exc)
@@ -143,7 +150,8 @@ class Batcher:
                 self._fail_all(jobs, exc)
                 raise
             scores = [None] * n if drift is None else drift.tolist()
-            for job, logit, score in zip(jobs, logits.tolist(), scores):
-                job.future.set_result(Scored(float(logit), score))
+            for i, (job, logit, score) in enumerate(zip(jobs, logits.tolist(), scores)):
+                own = maps[i].copy() if maps is not None and job.cam else None
+                job.future.set_result(Scored(float(logit), score, own))
             if self._on_batch is not None:
                 self._on_batch(n, time.perf_counter() - t0)

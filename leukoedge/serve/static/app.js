@@ -33,6 +33,8 @@
     thumbBusy: false,
     renderTimer: 0,
     patientsSeen: "",
+    heatmaps: false,  // the model has a heatmap output (GET /v1/model: heatmaps)
+    heatBusy: false,  // a request for the maps of cells classified without them
   };
   // What a test or a person measuring the page reads (window.leukoedge).
   const stats = {
@@ -83,6 +85,8 @@
     if (info.limits) state.limits = info.limits;
     const spec = info.spec || {};
     if (Array.isArray(spec.labels)) state.labels = spec.labels;
+    state.heatmaps = info.heatmaps === true;
+    render();
     $("model").textContent = "Model: " + info.model + " (" + (spec.architecture || "?") + ", " +
       (spec.input_size || "?") + " px, threshold " + (spec.threshold ?? "?") + ") on " +
       info.provider + ", leukoedge " + info.version + ".";
@@ -223,7 +227,7 @@
       let resp;
       try {
         stats.requests += 1;
-        resp = await fetch("/v1/classify", { method: "POST", body: form, headers: authHeaders() });
+        resp = await fetch(classifyUrl(), { method: "POST", body: form, headers: authHeaders() });
       } catch (e) {
         if (attempt < 3) { stats.retries += 1; await sleep(500 * (attempt + 1)); continue; }
         failBatch(batch, "the server did not answer (" + e.message + ")");
@@ -253,6 +257,41 @@
       }
       rows.forEach((row, k) => finish(batch[k], row));
       return;
+    }
+  }
+
+  // the maps are asked for only while the switch is on (the server computes none otherwise)
+  function classifyUrl() {
+    return "/v1/classify" + (state.heatmaps && $("heat").checked ? "?heatmaps=1" : "");
+  }
+
+  // cells on the page classified while the switch was off: fetch their maps, one request
+  // at a time; a cell is asked for once
+  async function pumpHeat(slice) {
+    if (state.heatBusy || !state.heatmaps || !$("heat").checked) return;
+    const want = slice.filter((it) => it.row && !it.row.error && !heatmapSrc(it.row) && !it.heatAsked);
+    if (!want.length) return;
+    state.heatBusy = true;
+    try {
+      const maxN = Math.max(1, Math.min(MAX_PER_REQUEST, state.limits.max_images));
+      for (let i = 0; i < want.length; i += maxN) {
+        const batch = want.slice(i, i + maxN);
+        const form = new FormData();
+        for (const it of batch) { it.heatAsked = true; form.append("image", it.file, it.file.name); }
+        let body = null;
+        try {
+          const resp = await fetch("/v1/classify?heatmaps=1", { method: "POST", body: form, headers: authHeaders() });
+          if (resp.ok) body = await resp.json();
+        } catch (e) {
+          body = null;
+        }
+        const rows = body && body.results;
+        if (!Array.isArray(rows) || rows.length !== batch.length) continue;
+        rows.forEach((r, k) => { if (typeof r.heatmap === "string") batch[k].row.heatmap = r.heatmap; });
+        scheduleRender();
+      }
+    } finally {
+      state.heatBusy = false;
     }
   }
 
@@ -329,8 +368,10 @@
     drawStatus();
     const any = stats.done > 0;
     $("download").disabled = !any;
-    const heat = state.items.some((it) => it.row && heatmapSrc(it.row));
+    const heat = state.heatmaps || state.items.some((it) => it.row && heatmapSrc(it.row));
     $("heat").disabled = !heat;
+    $("heat-why").textContent = heat ? "" : "(this model has no heatmap output; " +
+      "export one with 'leukoedge export --cam')";
   }
 
   function drawStatus() {
@@ -419,6 +460,7 @@
     }
     grid.replaceChildren(frag);
     pumpThumbs();
+    if (showHeat) pumpHeat(slice);
   }
 
   // thumbnails: one at a time, small, only for cells on the page being shown
@@ -568,11 +610,20 @@
   }
 
   // ---- CSV, in classify's columns and number format ----
+  // text columns whose first character a spreadsheet would read as a formula get it as
+  // \xNN, as classify's CSV does (leukoedge.output.csv_safe); numbers are never touched
+  const TEXT_COLUMNS = new Set(["path", "patient", "error", "heatmap"]);
+  function csvSafe(s) {
+    return /^[=+\-@\t\r]/.test(s) ? "\\x" + s.charCodeAt(0).toString(16).padStart(2, "0") + s.slice(1) : s;
+  }
+
   function csvField(column, v) {
     let s;
     if (v === null || v === undefined) s = "";
     else if (typeof v === "number") s = column in DECIMALS ? fmt(v, DECIMALS[column]) : String(v);
     else s = String(v);
+    if (column === "heatmap" && s.startsWith("data:")) s = "";  // a picture, not a file name
+    if (TEXT_COLUMNS.has(column)) s = csvSafe(s);
     return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
   }
 
