@@ -64,13 +64,48 @@ def describe_model(path: Path) -> dict[str, Any]:
         "outputs": [{"name": o.name, "type": elem(o.type.tensor_type.elem_type).lower(),
                      "shape": _dims(o)} for o in proto.graph.output],
         "nodes": len(proto.graph.node),
-        "parameters": int(sum(_numel(t) for t in proto.graph.initializer)),
+        **parameters(proto, meta),
         "external_data": any(t.data_location == onnx.TensorProto.EXTERNAL
                              for t in proto.graph.initializer),
         "spec": spec.to_dict() if spec else None,
         "spec_error": spec_error,
-        "other_metadata": sorted(k for k in meta if k != "leukoedge.spec"),
+        "other_metadata": sorted(k for k in meta if k not in ("leukoedge.spec",
+                                                              PARAMETERS_KEY)),
     }
+
+
+#: ONNX metadata key: the network's parameter count, recorded by ``export``
+PARAMETERS_KEY = "leukoedge.parameters"
+
+
+def parameters(proto: Any, meta: dict[str, str]) -> dict[str, Any]:
+    """The network's parameters and what else the file stores.
+
+    ``stored_values``: every number in the file's initialisers. A heatmap output keeps its
+    own copies of the dense weights (``export --cam``: its backward pass; int8 needs them
+    apart), so that sum is not the network's size. ``parameters``: the count ``export``
+    recorded (PyTorch's, under :data:`PARAMETERS_KEY`); for a file without it, the
+    initialisers with identical tensors counted once (``parameters_source`` says which).
+    ``copies``: the values in tensors identical to another one."""
+    import hashlib
+
+    total, copies, seen = 0, 0, set()
+    for t in proto.graph.initializer:
+        n = _numel(t)
+        total += n
+        if not t.raw_data:  # external or typed-field data: not compared
+            continue
+        key = (t.data_type, tuple(t.dims), hashlib.sha256(t.raw_data).digest())
+        if key in seen:
+            copies += n
+        seen.add(key)
+    recorded = meta.get(PARAMETERS_KEY, "")
+    if recorded.isdigit():
+        return {"parameters": int(recorded), "parameters_source": "recorded at export",
+                "stored_values": total, "copies": copies}
+    return {"parameters": total - copies,
+            "parameters_source": "counted in the file, identical tensors once",
+            "stored_values": total, "copies": copies}
 
 
 def _numel(t: Any) -> int:

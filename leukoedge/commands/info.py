@@ -45,9 +45,24 @@ def info(
     return EXIT_OK
 
 
+def _parameters(d: dict[str, Any]) -> str:
+    """The network's parameters, and what the file stores besides them."""
+    text = f"{d['parameters']:,} in the network ({d['parameters_source']})"
+    other = d["stored_values"] - d["parameters"]
+    if other > 0:
+        what = (f"{d['copies']:,} in copies of its weights (a heatmap output's own)"
+                if d["copies"] else "")
+        rest = other - d["copies"]
+        if rest > 0:
+            what += (", " if what else "") + f"{rest:,} other constants"
+        text += f"; the file stores {d['stored_values']:,} numbers: besides them {what}"
+    return text
+
+
 def _table(model: Path, d: dict[str, Any]) -> Table:
     t = facts_table(f"model {escape(str(model))}", [
-        ("size", f"{d['size_bytes'] / 1e6:.2f} MB ({d['parameters']:,} parameters)"),
+        ("size", f"{d['size_bytes'] / 1e6:.2f} MB"),
+        ("parameters", _parameters(d)),
         ("sha256", d["sha256"]),
         ("opsets", ", ".join(f"{k} {v}" for k, v in d["opsets"].items())),
         ("ir version / producer", f"{d['ir_version']} / {escape(d['producer'])}")])
