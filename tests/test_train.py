@@ -493,6 +493,48 @@ def test_parity_command_fails_on_a_broken_export(defect_exports: dict[str, Path]
     assert "FAIL" in out and "worst images" in out and "differs: synthetic-" in err
 
 
+@needs_real
+def test_parity_command_on_a_tta8_export(scratch_run: ScratchRun, work: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``parity`` reads the file's test-time symmetries (and map) and judges it against the
+    oracle ``export`` used: an ``export --tta 8 --cam`` file passes; a file whose graph
+    averages over the mirror only, while its spec says all 8 symmetries, fails (issue 30:
+    parity used to compare the averaged logit with a model that does not average)."""
+    import copy
+
+    from leukoedge_train import cam
+    from leukoedge_train import checkpoint as ckpt_io
+    from leukoedge_train.export import _finish, _torch_export
+    from leukoedge_train.parity import check, file_spec
+
+    out = work / "tta8" / "m.onnx"
+    code, o, e = run_cli(capsys, "export", scratch_run.run, "--to", "onnx", "--tta", "8",
+                         "--cam", "--out", out, "--data", REAL)
+    assert code == 0, e
+    assert file_spec(out).tta == "d4" and file_spec(out).outputs == ("logit", "cam")
+    code, o, e = run_cli(capsys, "parity", out, scratch_run.run, "--data", REAL, "--json")
+    assert code == 0, e
+    d = json.loads(o)
+    assert d["passed"] is True and d["images"] == 43 and d["worst_ratio"] <= 1
+    assert d["cam"] is not None and d["cam"]["passed"] is True
+
+    # the oracle must average too: the bare model's logits are far from this file's
+    ckpt = ckpt_io.load(ckpt_io.resolve(scratch_run.run))
+    bare = check(out, ckpt_io.model_of(ckpt), ckpt_io.spec_of(ckpt), REAL)
+    assert not bare.passed and bare.worst_ratio >= 10, bare.summary()
+
+    # broken: the graph averages over the mirror only (d1), the spec says d4
+    spec = ckpt_io.spec_of(ckpt)
+    broken = cam.InGraph(copy.deepcopy(ckpt_io.model_of(ckpt)), cam=True, tta="d1").eval()
+    raw, bad = work / "tta8" / "broken.raw.onnx", work / "tta8" / "broken.onnx"
+    _torch_export(broken, spec.input_size, raw, 18, "dynamo")
+    _finish(raw, spec.with_updates(outputs=("logit", "cam"), tta="d4"), bad)
+    code, o, e = run_cli(capsys, "parity", bad, scratch_run.run, "--data", REAL)
+    assert code == 3 and "Traceback" not in e
+    errors = [ln for ln in e.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "parity FAIL" in errors[0], e
+
+
 def test_fixed_batch_axis_is_refused_by_the_graph_check(
         scratch_run: ScratchRun, work: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -129,9 +129,13 @@ def _torch_export(model: torch.nn.Module, size: int, path: Path, opset: int,
         logger.setLevel(level)
 
 
-def _finish(path: Path, spec: ModelSpec, final: Path) -> int:
-    """Embed the spec, check names/shapes, save inline to ``final``; return the opset."""
+def _finish(path: Path, spec: ModelSpec, final: Path, parameters: int | None = None) -> int:
+    """Embed the spec (and the network's parameter count, which ``info`` shows: the
+    file's initialisers also hold a heatmap's own copies of weights), check names/shapes,
+    save inline to ``final``; return the opset."""
     import onnx
+
+    from leukoedge.inspect_model import PARAMETERS_KEY
 
     proto = onnx.load(str(path))  # pulls in external data, if the exporter wrote any
     g = proto.graph
@@ -151,10 +155,12 @@ def _finish(path: Path, spec: ModelSpec, final: Path) -> int:
         odim = o.type.tensor_type.shape.dim
         if odim:
             odim[0].dim_param = "N"
-    keep = [p for p in proto.metadata_props if p.key != SPEC_KEY]
+    keep = [p for p in proto.metadata_props if p.key not in (SPEC_KEY, PARAMETERS_KEY)]
     del proto.metadata_props[:]
     proto.metadata_props.extend(keep)
     proto.metadata_props.add(key=SPEC_KEY, value=spec.to_json())
+    if parameters is not None:
+        proto.metadata_props.add(key=PARAMETERS_KEY, value=str(parameters))
     proto.producer_name = proto.producer_name or "pytorch"
     onnx.save(proto, str(final), save_as_external_data=False)
     try:
@@ -266,9 +272,11 @@ def _plan_graph(model: torch.nn.Module, spec: ModelSpec, drift_data: Sequence[Pa
         graph.model = WithFeatures(model).eval()
         graph.spec = spec.with_updates(outputs=("logit", "features"))
     if cam or tta_name != "none":
-        in_graph = cam_mod.InGraph(model, cam=cam, features=bool(drift_data), tta=tta_name)
-        graph.model = graph.reference = in_graph.eval()
-        graph.spec = graph.spec.with_updates(outputs=in_graph.outputs, tta=tta_name)
+        # parity.reference builds the graph from the spec: the same function rebuilds it
+        # from a file's spec for 'leukoedge parity', so both judge the same computation
+        outputs = ("logit",) + (("features",) if drift_data else ()) + (("cam",) if cam else ())
+        graph.spec = graph.spec.with_updates(outputs=outputs, tta=tta_name)
+        graph.model = graph.reference = parity.reference(model, graph.spec)
     return graph
 
 
@@ -279,7 +287,8 @@ def _export_checked(graph: _Graph, work: Path, final: Path, opset: int, exporter
     statistics when asked for: its opset, the parity result and its spec."""
     raw = work / "raw.onnx"
     _torch_export(graph.model, graph.spec.input_size, raw, opset, exporter)
-    got_opset = _finish(raw, graph.spec, final)
+    got_opset = _finish(raw, graph.spec, final,
+                        sum(p.numel() for p in graph.reference.parameters()))
     result = parity.check(final, graph.reference, graph.spec, parity_data, parity_batch)
     _require_parity(result)
     spec = graph.spec

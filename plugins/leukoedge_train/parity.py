@@ -384,11 +384,60 @@ def check(onnx_path: Path, model: torch.nn.Module, spec: ModelSpec,
         **verdict)
 
 
+def reference(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
+    """What a file with ``spec`` computes, in PyTorch: the oracle's model. ``export`` builds
+    its graph with this function and ``parity`` rebuilds it from the file's spec, so the
+    two judge a file against the same computation. The bare model when the file holds
+    neither a map nor test-time symmetries (a ``features`` output alone is not compared
+    here); otherwise :class:`.cam.InGraph` with the spec's outputs and symmetry group."""
+    from . import cam as cam_mod
+
+    outputs = tuple(spec.outputs)
+    if spec.tta == "none" and "cam" not in outputs:
+        unknown = [o for o in outputs[1:] if o != "features"]
+        if unknown:
+            raise ParityError(f"the model has outputs {', '.join(outputs)}; parity knows "
+                              "logit, features and cam",
+                              "export it with this version's 'leukoedge export'")
+        return model
+    if spec.tta not in cam_mod.GROUPS:
+        raise ParityError(f"the model averages over test-time symmetries {spec.tta!r}, "
+                          f"which this version does not know (it knows "
+                          f"{', '.join(cam_mod.GROUPS)})", "upgrade leukoedge")
+    graph = cam_mod.InGraph(model, cam="cam" in outputs, features="features" in outputs,
+                            tta=spec.tta)
+    if graph.outputs != outputs:
+        raise ParityError(f"the model has outputs {', '.join(outputs)}; export writes "
+                          f"{', '.join(graph.outputs)} for these options",
+                          "export it with this version's 'leukoedge export'")
+    return graph.eval()
+
+
+def file_spec(onnx_path: Path) -> ModelSpec:
+    """The spec inside the ONNX file (read without running it)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    from leukoedge.errors import ModelError, first_line
+    from leukoedge.session import read_spec_from_metadata
+
+    if not onnx_path.is_file():
+        raise ModelError(f"{onnx_path}: model file not found")
+    try:
+        proto = onnx.load(str(onnx_path), load_external_data=False)
+    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{onnx_path}: not an ONNX model ({first_line(exc)})") from exc
+    return read_spec_from_metadata({p.key: p.value for p in proto.metadata_props},
+                                   str(onnx_path))
+
+
 def check_checkpoint(onnx_path: Path, ckpt_path: Path, data: Path | None = None,
                      batch: int = 16, provider: str = "cpu") -> ParityResult:
-    """Parity of an ONNX file against a checkpoint (its own spec decides preprocessing)."""
+    """Parity of an ONNX file against a checkpoint. The checkpoint's spec decides the
+    preprocessing; the file's spec decides what is compared (:func:`reference`: its map
+    and its test-time symmetries, as ``export`` built them)."""
     from . import checkpoint as ckpt_io
 
     ckpt = ckpt_io.load(ckpt_path)
-    return check(onnx_path, ckpt_io.model_of(ckpt), ckpt_io.spec_of(ckpt), data, batch,
-                 provider=provider)
+    model = reference(ckpt_io.model_of(ckpt), file_spec(onnx_path))
+    return check(onnx_path, model, ckpt_io.spec_of(ckpt), data, batch, provider=provider)
