@@ -52,7 +52,8 @@ def import_ort() -> ModuleType:
     except ImportError as exc:
         raise MissingExtraError(
             "onnxruntime is not installed",
-            "pip install 'leukoedge[cpu]' (or 'leukoedge[gpu]' for CUDA; not both)",
+            "pip install 'leukoedge[cpu]' (or 'leukoedge[gpu]' for CUDA; not both; in a "
+            "clone: pip install -e '.[cpu]')",
         ) from exc
     ort.set_default_logger_severity(3)
     module: ModuleType = ort
@@ -91,7 +92,7 @@ def provider_load_problem(ort: ModuleType, provider: str) -> str | None:
     if name not in ort.get_available_providers():
         return (f"this onnxruntime build ({ort_distribution()}) has no {name}; "
                 "install the GPU build: pip uninstall onnxruntime && "
-                "pip install 'leukoedge[gpu]'")
+                "pip install 'leukoedge[gpu]' (in a clone: pip install -e '.[gpu]')")
     if ort.__file__ is None:  # a namespace package: nothing to try to load
         return None
     lib = Path(ort.__file__).parent / "capi" / _PROVIDER_LIBS[provider]
