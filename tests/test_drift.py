@@ -158,6 +158,11 @@ def test_training_cell_below_one_recoloured_cell_above(drift_model: Path, shared
     assert float(rows["UID_1"]["drift"]) < 1.0
     assert float(rows["UID_2"]["drift"]) > 1.0
     assert "drift per patient" in r.output
+    # one cell each: under the patient rule's minimum, nobody is flagged (too few cells)
+    assert "no patient drifted" in r.output and "2 with too few cells" in r.output
+    r = invoke("classify", cells, "--model", drift_model, "--out", out, "--overwrite",
+               "--min-cells", "1")
+    assert r.exit_code == 0, r.output
     assert "1 of 2 patients do not look like the training cells" in r.output
     assert "UID_2" in r.output.split("do not look like")[1]
 
@@ -199,7 +204,8 @@ def test_resumed_classify_summarises_every_row(drift_model: Path, real_cells: Pa
     assert r.exit_code == 0, r.output
     rows = read_rows(out)
     assert len(rows) == 43 and all(row["drift"] for row in rows)
-    cells_in_table = sum(int(line.split("│")[2]) for line in r.output.splitlines()
+    drift_table = r.output.split("drift per patient")[1].split("per patient (share")[0]
+    cells_in_table = sum(int(line.split("│")[2]) for line in drift_table.splitlines()
                          if line.count("│") >= 6 and line.split("│")[1].strip()
                          .startswith("UID_"))
     assert cells_in_table == 43

@@ -329,7 +329,8 @@ def test_model_metrics_openapi_and_no_cdn_page(client: TestClient, shared_cells:
     assert 'leukoedge_request_seconds_bucket{le="+Inf"} 1' in text
     assert "leukoedge_batch_size_count" in text
     spec = client.get("/openapi.json").json()
-    assert set(spec["paths"]) == {"/v1/classify", "/v1/model", "/healthz", "/metrics"}
+    assert set(spec["paths"]) == {"/v1/classify", "/v1/patients", "/v1/model", "/healthz",
+                                 "/metrics"}
     assert "multipart/form-data" in spec["paths"]["/v1/classify"]["post"]["requestBody"][
         "content"]
     for page in ("/docs", "/redoc", "/docs/oauth2-redirect"):

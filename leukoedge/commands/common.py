@@ -195,8 +195,10 @@ def print_patients(rows: list[PatientSummary], view: PatientView,
 
     t = Table(title="per patient (share called ALL with its 95% Wilson interval)",
               title_justify="left")
+    scored = any(r.drift is not None for r in rows)  # no drift column without scores
     cols = ["patient", *(["truth"] if truth else []), "cells", "errors", "called ALL",
-            "share ALL (95% CI)", "mean P(ALL)", "drift", "call", "reason"]
+            "share ALL (95% CI)", "mean P(ALL)", *(["median drift"] if scored else []),
+            "call", "reason"]
     for c in cols:
         t.add_column(c, justify="left" if c in ("patient", "truth", "call", "reason")
                      else "right")
@@ -208,7 +210,8 @@ def print_patients(rows: list[PatientSummary], view: PatientView,
         call = {"ALL": "[red]ALL[/red]", "HEM": "[blue]HEM[/blue]"}.get(r.call, "none")
         t.add_row(escape(r.patient), *tr, str(r.cells), str(r.errors), str(r.called_all),
                   share, "-" if r.mean_prob_all is None else f"{r.mean_prob_all:.3f}",
-                  "-" if r.drift is None else f"{r.drift:.2f}", call, escape(r.reason))
+                  *([("-" if r.drift is None else f"{r.drift:.2f}")] if scored else []),
+                  call, escape(r.reason))
     out.print(t)
     out.print(f"patient rule: {escape(view.rule.describe())} (docs/usage.md, \"Patients\")")
 
