@@ -12,7 +12,7 @@ import typer
 from ..console import escape, note
 from ..errors import EXIT_OK, UsageError, first_line
 from .common import open_model
-from .options import ModelOpt, ProviderOpt, ThreadsOpt, WorkersOpt
+from .options import MinCellsOpt, ModelOpt, ProviderOpt, ThreadsOpt, WorkersOpt
 
 #: shortest bearer token accepted (characters)
 MIN_TOKEN = 16
@@ -70,6 +70,7 @@ def serve(
         help="Most classification requests in flight; more get 429.")] = 64,
     threads: ThreadsOpt = None,
     workers: WorkersOpt = None,
+    min_cells: MinCellsOpt = None,
 ) -> int:
     """Serve the model over HTTP: POST /v1/classify (multipart images), GET /v1/model,
     /healthz, /metrics, /openapi.json. Stops cleanly (exit 0) on SIGTERM or Ctrl-C."""
@@ -92,7 +93,7 @@ def serve(
         max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers,
         limits=Limits(max_request_bytes=max_request_mb * 1024 * 1024, max_images=max_images,
                       max_concurrent=max_concurrent),
-        hosts=allowed_hosts(host, bound_port), token=token)
+        hosts=allowed_hosts(host, bound_port), token=token, min_cells=min_cells)
     m.warm_up(max_batch)
     app = create_app(m, settings)
     shown = f"[{host}]" if ":" in host else host
