@@ -31,7 +31,8 @@ from .errors import (
 from .preprocess import cell_colour
 from .spec import ONNX_OPSET, SPEC_KEY, ModelSpec
 
-PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
+PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
+PRECISION_CHOICES = ("f32", "bf16")
 _ORT_NAMES = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -152,13 +153,28 @@ class SessionConfig:
     trt_fp16: bool = False
     optimization: str = "all"  # basic | extended | all
     cuda_tf32: bool = True  # False: CUDA provider option use_tf32=0 (exact fp32, parity)
+    #: f32, or bf16 (``--provider openvino`` on a CPU with bf16, after a passed gate)
+    precision: str = "f32"
+    bf16_gate: bool = True  # False: only the gate check itself compiles an unchecked bf16
 
     def __post_init__(self) -> None:
-        if self.provider not in PROVIDER_CHOICES:
+        if self.provider not in PROVIDER_CHOICES and not self.provider.startswith("openvino:"):
             raise UsageError(f"unknown provider {self.provider!r}",
-                             f"choose one of {', '.join(PROVIDER_CHOICES)}")
+                             f"choose one of {', '.join(PROVIDER_CHOICES)} "
+                             "(or openvino:DEVICE, a device 'leukoedge doctor' lists)")
+        if self.precision not in PRECISION_CHOICES:
+            raise UsageError(f"unknown precision {self.precision!r}",
+                             f"choose one of {', '.join(PRECISION_CHOICES)}")
+        if self.precision == "bf16" and not self.openvino:
+            raise UsageError(f"--precision bf16 runs on --provider openvino only, not "
+                             f"{self.provider}", "add --provider openvino")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {self.threads}")
+
+    @property
+    def openvino(self) -> bool:
+        """Whether the model runs on the OpenVINO runtime (never chosen by ``auto``)."""
+        return self.provider == "openvino" or self.provider.startswith("openvino:")
 
 
 def cores() -> int:
@@ -200,7 +216,7 @@ class Model:
     path: Path
     spec: ModelSpec
     session: Any
-    provider: str  # cpu | cuda | tensorrt, as verified
+    provider: str  # cpu | cuda | tensorrt | openvino, as verified
     input_name: str
     output_name: str
     notes: list[str] = field(default_factory=list)
@@ -210,6 +226,10 @@ class Model:
     outputs: dict[str, str] = field(default_factory=dict)
     #: the spec's drift statistics (None: the model carries none; rows get no score)
     drift: DriftStats | None = None
+    #: f32 or bf16 (OpenVINO's compiled precision; onnxruntime runs the graph's own)
+    precision: str = "f32"
+    #: what the runtime raises when a graph fails while running (empty: onnxruntime's)
+    run_errors: tuple[type[BaseException], ...] = ()
 
     def run(self, batch: np.ndarray, names: tuple[str, ...] = ("logit",)
             ) -> dict[str, np.ndarray]:
@@ -229,7 +249,7 @@ class Model:
                 got = io.copy_outputs_to_cpu()
             else:
                 got = self.session.run(graph_names, {self.input_name: batch})
-        except ort_errors(import_ort()) as exc:
+        except (self.run_errors or ort_errors(import_ort())) as exc:
             raise ModelError(f"{self.path}: the model failed while running "
                              f"({first_line(exc)})",
                              "the graph does not run on a valid input; re-export it") from exc
@@ -345,6 +365,8 @@ def load_model(path: str | os.PathLike[str], config: SessionConfig | None = None
     on (:func:`verify_provider`), the spec and interface (:func:`read_interface`)."""
     cfg = config or SessionConfig()
     p = _model_file(path)
+    if cfg.openvino:
+        return _load_openvino(p, cfg)
     ort = import_ort()
     want = choose_provider(ort, cfg.provider)
     notes: list[str] = []
@@ -356,13 +378,56 @@ def load_model(path: str | os.PathLike[str], config: SessionConfig | None = None
     active, note = verify_provider(ort, sess, cfg.provider)
     if note is not None:
         notes.append(note)
-    face = read_interface(ort, sess, str(p))
+    face = read_interface(ort_errors(ort), sess, str(p))
     return Model(
         path=p, spec=face.spec, session=sess, provider=active,
         input_name=face.input_name, output_name=face.output_name,
         notes=notes, load_seconds=time.perf_counter() - t0, device_id=cfg.device_id,
         outputs=face.outputs, drift=face.drift,
     )
+
+
+def _load_openvino(p: Path, cfg: SessionConfig) -> Model:
+    """:func:`load_model` on the OpenVINO runtime: the same file checks, spec and graph
+    checks (:func:`read_interface`) through :class:`~leukoedge.ov_session.OVSession`; bf16
+    only where the CPU has it and the model passed its gate (:mod:`leukoedge.bf16_gate`)."""
+    from .ov_session import bf16_problem, import_ov, open_ov_session, ov_errors
+
+    ov = import_ov()
+    if cfg.precision == "bf16":
+        problem = bf16_problem(ov)
+        if problem is not None:
+            raise ProviderError(f"--precision bf16 cannot run here: {problem}",
+                                "run in f32 (the default)")
+        if cfg.bf16_gate:
+            _check_bf16_gate(ov, p)
+    t0 = time.perf_counter()
+    try:
+        sess = open_ov_session(p, cfg.provider, cfg.precision, cfg.threads or cores())
+    except ov_errors() as exc:
+        raise ModelError(f"{p}: cannot load as an ONNX model ({first_line(exc)})",
+                         "re-export it with 'leukoedge export'") from exc
+    face = read_interface(ov_errors(), sess, str(p))
+    return Model(
+        path=p, spec=face.spec, session=sess, provider="openvino",
+        input_name=face.input_name, output_name=face.output_name,
+        notes=[] if sess.device == "CPU" else [f"OpenVINO device {sess.device}"],
+        load_seconds=time.perf_counter() - t0, device_id=cfg.device_id,
+        outputs=face.outputs, drift=face.drift, precision=cfg.precision,
+        run_errors=ov_errors(),
+    )
+
+
+def _check_bf16_gate(ov: ModuleType, p: Path) -> None:
+    """A :class:`ProviderError` unless the gate store holds a passed bf16 check for this
+    file, this OpenVINO version and this CPU's bf16 instruction set."""
+    from .bf16_gate import file_sha256, gate_problem, read_store, store_path
+    from .ov_session import cpu_bf16_isa, ov_version
+
+    problem = gate_problem(read_store(store_path()), p, file_sha256(p), ov_version(ov),
+                           cpu_bf16_isa() or "none")
+    if problem is not None:
+        raise ProviderError(problem)
 
 
 def _model_file(path: str | os.PathLike[str]) -> Path:
@@ -444,8 +509,10 @@ class Interface:
     drift: DriftStats | None
 
 
-def read_interface(ort: ModuleType, sess: Any, where: str) -> Interface:
-    """The session's spec (from its metadata) checked against its inputs and outputs."""
+def read_interface(errors: tuple[type[BaseException], ...], sess: Any, where: str
+                   ) -> Interface:
+    """The session's spec (from its metadata) checked against its inputs and outputs
+    (``errors``: what the session's runtime raises)."""
     # Metadata, names, types and shapes are decoded lazily: invalid UTF-8 in any of them
     # raises UnicodeDecodeError here, not when the session is created.
     try:
@@ -456,7 +523,7 @@ def read_interface(ort: ModuleType, sess: Any, where: str) -> Interface:
         input_name, output_name = inputs[0].name, outputs[0].name
         names = {n: o.name for n, o in zip(spec.outputs, outputs)}
         shapes = {n: list(o.shape) for n, o in zip(spec.outputs, outputs)}
-    except ort_errors(ort) as exc:
+    except errors as exc:
         raise ModelError(f"{where}: cannot read the model's metadata or interface "
                          f"({first_line(exc)})", "re-export it with 'leukoedge export'") \
             from exc

@@ -137,7 +137,9 @@ def test_provider_status_is_what_doctor_shows() -> None:
         assert status[p] == "ok" or "\n" not in status[p]
     r = runner.invoke(assemble(), ["doctor", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["providers"] == status
+    shown = json.loads(r.output)["providers"]
+    assert "openvino" in shown  # the second runtime: ok or why not (tests/test_openvino.py)
+    assert {k: v for k, v in shown.items() if k != "openvino"} == status
 
 
 # -- the one two-column table -------------------------------------------------------------

@@ -13,7 +13,15 @@ import typer
 from ..console import escape, facts_table, out
 from ..errors import EXIT_OK, DataError, OutputExistsError, UsageError
 from .common import parse_folds, warn
-from .options import BatchOpt, FoldsOpt, LabelsOpt, ProviderOpt, ThreadsOpt, WorkersOpt
+from .options import (
+    BatchOpt,
+    FoldsOpt,
+    LabelsOpt,
+    PrecisionOpt,
+    ProviderOpt,
+    ThreadsOpt,
+    WorkersOpt,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -53,6 +61,7 @@ def calibrate(
     as_json: Annotated[bool, typer.Option("--json", help="Print what was fitted as JSON.")]
     = False,
     provider: ProviderOpt = "auto",
+    precision: PrecisionOpt = "f32",
     batch_size: BatchOpt = 32,
     threads: ThreadsOpt = None,
     workers: WorkersOpt = None,
@@ -80,7 +89,8 @@ def calibrate(
     if out_file.exists() and not overwrite:
         raise OutputExistsError(f"{out_file} already exists",
                                 "add --overwrite or choose another --out")
-    m = load_model(model, SessionConfig(provider=provider, threads=threads))
+    m = load_model(model, SessionConfig(provider=provider, threads=threads,
+                                        precision=precision))
     if from_predictions is not None:
         cells = _from_predictions(from_predictions, labels, folds)
     else:

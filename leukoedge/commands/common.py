@@ -23,11 +23,12 @@ if TYPE_CHECKING:  # session imports numpy: loaded when a command runs, not for 
 
 
 def open_model(model: Path | None, provider: str, threads: int | None,
-               threshold: float | None = None) -> Model:
+               threshold: float | None = None, precision: str = "f32") -> Model:
     from ..session import SessionConfig, load_model
 
     path = model if model is not None else choose_model()
-    m = load_model(path, SessionConfig(provider=provider, threads=threads))
+    m = load_model(path, SessionConfig(provider=provider, threads=threads,
+                                       precision=precision))
     for n in m.notes:
         note(n)
     if threshold is not None:

@@ -19,6 +19,7 @@ def doctor(
 ) -> int:
     """Versions, which execution providers really load here (and why not), plugins and
     their capabilities."""
+    from ..ov_session import ov_status
     from ..plugins import entry_points, registry
     from ..session import import_ort, provider_status
 
@@ -32,16 +33,21 @@ def doctor(
     except MissingExtraError as exc:
         ok = False
         providers["cpu"] = first_line(exc)
+    openvino = ov_status()  # version, devices, bf16 (and why not); never chosen by auto
+    providers["openvino"] = openvino.pop("openvino")
     plugins = {e.name: e.value for e in entry_points()}
     capabilities = registry().names()  # imports each plugin's entry module, no target
     if as_json:
         out.print_json(json.dumps({"versions": versions, "providers": providers,
+                                   "openvino": openvino,
                                    "plugins": plugins, "capabilities": capabilities}))
     else:
         t = facts_table("leukoedge doctor", [(k, escape(v)) for k, v in versions.items()])
         for k, v in providers.items():
             t.add_row(f"provider {k}", "[green]ok[/green]" if v == "ok" else
                       f"[yellow]unavailable[/yellow]: {escape(v)}")
+        for k, v in openvino.items():
+            t.add_row(k, escape(v))
         for k, v in plugins.items() or {"(none)": "no plugin installed"}.items():
             t.add_row(f"plugin {k}", escape(v))
         if capabilities:

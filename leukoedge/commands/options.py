@@ -13,7 +13,12 @@ ModelOpt = Annotated[Path | None, typer.Option(
     "--model", "-m", help="ONNX model; default: the newest .onnx in ./exported/.",
     show_default=False)]
 ProviderOpt = Annotated[str, typer.Option(
-    "--provider", "-p", help="Execution provider: auto, cpu, cuda or tensorrt.")]
+    "--provider", "-p", help="Execution provider: auto, cpu, cuda, tensorrt or openvino "
+    "(the OpenVINO runtime, [openvino] extra; openvino:GPU etc. for its other devices). "
+    "auto never picks openvino.")]
+PrecisionOpt = Annotated[str, typer.Option(
+    "--precision", help="f32, or bf16 (--provider openvino on a CPU with AMX/AVX512-BF16, "
+    "after the model passed its bf16 gate: docs/usage.md).")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", help="Inference threads (default: the cores present).", show_default=False)]
 WorkersOpt = Annotated[int | None, typer.Option(

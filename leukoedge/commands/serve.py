@@ -13,6 +13,7 @@ from ..console import escape, note
 from ..errors import EXIT_OK, UsageError, first_line
 from .common import open_model
 from .options import MinCellsOpt, ModelOpt, ProviderOpt, ThreadsOpt, WorkersOpt
+from .options import PrecisionOpt  # noqa: I001
 
 #: shortest bearer token accepted (characters)
 MIN_TOKEN = 16
@@ -53,6 +54,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535,
                                       help="TCP port (0: a free one).")] = 8000,
     provider: ProviderOpt = "auto",
+    precision: PrecisionOpt = "f32",
     max_batch: Annotated[int, typer.Option(
         "--max-batch", min=1, max=4096, help="Most images per model run.")] = 32,
     max_wait_ms: Annotated[float, typer.Option(
@@ -86,7 +88,7 @@ def serve(
     from ..serve.app import Limits, Settings, create_app
     from ..serve.server import bind, run
 
-    m = open_model(model, provider, threads)
+    m = open_model(model, provider, threads, precision=precision)
     sock = bind(host, port)
     bound_port = sock.getsockname()[1]
     settings = Settings(

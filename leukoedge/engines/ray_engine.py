@@ -105,10 +105,14 @@ class BlockClassifier:
     """Runs inside each actor: one model (one onnxruntime session) for the actor's life."""
 
     def __init__(self, model_path: str, provider: str, threads: int, spec: ModelSpec,
-                 batch_size: int, workers: int, overlays: OverlayWriter | None = None) -> None:
+                 batch_size: int, workers: int, overlays: OverlayWriter | None = None,
+                 precision: str = "f32") -> None:
         from ..session import SessionConfig, load_model
 
-        self.model = load_model(model_path, SessionConfig(provider=provider, threads=threads))
+        # the driver's provider and precision; a bf16 actor checks the gate store on its
+        # own machine (the gate is bound to the CPU it runs on)
+        self.model = load_model(model_path, SessionConfig(provider=provider, threads=threads,
+                                                          precision=precision))
         self.model.spec = spec  # the driver's spec: --threshold and the like apply here too
         self.batch_size = batch_size
         self.workers = workers
@@ -235,7 +239,8 @@ def _dataset(ray: ModuleType, model: Model, todo: list[Item], options: RayOption
             BlockClassifier,
             fn_constructor_kwargs={
                 "model_path": str(Path(model.path).resolve()),
-                "provider": model.provider, "threads": p.threads, "spec": model.spec,
+                "provider": model.provider, "precision": model.precision,
+                "threads": p.threads, "spec": model.spec,
                 "batch_size": batch_size, "workers": p.workers, "overlays": overlays},
             batch_size=block, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=p.actors),
