@@ -36,6 +36,60 @@ RANK = 16
 PATIENT_FLAG = drift.DEFAULT_PATIENT_FLAG
 #: features output vs PyTorch: max |difference| / max |PyTorch feature|
 FEATURE_TOLERANCE = 1e-4
+#: a network whose penultimate layer is wider than this (lite0 1280, ResNet50 2048) would
+#: not fit its statistics into the spec's size cap: its ``features`` output becomes the
+#: projection onto the training cells' first PROJECTION_DIM principal directions, a
+#: constant MatMul in the graph (:class:`Projected`; docs/accuracy.md, "Drift")
+PROJECT_ABOVE = 64
+PROJECTION_DIM = 32
+
+
+class Projected(torch.nn.Module):
+    """``graph`` (whose ``outputs`` name a ``features`` output ``[N, d]``) with that output
+    replaced by ``(features - mean) @ basis`` ``[N, k]``; every other output unchanged."""
+
+    mean: torch.Tensor
+    basis: torch.Tensor
+
+    def __init__(self, graph: torch.nn.Module, mean: torch.Tensor, basis: torch.Tensor) -> None:
+        super().__init__()
+        self.graph = graph
+        self.outputs: tuple[str, ...] = tuple(getattr(graph, "outputs", ("logit", "features")))
+        self.at = self.outputs.index("features")
+        self.register_buffer("mean", mean.reshape(1, -1).float())
+        self.register_buffer("basis", basis.float())
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = list(self.graph(image))
+        outs[self.at] = (outs[self.at] - self.mean) @ self.basis
+        return tuple(outs)
+
+
+def torch_features(graph: torch.nn.Module, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The ``features`` output of ``graph`` (PyTorch, eval, fp32) over ``x``, float64."""
+    at = list(getattr(graph, "outputs", ("logit", "features"))).index("features")
+    parts = []
+    graph = graph.eval()
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            parts.append(graph(torch.from_numpy(x[i:i + batch]))[at].double().numpy())
+    return np.concatenate(parts)
+
+
+def project_if_wide(graph: torch.nn.Module, x: np.ndarray,
+                    dim: int = PROJECTION_DIM) -> torch.nn.Module:
+    """``graph`` itself when its features have at most PROJECT_ABOVE values, else
+    :class:`Projected` onto the first ``dim`` principal directions of its features over
+    ``x`` (the training cells)."""
+    probe = torch_features(graph, x[:2])
+    if probe.shape[1] <= PROJECT_ABOVE:
+        return graph
+    f = torch_features(graph, x)
+    mean = f.mean(axis=0)
+    z = f - mean
+    w, v = np.linalg.eigh(z.T @ z / max(len(f) - 1, 1))
+    basis = v[:, ::-1][:, :dim].copy()
+    return Projected(graph, torch.from_numpy(mean), torch.from_numpy(basis)).eval()
 
 
 @dataclass

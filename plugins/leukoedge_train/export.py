@@ -277,6 +277,12 @@ def _plan_graph(model: torch.nn.Module, spec: ModelSpec, drift_data: Sequence[Pa
         outputs = ("logit",) + (("features",) if drift_data else ()) + (("cam",) if cam else ())
         graph.spec = graph.spec.with_updates(outputs=outputs, tta=tta_name)
         graph.model = graph.reference = parity.reference(model, graph.spec)
+    if graph.cells is not None:
+        from . import drift_fit
+
+        # wide features (lite0 1280, ResNet50 2048) leave the graph projected onto their
+        # first principal directions; parity compares the logit and map, which are unchanged
+        graph.model = drift_fit.project_if_wide(graph.model, graph.cells.pixels)
     return graph
 
 
