@@ -92,6 +92,15 @@ def _table(model: Path, d: dict[str, Any]) -> Table:
     return t
 
 
+def weights_text(w: dict[str, Any]) -> str:
+    """``spec.training["weights"]`` in one line: the package, its file and sha256 (or what
+    the run started from)."""
+    if w.get("package"):
+        return (f"{w['package']} {w.get('version', '')}: {w.get('file', '')}, sha256 "
+                f"{w.get('sha256', '?')} ({w.get('licence', 'licence not recorded')})")
+    return str(w.get("source", "not recorded"))
+
+
 def provenance_rows(training: dict[str, Any]) -> list[tuple[str, str]]:
     """``spec.training`` as table rows: data, patients, recipe, cross-validated figures."""
     rows: list[tuple[str, str]] = []
@@ -100,6 +109,9 @@ def provenance_rows(training: dict[str, Any]) -> list[tuple[str, str]]:
     pats = training.get("patients") or []
     if pats:
         rows.append(("training patients", f"{len(pats)}: {', '.join(map(str, pats))}"))
+    weights = training.get("weights") or {}
+    if weights:
+        rows.append(("backbone weights", weights_text(weights)))
     recipe = training.get("recipe") or {}
     if recipe:
         rows.append(("recipe", f"{recipe.get('name')}: {recipe.get('description', '')}"))

@@ -9,6 +9,9 @@ raw (no ReLU, no normalisation: those are display choices), ``[N, h, w]``:
 - ``resnet50`` (global average pool + one linear layer): the exact CAM,
   ``sum_c w_c * A_c`` with ``w`` the ``fc`` weights and ``A`` ``layer4``'s output
   (7x7 at 224 px). Its spatial mean plus the bias is the logit.
+- ``lite0`` (the same shape of head: pool, dropout, one linear layer): the exact CAM on
+  the last convolution's activations (the 1x1 head to 1280 channels, after its ReLU6;
+  4x4 at 128 px) with the ``_fc`` weights.
 - ``scratch``, both heads (``flatten`` and ``gap``; the dense layers after the pool make
   the head non-linear, so the exact CAM does not exist even for ``gap`` unless it has no
   dense layers): Grad-CAM on the last convolution block's activations ``A`` *before* its
@@ -45,6 +48,7 @@ from torch import nn
 from leukoedge.errors import ExportError, TrainingError, UsageError
 from leukoedge.spec import ModelSpec
 
+from .lite0 import Lite0
 from .models import Normalize, ScratchNet
 
 #: ``--tta N`` -> the symmetry group's name in the ModelSpec's ``tta`` field
@@ -58,6 +62,7 @@ GROUPS: dict[str, tuple[tuple[bool, int], ...]] = {
 }
 #: what kind of map each architecture's graph carries (docs, ``info``)
 METHODS = {"resnet50": "CAM (fc weights on layer4)",
+           "lite0": "CAM (_fc weights on the last 1x1 convolution)",
            "scratch": "Grad-CAM (last block, before its max-pool)"}
 
 
@@ -112,6 +117,8 @@ class Core(nn.Module):
                 self.register_buffer(f"back{i}", lin.weight.detach().clone())
         elif all(hasattr(net, a) for a in ("layer4", "fc", "avgpool", "conv1")):
             self.kind = "resnet50"
+        elif isinstance(net, Lite0):
+            self.kind = "lite0"
         else:
             raise TrainingError(f"no heatmap is defined for {type(net).__name__}",
                                 "export without --cam")
@@ -121,7 +128,17 @@ class Core(nn.Module):
         x = self.model.prepare(image)
         if self.kind == "resnet50":
             return self._resnet(x)
+        if self.kind == "lite0":
+            return self._lite0(x)
         return self._scratch(x)
+
+    def _lite0(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n: Any = self.model.net
+        a = n.features_of(x)
+        feats = n._avg_pooling(a).flatten(1)
+        logit = n._fc(feats).reshape(-1)  # dropout is the identity in eval mode
+        w = n._fc.weight.reshape(1, -1, 1, 1)
+        return logit, feats, (a * w).sum(dim=1)
 
     def _resnet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n: Any = self.model.net
@@ -207,9 +224,12 @@ def autograd_map(model: Normalize, image: torch.Tensor) -> torch.Tensor:
         store["a"] = out
 
     target: nn.Module
+    fc: Any = net.fc if hasattr(net, "fc") else getattr(net, "_fc", None)
     if isinstance(net, ScratchNet):
         blocks: Any = net.features
         target = blocks[-1][-2]  # the last ReLU of the last block
+    elif isinstance(net, Lite0):
+        target = net.head_act  # the last convolution's ReLU6
     else:
         target = net.layer4
     handle = target.register_forward_hook(keep)
@@ -225,7 +245,7 @@ def autograd_map(model: Normalize, image: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             model(image)
             a = store["a"]
-            cam: torch.Tensor = (a * net.fc.weight.reshape(1, -1, 1, 1)).sum(dim=1)
+            cam: torch.Tensor = (a * fc.weight.reshape(1, -1, 1, 1)).sum(dim=1)
             return cam
     finally:
         handle.remove()

@@ -407,6 +407,12 @@ def fit_final(items: Sequence[Item], recipe_name: str, out: Path, root: Path,
                       resume=(out / "last.pt").exists(), threads=threads)
     cfg = replace(apply_recipe(cfg, recipe_name), patience=0)
     train(cfg, split=split)
+    weights = ckpt_io.spec_of(ckpt_io.load(out / "last.pt")).training.get("weights")
+    if not weights:  # a run begun before the spec carried its weights: its config.json says
+        from .pretrained import record
+
+        source = json.loads((out / "config.json").read_text()).get("weights", "")
+        weights = record(recipe.arch, cfg.weights or "none", str(source))
     training: dict[str, Any] = {
         "patients": sorted({it.patient or "" for it in items}, key=_patient_key),
         "recipe": recipe.to_json_dict(),
@@ -423,6 +429,8 @@ def fit_final(items: Sequence[Item], recipe_name: str, out: Path, root: Path,
                       for r in rep["folds"]],
             "mean_patient_accuracy": rep["mean_patient_accuracy"],
         }
+    if weights:
+        training["weights"] = weights
     if command:
         training["command"] = command
     last = out / "last.pt"

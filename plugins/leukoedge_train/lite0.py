@@ -94,6 +94,7 @@ class Lite0(nn.Module):
         self._conv_head = nn.Conv2d(c_in, HEAD, 1, bias=False)
         self._bn1 = _bn(HEAD)
         self.act = nn.ReLU6(inplace=True)
+        self.head_act = nn.ReLU6(inplace=True)  # its own module: the CAM reference hooks it
         self._avg_pooling = nn.AdaptiveAvgPool2d(1)
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(HEAD, 1)
@@ -102,7 +103,7 @@ class Lite0(nn.Module):
         x = self.act(self._bn0(self._conv_stem(x)))
         for b in self._blocks:
             x = b(x)
-        out: torch.Tensor = self.act(self._bn1(self._conv_head(x)))
+        out: torch.Tensor = self.head_act(self._bn1(self._conv_head(x)))
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,16 @@ class Source:
     sha256: str | None = None
 
 
+def record(arch: str, weights: str, source: str) -> dict[str, str]:
+    """What ``ModelSpec.training["weights"]`` says of a run's starting weights: for lite0's
+    ``imagenet``, the package, its file, the pinned sha256 and the licence."""
+    rec = {"source": source}
+    if arch == "lite0" and weights == "imagenet":
+        rec |= {"package": PACKAGE, "version": PACKAGE_VERSION, "file": FILE_NAME,
+                "sha256": SHA256, "licence": LICENCE}
+    return rec
+
+
 def package_file() -> Path:
     """The weights file inside the installed package; one line naming the pip command when
     the package is absent."""

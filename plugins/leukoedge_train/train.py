@@ -336,6 +336,7 @@ class Run:
     opt: Optimisation
     stages: list[Stage]
     steps_per_epoch: int
+    weights: dict[str, str] = field(default_factory=dict)  # pretrained.record(...)
 
 
 @dataclass
@@ -466,6 +467,14 @@ def build_model(c: TrainConfig, state: Checkpoint | None,
         model.load_state_dict(state["model"])
     model.to(device)
     return model, kwargs, source
+
+
+def weights_record(c: TrainConfig, state: Checkpoint | None, source: str) -> dict[str, str]:
+    """A new run's :func:`.pretrained.record`; a resumed run keeps its checkpoint's."""
+    if state is None:
+        return pretrained.record(c.arch, c.weights or "none", source)
+    old = ckpt_io.spec_of(state).training.get("weights")
+    return dict(old) if isinstance(old, dict) else {}
 
 
 def check_pretrained(model: Normalize, cells: Cells, source: str) -> None:
@@ -699,6 +708,7 @@ def spec_of_run(run: Run, progress: Progress) -> ModelSpec:
                  "val_accuracy": round(progress.best_acc, 6),
                  "epoch": float(progress.best_epoch)},
         notes=f"validation: split by {run.split.method}, {len(run.split.val)} images",
+        training={"weights": dict(run.weights)} if run.weights else {},
     )
 
 
@@ -761,7 +771,8 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
     opt = build_optimisation(c, model, cells.y_train, device)
     progress = restore_progress(state, opt, run_dir)
     run = Run(c, run_dir, device, info, split, fp, model, arch_kwargs, cells, opt,
-              stages_of(c), steps_in_epoch(len(cells.x_train), c.batch_size))
+              stages_of(c), steps_in_epoch(len(cells.x_train), c.batch_size),
+              weights_record(c, state, weights_source))
     write_run_files(run, weights_source, skipped, resumed=state is not None)
     return run_epochs(run, progress, on_epoch)
 
