@@ -25,7 +25,8 @@ def demo(
         "synthetic cells (needs the train extra).")] = True,
 ) -> int:
     """The shipped model on real cells, then synthesise, train, export, check parity,
-    classify and evaluate: ~2 min on a CPU."""
+    classify and evaluate: about 1 min on 2 idle CPU cores, mostly training; longer on a
+    busy machine (docs/demo.md)."""
     from ..demo import unused_workdir
     from ..models import default_model
 
