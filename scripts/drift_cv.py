@@ -37,6 +37,7 @@ import torch
 from leukoedge_train import checkpoint as ckpt_io
 from leukoedge_train.cv import read_folds
 from leukoedge_train.data import load_images
+from leukoedge_train.drift_fit import PROJECT_ABOVE, PROJECTION_DIM
 from leukoedge_train.models import WithFeatures
 from scipy import stats as sstats
 
@@ -58,6 +59,18 @@ def forward(model: WithFeatures, x: np.ndarray, batch: int = 128) -> tuple[np.nd
             logits.append(z.double().numpy())
             feats.append(f.double().numpy())
     return np.concatenate(logits), np.concatenate(feats)
+
+
+def project_like_export(feats: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Features wider than export's limit (lite0 1280) projected as ``export --drift-data``
+    projects them (:func:`leukoedge_train.drift_fit.project_if_wide`): onto the first
+    PROJECTION_DIM principal directions of the training cells' features."""
+    if feats.shape[1] <= PROJECT_ABOVE:
+        return feats
+    mean = feats[train].mean(axis=0)
+    z = feats[train] - mean
+    _, v = np.linalg.eigh(z.T @ z / max(len(train) - 1, 1))
+    return feats @ v[:, ::-1][:, :PROJECTION_DIM]  # uncentred, as the graph does
 
 
 def knn_distance(train: np.ndarray, query: np.ndarray, k: int, self_: bool) -> np.ndarray:
@@ -268,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             threshold = ckpt_io.spec_of(ckpt).logit_threshold
             model = WithFeatures(ckpt_io.model_of(ckpt)).eval()
             logits, feats = forward(model, pixels)
+            feats = project_like_export(feats, train)
             ref = read_logits(args.runs / f"oof-fold-{k}.csv")
             diffs = [abs(float(logits[i]) - ref[names[i]]) for i in held if names[i] in ref]
             oof_check[k] = max(diffs) if diffs else float("nan")

@@ -46,22 +46,23 @@ PROJECTION_DIM = 32
 
 class Projected(torch.nn.Module):
     """``graph`` (whose ``outputs`` name a ``features`` output ``[N, d]``) with that output
-    replaced by ``(features - mean) @ basis`` ``[N, k]``; every other output unchanged."""
+    replaced by ``features @ basis`` ``[N, k]``; every other output unchanged. Not
+    centred: the drift statistics fit their own mean, and uncentred values keep the
+    feature check's tolerance (relative to the largest value) as meaningful as unprojected
+    features'."""
 
-    mean: torch.Tensor
     basis: torch.Tensor
 
-    def __init__(self, graph: torch.nn.Module, mean: torch.Tensor, basis: torch.Tensor) -> None:
+    def __init__(self, graph: torch.nn.Module, basis: torch.Tensor) -> None:
         super().__init__()
-        self.graph = graph
+        self.inner = graph  # not "graph": torch.export reserves that name
         self.outputs: tuple[str, ...] = tuple(getattr(graph, "outputs", ("logit", "features")))
         self.at = self.outputs.index("features")
-        self.register_buffer("mean", mean.reshape(1, -1).float())
         self.register_buffer("basis", basis.float())
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outs = list(self.graph(image))
-        outs[self.at] = (outs[self.at] - self.mean) @ self.basis
+        outs = list(self.inner(image))
+        outs[self.at] = outs[self.at] @ self.basis
         return tuple(outs)
 
 
@@ -89,7 +90,7 @@ def project_if_wide(graph: torch.nn.Module, x: np.ndarray,
     z = f - mean
     w, v = np.linalg.eigh(z.T @ z / max(len(f) - 1, 1))
     basis = v[:, ::-1][:, :dim].copy()
-    return Projected(graph, torch.from_numpy(mean), torch.from_numpy(basis)).eval()
+    return Projected(graph, torch.from_numpy(basis)).eval()
 
 
 @dataclass
