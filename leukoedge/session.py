@@ -408,10 +408,15 @@ def _load_openvino(p: Path, cfg: SessionConfig) -> Model:
         raise ModelError(f"{p}: cannot load as an ONNX model ({first_line(exc)})",
                          "re-export it with 'leukoedge export'") from exc
     face = read_interface(ov_errors(), sess, str(p))
+    notes = [] if sess.device == "CPU" else [f"OpenVINO device {sess.device}"]
+    if face.spec.precision == "int8":  # OpenVINO's own int8 kernels: measured to disagree
+        notes.append("OpenVINO runs this int8 file with its own low-precision kernels; "
+                     "check its calls first: 'leukoedge bench FP32.onnx --runtimes --int8 "
+                     f"{p} --cells CELLS' (docs/performance.md, OpenVINO)")
     return Model(
         path=p, spec=face.spec, session=sess, provider="openvino",
         input_name=face.input_name, output_name=face.output_name,
-        notes=[] if sess.device == "CPU" else [f"OpenVINO device {sess.device}"],
+        notes=notes,
         load_seconds=time.perf_counter() - t0, device_id=cfg.device_id,
         outputs=face.outputs, drift=face.drift, precision=cfg.precision,
         run_errors=ov_errors(),

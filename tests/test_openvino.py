@@ -265,3 +265,41 @@ def test_doctor_lists_openvino() -> None:
     assert d["providers"]["openvino"] == "ok"
     assert "CPU" in d["openvino"]["openvino devices"]
     assert d["openvino"]["openvino bf16"].startswith(("available", "no: "))
+
+
+# -- bench: the gate command and the runtimes comparison ----------------------------------
+
+def test_gate_command_needs_500_cells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    need_openvino()
+    store = tmp_path / "gates.json"
+    monkeypatch.setenv(bf16_gate.STORE_ENV, str(store))
+    r = invoke("bench", shipped(), "--provider", "openvino", "--precision", "bf16",
+               "--cells", real_data("cnmc-sample"))
+    assert r.exit_code == EXIT_CANNOT_RUN, r.output
+    assert "needs at least 500 real cells" in " ".join(r.output.split())
+    assert not store.exists()
+    r = invoke("bench", shipped(), "--cells", real_data("cnmc-sample"))
+    assert r.exit_code == EXIT_USAGE and "--precision bf16" in r.output
+
+
+@pytest.mark.slow
+def test_runtimes_compares_in_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The comparison's machinery on the 43 real cells (too few for the gate, so bf16's
+    whole process is not measured and says why); no timing is asserted."""
+    need_openvino()
+    monkeypatch.setenv(bf16_gate.STORE_ENV, str(tmp_path / "gates.json"))
+    out = tmp_path / "rt.json"
+    r = invoke("bench", shipped(), "--runtimes", "--cells", real_data("cnmc-sample"),
+               "--batch-sizes", "4", "--seconds", "0.05", "--rounds", "1", "--json", out)
+    assert r.exit_code == 0, r.output
+    res = {d["name"]: d for d in json.loads(out.read_text())}
+    assert {"onnxruntime fp32", "OpenVINO f32"} <= set(res)
+    for d in res.values():
+        assert d["cells"] == 43 and d["inference"]["4"] > 0
+        if d["precision"] == "f32":
+            assert d["whole_process_per_s"] > 0
+    assert res["onnxruntime fp32"]["agreement"] == 1.0
+    assert res["OpenVINO f32"]["agreement"] == 1.0
+    assert res["OpenVINO f32"]["max_abs_logit_diff"] < 1e-3
+    if "OpenVINO bf16" in res:
+        assert res["OpenVINO bf16"]["whole_process_note"].startswith("not measured")
