@@ -251,8 +251,13 @@ def test_info_names_backbone_package_and_hash(exported: tuple[Path, int, str],
     assert code == 0
     code, out, err = run_cli(capsys, "info", target)
     assert code == 0, err
-    text = " ".join(out.split())
-    assert "lite0" in text and pretrained.PACKAGE in text and pretrained.SHA256 in text
+    assert "backbone weights" in out and pretrained.PACKAGE in out  # the table
+    code, out, err = run_cli(capsys, "info", target, "--json")
+    assert code == 0, err
+    spec = json.loads(out)["spec"]
+    assert spec["architecture"] == "lite0"
+    w = spec["training"]["weights"]
+    assert w["package"] == pretrained.PACKAGE and w["sha256"] == pretrained.SHA256
 
 
 def test_int8_export_agrees(run: Path, work: Path, shared_cells: Path,
