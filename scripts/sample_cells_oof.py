@@ -4,7 +4,8 @@ Each logit comes from the shipped recipe's cross-validation model that never saw
 patient (docs/accuracy.md), so the demo can show, next to the shipped model's call on a
 cell of one of its own training patients, what a model that had not seen the patient said.
 
-    python scripts/sample_cells_oof.py docs/cv/full/gap-oof.csv
+    python scripts/sample_cells_oof.py docs/cv/full/lite0      # a 'cv run' folder
+    python scripts/sample_cells_oof.py docs/cv/full/gap-oof.csv  # or one pooled file
 """
 
 from __future__ import annotations
@@ -20,9 +21,15 @@ CELLS = REPO / "leukoedge" / "sample_cells"
 
 def main(oof_csv: str) -> int:
     by_stem = {}
-    with open(oof_csv, newline="", encoding="utf-8") as fh:
-        for r in csv.DictReader(fh):
-            by_stem[Path(r["path"]).stem] = r
+    src = Path(oof_csv)
+    files = sorted(src.glob("oof-fold-*.csv")) if src.is_dir() else [src]
+    if not files:
+        print(f"{oof_csv}: no oof-fold-*.csv in this folder", file=sys.stderr)
+        return 2
+    for f in files:
+        with open(f, newline="", encoding="utf-8") as fh:
+            for r in csv.DictReader(fh):
+                by_stem[Path(r["path"]).stem] = r
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "patient", "fold", "logit"])
