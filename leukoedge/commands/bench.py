@@ -199,7 +199,8 @@ def _table(r: BenchResult) -> None:
         if b in r.versus_inference:
             extra.append(f"versus {r.versus_inference[b]:.1f}/s -> "
                          f"x{r.versus_ratio[b]:.2f}")
-        t.add_row(f"{r.provider}, batch {b}", f"{v:.1f}", "; ".join(extra))
+        runtime = "OpenVINO" if r.provider == "openvino" else "onnxruntime"
+        t.add_row(f"{runtime}, batch {b}", f"{v:.1f}", "; ".join(extra))
     if r.latency_ms:
         lat = r.latency_ms
         t.add_row("latency, batch 1", "", f"p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms")

@@ -14,7 +14,7 @@ ModelOpt = Annotated[Path | None, typer.Option(
     show_default=False)]
 ProviderOpt = Annotated[str, typer.Option(
     "--provider", "-p", help="Execution provider: auto, cpu, cuda, tensorrt or openvino "
-    "(the OpenVINO runtime, [openvino] extra; openvino:GPU etc. for its other devices). "
+    "(the OpenVINO runtime: the openvino extra; openvino:GPU etc. for its other devices). "
     "auto never picks openvino.")]
 PrecisionOpt = Annotated[str, typer.Option(
     "--precision", help="f32, or bf16 (--provider openvino on a CPU with AMX/AVX512-BF16, "
