@@ -223,7 +223,8 @@ def _summary(stats: RunStats, m: Model, out_file: Path, total: int) -> None:
     t = facts_table("leukoedge classify")
     classified = stats.files - stats.errors
     t.add_row("model", escape(str(m.path)))
-    t.add_row("provider", m.provider)
+    t.add_row("provider", f"{m.provider} ({m.precision})" if m.provider == "openvino"
+              else m.provider)
     t.add_row("files found", str(total))
     if stats.skipped:
         t.add_row("already done (resume)", str(stats.skipped))
