@@ -52,7 +52,7 @@ def test_no_help_text_is_eaten_by_rich_markup() -> None:
     for where, text in texts:
         assert Text.from_markup(text).plain == text.replace("\\[", "["), where
     r = runner.invoke(assemble(), ["train", "--help"], env={"COLUMNS": "250"})
-    assert "[default: scratch 30, resnet50 12]" in r.output
+    assert "[default: scratch 30, resnet50 12, lite0 6]" in r.output
 
 
 def test_classify_real_cells_writes_one_row_each(real_cells: Path, tiny_model: Path,

