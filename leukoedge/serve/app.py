@@ -243,6 +243,9 @@ def add_routes(api: FastAPI, h: Handlers) -> None:
     api.post("/v1/classify", response_class=Response, openapi_extra=_CLASSIFY_BODY,
              summary="Classify one or many images (multipart/form-data file parts)"
              )(h.classify)
+    api.post("/v1/patients", response_class=Response,
+             summary="The per-patient summary (leukoedge.patient) of a list of rows"
+             )(h.patients)
     api.get("/v1/model", summary="The model's spec, provider and the server's limits"
             )(h.model_info)
     api.get("/healthz", summary="Liveness")(h.healthz)
