@@ -1,10 +1,10 @@
 """Ray engine vs the local engine: whole `leukoedge classify` runs over the same files.
 
-    nice -n 10 .venv/bin/python scripts/bench_ray.py --files 20000 --rounds 2 \
+    nice -n 10 python scripts/bench_ray.py --files 20000 --rounds 2 \
         --json /tmp/bench_ray20k.json
 
-Copies the real C-NMC cells of ../shared/data/cnmc-sample (43 BMPs) into a folder under
-/tmp until it holds --files files (copies, not links: every file is its own file), then
+Copies the real C-NMC cells of --cells (default: this project's ../shared/data/cnmc-sample, 43
+BMPs) into --folder (default: under the temp folder) until it holds --files files (copies, not links: every file is its own file), then
 runs the two engines alternately, --rounds times each, as the user would: one process per
 run, timed from its start to its exit (start-up and shutdown included). Reported per run:
 wall time, files/s, the time to the first row on disk (for Ray: starting the local
@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -31,10 +32,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CELLS = REPO.parent / "shared" / "data" / "cnmc-sample"
 MODEL = REPO / "leukoedge" / "models" / "default.onnx"
+# the `leukoedge` on PATH (or $LEUKOEDGE): the installed command a user runs
+LEUKOEDGE = os.environ.get("LEUKOEDGE") or shutil.which("leukoedge") or "leukoedge"
 
 
-def make_files(folder: Path, n: int) -> Path:
-    src = sorted(CELLS.rglob("*.bmp"))
+def make_files(cells: Path, folder: Path, n: int) -> Path:
+    src = sorted(cells.rglob("*.bmp"))
     folder.mkdir(parents=True, exist_ok=True)
     have = len(list(folder.glob("*.bmp")))
     for i in range(have, n):
@@ -53,7 +56,7 @@ def lines(path: Path) -> int:
 
 
 def one_run(engine: str, folder: Path, out: Path, model: Path, extra: list[str]) -> dict:
-    cmd = [str(REPO / ".venv" / "bin" / "leukoedge"), "classify", str(folder),
+    cmd = [LEUKOEDGE, "classify", str(folder),
            "--model", str(model), "--out", str(out), "--overwrite", "--engine", engine,
            *extra]
     out.unlink(missing_ok=True)  # the first-row clock must not see the last run's file
@@ -96,12 +99,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--folder", type=Path, default=Path("/tmp/leukoedge-bench-ray/cells"))
+    ap.add_argument("--cells", type=Path, default=CELLS, help="folder of real cells (BMP)")
+    ap.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "leukoedge-bench-ray" / "cells")
     ap.add_argument("--model", type=Path, default=MODEL)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     t = time.perf_counter()
-    folder = make_files(args.folder, args.files)
+    folder = make_files(args.cells, args.folder, args.files)
     print(f"{args.files} files in {folder} ({time.perf_counter() - t:.0f} s to copy)",
           file=sys.stderr)
     work = args.folder.parent

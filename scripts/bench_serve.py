@@ -11,7 +11,7 @@ served throughput over the mean of the classify runs around it.
 The load generator is a small asyncio HTTP/1.1 client (keep-alive, request bytes built
 once), in this process; its own CPU time is measured and reported.
 
-    .venv/bin/python scripts/bench_serve.py --model scratch.onnx:600 --model r50.onnx:150 \\
+    python scripts/bench_serve.py --model scratch.onnx:600 --model r50.onnx:150 \\
         --seconds 15 --json bench_serve.json
 
 ``MODEL:N[:SECONDS]`` sets the number of files (default --files) and the length of each
@@ -37,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CELLS = REPO.parent / "shared" / "data" / "cnmc-sample"
-LEUKOEDGE = [sys.executable, "-m", "leukoedge"]
+LEUKOEDGE = [os.environ.get("LEUKOEDGE") or shutil.which("leukoedge") or "leukoedge"]  # on PATH
 
 
 def make_files(src: Path, n: int, dst: Path) -> list[Path]:
@@ -152,9 +152,10 @@ def load(port: int, reqs: list[bytes], clients: int, seconds: float) -> dict[str
             "loadgen_cpu_s": cpu, "loadgen_cpu_share": cpu / wall}
 
 
-def bench_model(model: Path, n_files: int, seconds: float, work: Path) -> dict[str, object]:
+def bench_model(model: Path, n_files: int, seconds: float, work: Path,
+                cells: Path = CELLS) -> dict[str, object]:
     folder = work / f"files-{model.stem}"
-    files = make_files(CELLS, n_files, folder)
+    files = make_files(cells, n_files, folder)
     on = Server(model, 32, 5.0)
     off = Server(model, 1, 0.0)
     reqs_on = [request_bytes(p, on.port) for p in files]
@@ -208,6 +209,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", required=True, help="MODEL.onnx[:N files]")
     ap.add_argument("--files", type=int, default=300)
+    ap.add_argument("--cells", type=Path, default=CELLS, help="folder of real cells (BMP)")
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
@@ -219,7 +221,7 @@ def main() -> None:
             print(f"{path}:", flush=True)
             report["models"].append(  # type: ignore[union-attr]
                 bench_model(Path(path), int(n) if n else a.files,
-                            float(secs) if secs else a.seconds, Path(tmp)))
+                            float(secs) if secs else a.seconds, Path(tmp), a.cells))
     report["loadavg_end"] = os.getloadavg()
     text = json.dumps(report, indent=1)
     if a.json:

@@ -15,7 +15,7 @@ OOF=$1
 FOLDS=$2
 OUT=${3:-/tmp/leukoedge-crossfit}
 MODEL=${MODEL:-leukoedge/models/default.onnx}
-LE=${LEUKOEDGE:-.venv/bin/leukoedge}
+LE=${LEUKOEDGE:-leukoedge}  # on PATH
 mkdir -p "$OUT"
 if [ -d "$OOF" ]; then
   files=("$OOF"/oof-fold-*.csv)

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 MODEL=${1:-leukoedge/models/default.onnx}
 OUT=${2:-/tmp/leukoedge-calibration}
 OOF=docs/cv/full/gap-oof.csv
-LE=${LEUKOEDGE:-.venv/bin/leukoedge}
+LE=${LEUKOEDGE:-leukoedge}  # on PATH
 mkdir -p "$OUT"
 
 run() { echo "+ $*" >&2; "$@"; }

@@ -13,7 +13,7 @@ Prints the medians and the share of cells whose positive mass on the cell exceed
 area, writes them as JSON, and draws a montage (ALL and HEM cells, image and overlay) with
 Pillow. Usage::
 
-    nice -n 10 .venv/bin/python scripts/cam_figure.py MODEL.onnx CELLS... \\
+    nice -n 10 python scripts/cam_figure.py MODEL.onnx CELLS... \\
         [--folds docs/cv/folds.csv --fold 0] --montage docs/img/cam-montage.png \\
         --json docs/cv/cam-sanity.json
 """

@@ -19,7 +19,7 @@ is the 95th percentile of the fold's training cells' own scores.
 
 Needs the train extra (torch) and scipy. Usage::
 
-    nice -n 10 .venv/bin/python scripts/drift_cv.py ../shared/data/cnmc-real \\
+    nice -n 10 python scripts/drift_cv.py ../shared/data/cnmc-real \\
         ../shared/data/cnmc-sample --folds docs/cv/folds.csv --runs cv-runs/full-gap \\
         --json docs/cv/drift.json
 """

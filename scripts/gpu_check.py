@@ -8,7 +8,7 @@ before it; ``summary.md`` / ``summary.json`` are rewritten after every step, and
 that does not run is listed as "not measured" with the reason. A whole-run budget
 (``--budget``) stops starting steps that no longer fit.
 
-On the device machine (see /work/shared/DESIGN.md, "The GPU machine"; the steps to carry
+On the device machine (see the project's shared DESIGN.md, "The GPU machine"; the steps to carry
 the onnxruntime-gpu wheel in pieces are in docs/performance.md)::
 
     python3 scripts/gpu_check.py run --out "$OUT" --wheel-pieces . --cells .gpucells

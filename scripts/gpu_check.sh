@@ -5,7 +5,7 @@
 # timeouts: docs/performance.md, "The GPU check".
 #
 #   device:  bash scripts/gpu_check.sh --cells .gpucells --wheel-sha256 SHA   (OUT is set)
-#   here:    PY=.venv/bin/python bash scripts/gpu_check.sh --dry-run --out /tmp/gpu-dry
+#   here:    PY=python3 bash scripts/gpu_check.sh --dry-run --out /tmp/gpu-dry
 set -euo pipefail
 PY=${PY:-python3}
 exec "$PY" "$(dirname "$0")/gpu_check.py" run "$@"

@@ -6,7 +6,7 @@ in a fresh process, and reports that process's peak resident set size
 (``getrusage(RUSAGE_CHILDREN).ru_maxrss`` of a wrapper that runs only it) and wall time.
 Usage::
 
-    nice -n 10 .venv/bin/python scripts/heatmap_memory.py MODEL.onnx ../shared/data/cnmc-sample \\
+    nice -n 10 python scripts/heatmap_memory.py MODEL.onnx ../shared/data/cnmc-sample \\
         --counts 1000 4000 --work /tmp/heatmap-memory
 """
 
@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -47,12 +48,12 @@ def main() -> int:
     ap.add_argument("model", type=Path)
     ap.add_argument("cells", type=Path)
     ap.add_argument("--counts", type=int, nargs="+", default=[1000, 4000])
-    ap.add_argument("--work", type=Path, default=Path("/tmp/heatmap-memory"))
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "heatmap-memory")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     src = [it.path for it in collect([args.cells])]
-    exe = Path(sys.executable).with_name("leukoedge")
+    exe = os.environ.get("LEUKOEDGE") or shutil.which("leukoedge") or "leukoedge"  # on PATH
     results = []
     for n in args.counts:
         data, heat, out = args.work / f"in{n}", args.work / f"heat{n}", args.work / f"p{n}.csv"

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python scripts/montage.py [--out docs/img/synth-vs-real.png] [--seed 3]
+    python scripts/montage.py [--cells CELLS] [--out docs/img/synth-vs-real.png] [--seed 3]
 
 Top two rows: 6 real ALL and 6 real HEM cells from ../shared/data/cnmc-sample
 (first files in sorted order). Bottom two rows: 6 synthetic ALL and 6 synthetic
@@ -43,12 +43,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "synth-vs-real.png")
     ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--cells", type=Path, default=REAL_DIR,
+                    help="folder of real C-NMC cells (fold_*/all|hem/*.bmp)")
     args = ap.parse_args()
 
-    real_all = sorted(REAL_DIR.glob("fold_*/all/*.bmp"))[:COLS]
-    real_hem = sorted(REAL_DIR.glob("fold_*/hem/*.bmp"))[:COLS]
+    real_all = sorted(args.cells.glob("fold_*/all/*.bmp"))[:COLS]
+    real_hem = sorted(args.cells.glob("fold_*/hem/*.bmp"))[:COLS]
     if len(real_all) < COLS or len(real_hem) < COLS:
-        sys.exit(f"need {COLS} real cells of each class under {REAL_DIR}")
+        sys.exit(f"need {COLS} real cells of each class under {args.cells}")
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "synth"

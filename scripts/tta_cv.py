@@ -11,7 +11,7 @@ number of cells whose label changed, and the per-fold figures.
 
 Needs the train extra (torch). Usage::
 
-    nice -n 10 .venv/bin/python scripts/tta_cv.py ../shared/data/cnmc-real \\
+    nice -n 10 python scripts/tta_cv.py ../shared/data/cnmc-real \\
         ../shared/data/cnmc-sample --folds docs/cv/folds.csv --runs cv-runs/full-gap \\
         --tta 1 2 4 8 --json docs/cv/tta.json
 """

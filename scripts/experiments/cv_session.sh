@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# ONE-OFF (scripts/experiments/): the job queue of one working session, kept as the record of
+# how docs/accuracy.md's runs were started; not maintained, not tested.
 # This session's CPU queue (docs/accuracy.md), one job after the other; rerun to resume:
 # 1. the final model of the shipped recipe (cv final, all 39 patients);
 # 2. the shipped recipe's 5-fold cross-validation again (fold models for the drift and TTA
@@ -9,12 +11,12 @@
 # this one cannot break a run that takes hours); outputs still go to this checkout.
 # WAIT=PID waits for that process to end first.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 HERE="$PWD"
 DATA="${DATA:-$HERE/../shared/data}"
 CODE="${CODE:-$HERE}"
 export PYTHONPATH="$CODE:$CODE/plugins${PYTHONPATH:+:$PYTHONPATH}"
-L=(.venv/bin/leukoedge)  # not "python -m", which puts this checkout first on sys.path
+L=("${LEUKOEDGE:-leukoedge}")  # on PATH; not "python -m", which puts this checkout first on sys.path
 CELLS=("$DATA/cnmc-real" "$DATA/cnmc-sample")
 FOLDS="$HERE/docs/cv/folds.csv"
 if [ -n "${WAIT:-}" ]; then
