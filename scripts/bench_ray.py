@@ -47,6 +47,14 @@ def make_files(cells: Path, folder: Path, n: int) -> Path:
     return folder
 
 
+def shown(path: Path) -> str:
+    """A path as the JSON records it: relative to the repository when inside it."""
+    try:
+        return path.resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def lines(path: Path) -> int:
     try:
         with open(path, "rb") as fh:
@@ -118,7 +126,7 @@ def main() -> int:
             print(json.dumps(res), file=sys.stderr)
     total = {e: sum(x["wall_s"] for x in runs if x["engine"] == e) for e in ("local", "ray")}
     result = {
-        "files": args.files, "model": str(args.model), "rounds": args.rounds,
+        "files": args.files, "model": shown(args.model), "rounds": args.rounds,
         "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "runs": runs,
         "ratio_ray_over_local_throughput": round(total["local"] / total["ray"], 3),
         "rows_compared": compare(work / "local.csv", work / "ray.csv"),

@@ -109,7 +109,9 @@ def test_mean_oof_averages_shared_cells_and_refuses_other_folds() -> None:
 
 
 def test_cv_run_trains_each_fold_on_other_patients(tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # absolute paths inside it are recorded relative to it
     data = write_dataset(tmp_path / "d", patients=8, cells=6, size=48, seed=5)
     folds = tmp_path / "folds.csv"
     assert cli.main(["cv", "folds", str(data), "--out", str(folds), "--k", "2"]) == 0
@@ -140,11 +142,24 @@ def test_cv_run_trains_each_fold_on_other_patients(tmp_path: Path,
     assert len({r["path"] for r in rows}) == len(rows)
     rep = json.loads((out / "report.json").read_text())
     assert rep["pooled"]["cells"] == len(rows)
+    meta = json.loads((out / "cv.json").read_text())
+    assert meta["data"] == ["d"] and meta["folds_file"] == "folds.csv"
+    assert str(tmp_path) not in (out / "report.json").read_text()
     # another recipe in the same folder is refused with one line
     code = cli.main(["cv", "run", str(data), "--folds", str(folds), "--recipe", "stain",
                      "--out", str(out)])
     assert code == 2
     assert "holds a run of recipe gap" in capsys.readouterr().err
+
+
+def test_run_files_record_paths_relative_to_the_current_folder() -> None:
+    here = Path("/srv/checkout")
+    assert cv.recorded_path(Path("/srv/checkout/docs/cv/folds.csv"), here) == "docs/cv/folds.csv"
+    assert cv.recorded_path(Path("/srv/checkout/../shared/data/real"), here) \
+        == "../shared/data/real"
+    assert cv.recorded_path(Path("../shared/data/real"), here) == "../shared/data/real"
+    assert cv.recorded_path(Path("/data/cells"), here) == "/data/cells"  # as given
+    assert cv.recorded_path(Path("/srv/checkout2/x"), here) == "/srv/checkout2/x"
 
 
 def test_recipes_fill_only_unset_settings() -> None:

@@ -283,6 +283,25 @@ def test_onnx_is_self_contained(scratch_onnx: tuple[Path, int, str]) -> None:
     assert list(path.parent.iterdir()) == [path]
 
 
+def test_fresh_export_names_no_folder_of_this_machine(
+        scratch_onnx: tuple[Path, int, str]) -> None:
+    """The exporter records each node's Python stack (this checkout's cam.py, the venv's
+    torch); export strips it, so the file holds no path of the exporting machine."""
+    import onnx
+
+    from leukoedge_train.source_paths import SOURCE_KEYS
+
+    path, code, text = scratch_onnx
+    assert code == 0, text
+    model = onnx.load(str(path))
+    keys = {p.key for n in model.graph.node for p in n.metadata_props}
+    assert not keys & SOURCE_KEYS
+    raw = path.read_bytes()
+    repo = str(Path(__file__).resolve().parents[1]).encode()
+    assert repo not in raw and str(Path.home()).encode() + b"/" not in raw
+    assert b'File "/' not in raw
+
+
 @needs_real
 def test_parity_command_on_real_cells(scratch_onnx: tuple[Path, int, str],
                                       scratch_run: ScratchRun,

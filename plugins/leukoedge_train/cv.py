@@ -26,6 +26,7 @@ import csv
 import io
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -209,6 +210,19 @@ def predict(ckpt_path: Path, items: Sequence[Item]) -> np.ndarray:
         raise DataError(f"{loaded.skipped[0][0].path}: {loaded.skipped[0][1]}",
                         "remove the unreadable file and run the fold again")
     return torch_logits(model, loaded.pixels, 64)
+
+
+def recorded_path(path: Path, cwd: Path | None = None) -> str:
+    """How a run file records a path the user gave: as given, except that an absolute
+    path inside the current folder (``$PWD/../data`` included) is written relative
+    to it, so a committed run file names no folder of the machine it ran on."""
+    text = str(path)
+    if not path.is_absolute():
+        return text
+    here = str(cwd if cwd is not None else Path.cwd())
+    if text == here or text.startswith(here.rstrip("/") + "/"):
+        return os.path.relpath(text, here)
+    return text
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -11,8 +11,8 @@ import typer
 from leukoedge.errors import EXIT_OK, UsageError
 
 DataArg = Annotated[list[Path], typer.Argument(
-    help="Folders of labelled cells with C-NMC names (e.g. ../shared/data/cnmc-real "
-         "../shared/data/cnmc-sample).")]
+    help="Folders of labelled cells with C-NMC names (fold_*/all|hem/*.bmp, "
+         "as the C-NMC 2019 download unpacks).")]
 
 app = typer.Typer(help="Cross-validation by patient: folds, out-of-fold runs, reports.",
                   no_args_is_help=True)
@@ -72,7 +72,8 @@ def run(
     root = cv.common_root(data)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"recipe": r.name, "recipe_spec": r.to_json_dict(), "screen": screen,
-            "folds_file": str(folds_file), "data": [str(d) for d in data],
+            "folds_file": cv.recorded_path(folds_file),
+            "data": [cv.recorded_path(d) for d in data],
             "folds": cv.describe_folds(items, assignment)}
     meta_path = out / "cv.json"
     if meta_path.exists():

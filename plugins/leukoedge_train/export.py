@@ -47,6 +47,7 @@ from . import checkpoint as ckpt_io
 from . import parity
 from .cam import MapCheck
 from .precision import PrecisionReport
+from .source_paths import strip_proto
 
 if TYPE_CHECKING:
     from .drift_fit import Cells
@@ -162,6 +163,7 @@ def _finish(path: Path, spec: ModelSpec, final: Path, parameters: int | None = N
     if parameters is not None:
         proto.metadata_props.add(key=PARAMETERS_KEY, value=str(parameters))
     proto.producer_name = proto.producer_name or "pytorch"
+    strip_proto(proto)  # the exporter's source locations name this machine's folders
     onnx.save(proto, str(final), save_as_external_data=False)
     try:
         onnx.checker.check_model(str(final), full_check=True)
