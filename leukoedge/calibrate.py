@@ -29,7 +29,7 @@ threshold is then nudged by single floating-point steps until the spec's own
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import DataError, ModelError, UsageError, first_line
-from .evaluate import calibration_metrics, metrics
+from .evaluate import CalibrationMetrics, calibration_metrics, metrics
 from .output import atomic_write_bytes, escape_path
 from .spec import SPEC_KEY, ModelSpec
 
@@ -64,6 +64,20 @@ class Rule:
         return f"{self.kind} >= {self.target:g}"
 
 
+@dataclass(frozen=True)
+class CalibrationFigures:
+    """ECE, Brier score and log-loss of P(ALL) (:func:`calibration_metrics` without the
+    reliability bins)."""
+
+    ece: float
+    brier: float
+    log_loss: float
+    bins: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class Calibration:
     """What :func:`calibrate` found, on the calibration cells."""
@@ -76,8 +90,8 @@ class Calibration:
     cells_all: int
     cells_hem: int
     patients: list[str]
-    before: dict[str, Any]  # calibration_metrics at temperature 1 (without reliability)
-    after: dict[str, Any]  # at the fitted temperature
+    before: CalibrationFigures  # calibration_metrics at temperature 1 (without reliability)
+    after: CalibrationFigures  # at the fitted temperature
     at_threshold: dict[str, float]  # sensitivity, specificity, weighted F1 at the threshold
     nll_at_1: float
     nll: float
@@ -86,7 +100,8 @@ class Calibration:
         return {"temperature": self.temperature, "threshold": self.threshold,
                 "logit_threshold": self.logit_threshold, "rule": self.rule.describe(),
                 "cells": self.cells, "cells_all": self.cells_all, "cells_hem": self.cells_hem,
-                "patients": self.patients, "before": self.before, "after": self.after,
+                "patients": self.patients, "before": self.before.to_json(),
+                "after": self.after.to_json(),
                 "at_threshold": self.at_threshold}
 
 
@@ -211,8 +226,8 @@ def choose_threshold(spec: ModelSpec, logits: npt.ArrayLike, y: npt.ArrayLike,
     return _nudge(spec, temperature, cut, positive=True)
 
 
-def _summary(cal: dict[str, Any]) -> dict[str, Any]:
-    return {k: cal[k] for k in ("ece", "brier", "log_loss", "bins")}
+def _summary(cal: CalibrationMetrics) -> CalibrationFigures:
+    return CalibrationFigures(cal.ece, cal.brier, cal.log_loss, cal.bins)
 
 
 def calibrate(spec: ModelSpec, logits: npt.ArrayLike, y: npt.ArrayLike,
@@ -231,9 +246,9 @@ def calibrate(spec: ModelSpec, logits: npt.ArrayLike, y: npt.ArrayLike,
         patients=patients,
         before=_summary(calibration_metrics(t, raw.probability(z), z)),
         after=_summary(calibration_metrics(t, new.probability(z), z / temp)),
-        at_threshold={"sensitivity_all": m["sensitivity_all"],
-                      "specificity_all": m["specificity_all"],
-                      "weighted_f1": m["weighted_f1"]},
+        at_threshold={"sensitivity_all": m.sensitivity_all,
+                      "specificity_all": m.specificity_all,
+                      "weighted_f1": m.weighted_f1},
         nll_at_1=nll(z, t, 1.0), nll=nll(z, t, temp))
 
 
@@ -254,8 +269,8 @@ def calibrated_spec(spec: ModelSpec, cal: Calibration, data_fingerprint: str,
         "cells": cal.cells,
         "nll_before": cal.nll_at_1,
         "nll_after": cal.nll,
-        "ece_before": cal.before["ece"],
-        "ece_after": cal.after["ece"],
+        "ece_before": cal.before.ece,
+        "ece_after": cal.after.ece,
         "at_threshold": dict(cal.at_threshold),
     }
     return spec.with_updates(temperature=cal.temperature, threshold=cal.threshold,

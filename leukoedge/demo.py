@@ -18,11 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .data import collect, sample_cells_dir
 from .output import ResultWriter, atomic_write_text
 from .spec import LABELS
+
+if TYPE_CHECKING:
+    from .evaluate import Report
 
 #: out-of-fold logits of the shipped cells: the shipped recipe's cross-validation models,
 #: each of which never saw the cell's patient (scripts/sample_cells_oof.py writes it)
@@ -105,11 +108,33 @@ class DemoConfig:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class DemoFacts:
+    """What the demo found: training, export parity, provider and the held-out report."""
+
+    val_weighted_f1: float
+    best_epoch: int
+    model: str
+    parity_max_abs_diff: float
+    parity_images: int
+    provider: str
+    heldout: Report
+
+    def to_json(self) -> dict[str, Any]:
+        from .evaluate import report_json
+
+        d: dict[str, Any] = {k: getattr(self, k) for k in (
+            "val_weighted_f1", "best_epoch", "model", "parity_max_abs_diff",
+            "parity_images", "provider")}
+        d["heldout"] = report_json(self.heldout)
+        return d
+
+
 @dataclass
 class DemoResult:
     workdir: Path
+    facts: DemoFacts
     steps: dict[str, float] = field(default_factory=dict)  # step -> seconds
-    facts: dict[str, Any] = field(default_factory=dict)
 
 
 def unused_workdir(base: Path) -> Path:
@@ -131,17 +156,17 @@ def run_demo(workdir: Path, cfg: DemoConfig = DemoConfig(),
     """
     from .capabilities import exporter, trainer
     from .classify import predict_stream
-    from .evaluate import build_report, clean
+    from .evaluate import build_report, report_json
     from .session import SessionConfig, load_model
     from .synth import SynthConfig, generate
 
     train = trainer("demo")
     export = exporter("demo")
-    res = DemoResult(workdir)
+    steps: dict[str, float] = {}
     workdir.mkdir(parents=True, exist_ok=True)
 
     def step(name: str, t0: float) -> None:
-        res.steps[name] = time.perf_counter() - t0
+        steps[name] = time.perf_counter() - t0
 
     t = time.perf_counter()
     say(f"1/4 synthesising cells: {cfg.train_patients} training and {cfg.test_patients} "
@@ -160,30 +185,25 @@ def run_demo(workdir: Path, cfg: DemoConfig = DemoConfig(),
     tr = train(workdir / "synthetic-train", workdir / "run", arch="scratch",
                input_size=cfg.input_size, epochs=cfg.epochs, patience=cfg.epochs,
                seed=cfg.seed)
-    res.facts["val_weighted_f1"] = tr.best_f1
-    res.facts["best_epoch"] = tr.best_epoch
     step("train", t)
 
     t = time.perf_counter()
     say("3/4 exporting to ONNX; the parity check compares it with PyTorch on the real cells")
     ex = export(workdir / "run", workdir / "model.onnx", parity_data=sample_cells_dir())
-    res.facts["model"] = str(ex.path)
-    res.facts["parity_max_abs_diff"] = ex.parity_max_abs_diff
-    res.facts["parity_images"] = ex.parity_images
     step("export + parity", t)
 
     t = time.perf_counter()
     say("4/4 classifying and evaluating the held-out synthetic patients with onnxruntime")
     model = load_model(ex.path, SessionConfig(provider="auto"))
-    res.facts["provider"] = model.provider
     held = collect([workdir / "synthetic-heldout"])
     with ResultWriter(workdir / "heldout-predictions.csv") as w:
         preds = list(predict_stream(model, held, 32,
                                     on_batch=lambda b: w.write([p.row for p in b])))
     rep = build_report(preds, model)
-    atomic_write_text(workdir / "heldout-report.json", json.dumps(clean(rep), indent=2,
+    atomic_write_text(workdir / "heldout-report.json", json.dumps(report_json(rep), indent=2,
                                                                    default=str) + "\n")
-    res.facts["heldout"] = rep
     step("classify + evaluate", t)
-
-    return res
+    facts = DemoFacts(val_weighted_f1=tr.best_f1, best_epoch=tr.best_epoch, model=str(ex.path),
+                      parity_max_abs_diff=ex.parity_max_abs_diff,
+                      parity_images=ex.parity_images, provider=model.provider, heldout=rep)
+    return DemoResult(workdir, facts, steps)

@@ -28,11 +28,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import SpecError
+
+if TYPE_CHECKING:
+    from .spec import ModelSpec
 
 EXTENSION_KEY = "leukoedge.drift"
 FORMAT = 1
@@ -198,13 +201,13 @@ def parse(raw: Any) -> DriftStats:
                                 "patient_flag"), cells)
 
 
-def from_spec(spec: Any) -> DriftStats | None:
+def from_spec(spec: ModelSpec) -> DriftStats | None:
     """The drift statistics of a ModelSpec, or None when it carries none."""
-    raw = getattr(spec, "extensions", {}).get(EXTENSION_KEY)
+    raw = spec.extensions.get(EXTENSION_KEY)
     return None if raw is None else parse(raw)
 
 
-def check(spec: Any) -> None:
+def check(spec: ModelSpec) -> None:
     """Refuse a spec whose drift statistics are malformed or name an output the graph
     lacks, or whose dimensions cannot match (called when a spec is built)."""
     stats = from_spec(spec)
@@ -371,8 +374,22 @@ def flag_line(rows: Sequence[PatientDrift], flag: float | None) -> str:
             f"calls{few_text}")
 
 
+@dataclass(frozen=True)
+class DriftSummary:
+    """What classify and evaluate report about drift (:func:`summary`)."""
+
+    flag: float | None
+    min_cells: int
+    patients: list[PatientDrift]
+    flagged: list[str]
+    line: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def summary(patients: Sequence[str | None], scores: Sequence[float | None],
-            flag: float | None, min_cells: int = 1) -> dict[str, Any] | None:
+            flag: float | None, min_cells: int = 1) -> DriftSummary | None:
     """What classify and evaluate report: per patient, cells scored, median score, share of
     cells above 1.0, flagged (median > ``flag``, at least ``min_cells`` cells; ``flag``
     None: the model is unknown and nobody is flagged); the flagged patients; and the one
@@ -380,9 +397,8 @@ def summary(patients: Sequence[str | None], scores: Sequence[float | None],
     rows = per_patient(patients, scores, flag, min_cells)
     if not rows:
         return None
-    return {"flag": flag, "min_cells": min_cells, "patients": [asdict(r) for r in rows],
-            "flagged": [r.patient for r in rows if r.flagged],
-            "line": flag_line(rows, flag)}
+    return DriftSummary(flag, min_cells, rows, [r.patient for r in rows if r.flagged],
+                        flag_line(rows, flag))
 
 
 def describe(raw: Any) -> str:

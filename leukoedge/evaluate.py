@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
@@ -25,7 +26,9 @@ if TYPE_CHECKING:
     from typing import NotRequired  # Python 3.11; only an annotation here (3.10 runs)
 
     from .classify import Prediction
+    from .drift import DriftSummary
     from .patient import PatientView
+    from .predictions import PredictionSet
     from .session import Model
     from .spec import ModelSpec
 
@@ -41,8 +44,34 @@ def _div(a: float, b: float) -> float:
     return float(a) / float(b) if b else 0.0
 
 
-def per_class(m: np.ndarray) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
+@dataclass(frozen=True)
+class ClassScores:
+    """Precision, recall, F1 and support of one class."""
+
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """The 2x2 matrix ``matrix[true][pred]`` in ``labels`` order."""
+
+    labels: list[str]
+    matrix: list[list[int]]
+    rows: str = "true"
+    columns: str = "predicted"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def per_class(m: np.ndarray) -> dict[str, ClassScores]:
+    out: dict[str, ClassScores] = {}
     for c, name in enumerate(LABELS):
         tp = m[c, c]
         fp = m[:, c].sum() - tp
@@ -50,7 +79,7 @@ def per_class(m: np.ndarray) -> dict[str, dict[str, float]]:
         p = _div(tp, tp + fp)
         r = _div(tp, tp + fn)
         f = _div(2 * p * r, p + r)
-        out[name] = {"precision": p, "recall": r, "f1": f, "support": int(m[c, :].sum())}
+        out[name] = ClassScores(p, r, f, int(m[c, :].sum()))
     return out
 
 
@@ -74,32 +103,57 @@ def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float | None:
     return float(u / (n_pos * n_neg))
 
 
+@dataclass(frozen=True)
+class Metrics:
+    """The image-level metrics of :func:`metrics` (ALL = positive)."""
+
+    n: int
+    accuracy: float
+    balanced_accuracy: float
+    weighted_f1: float
+    macro_f1: float
+    sensitivity_all: float
+    specificity_all: float
+    roc_auc: float | None
+    per_class: dict[str, ClassScores]
+    confusion: Confusion
+    majority_rate: float
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        return d
+
+    def __getitem__(self, name: str) -> Any:
+        """``m["weighted_f1"]`` for callers that still index by name (the training
+        plugin); new code reads attributes, which mypy checks."""
+        return self.to_json()[name]
+
+
 def metrics(y_true: npt.ArrayLike, y_pred: npt.ArrayLike,
-            prob_all: npt.ArrayLike | None = None) -> dict[str, Any]:
+            prob_all: npt.ArrayLike | None = None) -> Metrics:
     """All image-level metrics for ALL (1) vs HEM (0)."""
     yt = np.asarray(y_true, dtype=np.int64)
     yp = np.asarray(y_pred, dtype=np.int64)
     m = confusion(yt, yp)
     pc = per_class(m)
     n = int(m.sum())
-    support = np.array([pc[c]["support"] for c in LABELS], dtype=np.float64)
-    f1s = np.array([pc[c]["f1"] for c in LABELS])
+    support = np.array([pc[c].support for c in LABELS], dtype=np.float64)
+    f1s = np.array([pc[c].f1 for c in LABELS])
     present = support > 0
-    return {
-        "n": n,
-        "accuracy": _div(np.trace(m), n),
-        "balanced_accuracy": float(np.mean([pc[c]["recall"] for c, k in
-                                            zip(LABELS, present) if k])) if n else 0.0,
-        "weighted_f1": float((f1s * support).sum() / support.sum()) if n else 0.0,
-        "macro_f1": float(f1s[present].mean()) if n else 0.0,
-        "sensitivity_all": pc["all"]["recall"],
-        "specificity_all": pc["hem"]["recall"],
-        "roc_auc": None if prob_all is None else roc_auc(yt, np.asarray(prob_all)),
-        "per_class": pc,
-        "confusion": {"labels": list(LABELS), "matrix": m.tolist(),
-                      "rows": "true", "columns": "predicted"},
-        "majority_rate": float(max(support) / n) if n else 0.0,
-    }
+    return Metrics(
+        n=n,
+        accuracy=_div(np.trace(m), n),
+        balanced_accuracy=float(np.mean([pc[c].recall for c, k in
+                                         zip(LABELS, present) if k])) if n else 0.0,
+        weighted_f1=float((f1s * support).sum() / support.sum()) if n else 0.0,
+        macro_f1=float(f1s[present].mean()) if n else 0.0,
+        sensitivity_all=pc["all"].recall,
+        specificity_all=pc["hem"].recall,
+        roc_auc=None if prob_all is None else roc_auc(yt, np.asarray(prob_all)),
+        per_class=pc,
+        confusion=Confusion(list(LABELS), m.tolist()),
+        majority_rate=float(max(support) / n) if n else 0.0,
+    )
 
 
 #: Equal-width bins of the expected calibration error and the reliability diagram.
@@ -110,8 +164,42 @@ SEED = 0
 LEVEL = 0.95
 
 
+@dataclass(frozen=True)
+class Reliability:
+    """Equal-width bins of P(ALL): edges, cells, mean P(ALL), fraction ALL per bin."""
+
+    bins: int
+    edges: list[float]
+    count: list[int]
+    mean_prob: list[float | None]
+    frac_all: list[float | None]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CalibrationMetrics:
+    """How trustworthy P(ALL) is (:func:`calibration_metrics`); ``uncalibrated``: the same
+    at temperature 1, when the report's temperature is not 1 and the logits are known."""
+
+    ece: float
+    brier: float
+    log_loss: float
+    bins: int
+    reliability: Reliability
+    uncalibrated: CalibrationMetrics | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"ece": self.ece, "brier": self.brier, "log_loss": self.log_loss,
+                             "bins": self.bins, "reliability": self.reliability.to_json()}
+        if self.uncalibrated is not None:
+            d["uncalibrated"] = self.uncalibrated.to_json()
+        return d
+
+
 def reliability(y_true: npt.ArrayLike, prob: npt.ArrayLike,
-                bins: int = ECE_BINS) -> dict[str, Any]:
+                bins: int = ECE_BINS) -> Reliability:
     """Equal-width bins of P(ALL) over [0, 1] (1.0 falls in the last bin), as
     scikit-learn's ``calibration_curve`` draws them: per bin the number of cells, their
     mean P(ALL) and the fraction that are ALL (``None`` for an empty bin)."""
@@ -123,13 +211,13 @@ def reliability(y_true: npt.ArrayLike, prob: npt.ArrayLike,
     ysum = np.bincount(idx, weights=y, minlength=bins)
     mean_prob = [float(a / c) if c else None for a, c in zip(psum, count)]
     frac_all = [float(a / c) if c else None for a, c in zip(ysum, count)]
-    return {"bins": bins, "edges": [i / bins for i in range(bins + 1)],
-            "count": count.tolist(), "mean_prob": mean_prob, "frac_all": frac_all}
+    return Reliability(bins, [i / bins for i in range(bins + 1)], count.tolist(),
+                       mean_prob, frac_all)
 
 
 def calibration_metrics(y_true: npt.ArrayLike, prob: npt.ArrayLike,
                         scaled_logits: npt.ArrayLike | None = None,
-                        bins: int = ECE_BINS) -> dict[str, Any]:
+                        bins: int = ECE_BINS) -> CalibrationMetrics:
     """How trustworthy P(ALL) is: expected calibration error (``bins`` equal-width bins,
     sum over bins of cells/N x |fraction ALL - mean P(ALL)|), Brier score (mean squared
     error of P(ALL)) and log-loss (mean negative log-likelihood; from the logits divided by
@@ -140,8 +228,8 @@ def calibration_metrics(y_true: npt.ArrayLike, prob: npt.ArrayLike,
     n = len(y)
     rel = reliability(y, p, bins)
     ece = 0.0
-    for c, mp, fa in zip(rel["count"], rel["mean_prob"], rel["frac_all"]):
-        if c:
+    for c, mp, fa in zip(rel.count, rel.mean_prob, rel.frac_all):
+        if c and fa is not None and mp is not None:
             ece += c / n * abs(fa - mp)
     if scaled_logits is not None:
         z = np.asarray(scaled_logits, dtype=np.float64)
@@ -150,8 +238,7 @@ def calibration_metrics(y_true: npt.ArrayLike, prob: npt.ArrayLike,
     else:
         q = np.clip(p, 1e-15, 1 - 1e-15)
         log_loss = float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
-    return {"ece": float(ece), "brier": float(np.mean((p - y) ** 2)), "log_loss": log_loss,
-            "bins": bins, "reliability": rel}
+    return CalibrationMetrics(float(ece), float(np.mean((p - y) ** 2)), log_loss, bins, rel)
 
 
 def _weighted_auc(w: np.ndarray, y: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -170,9 +257,54 @@ def _weighted_auc(w: np.ndarray, y: np.ndarray, score: np.ndarray) -> np.ndarray
         return np.asarray(np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan))
 
 
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate and its percentile interval."""
+
+    estimate: float
+    low: float
+    high: float
+    width: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: the metrics :func:`bootstrap_intervals` gives an interval for
+INTERVAL_METRICS = ("weighted_f1", "sensitivity_all", "specificity_all", "roc_auc")
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """The patient-bootstrap intervals of :func:`bootstrap_intervals` (None: no finite
+    resample or no estimate)."""
+
+    method: str
+    unit: str
+    resamples: int
+    seed: int
+    level: float
+    patients_all: int
+    patients_hem: int
+    weighted_f1: Interval | None
+    sensitivity_all: Interval | None
+    specificity_all: Interval | None
+    roc_auc: Interval | None
+
+    def of(self, name: str) -> Interval | None:
+        """The interval of one of :data:`INTERVAL_METRICS` (ValueError for another)."""
+        if name not in INTERVAL_METRICS:
+            raise ValueError(f"no interval for {name!r}")
+        iv: Interval | None = getattr(self, name)
+        return iv
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def bootstrap_intervals(y_true: Sequence[int], y_pred: Sequence[int], score: Sequence[float],
                         patients: Sequence[str | None], resamples: int = RESAMPLES,
-                        seed: int = SEED, level: float = LEVEL) -> dict[str, Any]:
+                        seed: int = SEED, level: float = LEVEL) -> Intervals:
     """Percentile intervals for weighted F1, sensitivity, specificity and ROC AUC by a
     patient-level bootstrap stratified by class.
 
@@ -196,7 +328,7 @@ def bootstrap_intervals(y_true: Sequence[int], y_pred: Sequence[int], score: Seq
     groups = [np.flatnonzero(patient_all), np.flatnonzero(~patient_all)]
     rng = np.random.default_rng(seed)
     est = metrics(y.tolist(), yp.tolist(), sc.tolist())
-    names = ("weighted_f1", "sensitivity_all", "specificity_all", "roc_auc")
+    names = INTERVAL_METRICS
     draws: dict[str, list[np.ndarray]] = {k: [] for k in names}
     chunk = max(1, min(resamples, 4_000_000 // max(1, len(y))))
     done = 0
@@ -221,23 +353,24 @@ def bootstrap_intervals(y_true: Sequence[int], y_pred: Sequence[int], score: Seq
         draws["roc_auc"].append(_weighted_auc(w, y, sc))
         done += b
     alpha = (1.0 - level) / 2.0
-    out: dict[str, Any] = {
-        "method": "patient bootstrap, stratified by class (ALL and HEM patients resampled "
-                  "separately), percentile interval",
-        "unit": "patient" if all(patients) else "patient (cells without one: each its own)",
-        "resamples": resamples, "seed": seed, "level": level,
-        "patients_all": int(len(groups[0])), "patients_hem": int(len(groups[1])),
-    }
+    found: dict[str, Interval | None] = {}
     for k in names:
         v = np.concatenate(draws[k])
         v = v[np.isfinite(v)]
-        e = est[k]
+        e = getattr(est, k)
         if len(v) == 0 or e is None:
-            out[k] = None
+            found[k] = None
             continue
         lo, hi = (float(x) for x in np.quantile(v, [alpha, 1.0 - alpha]))
-        out[k] = {"estimate": float(e), "low": lo, "high": hi, "width": hi - lo}
-    return out
+        found[k] = Interval(float(e), lo, hi, hi - lo)
+    return Intervals(
+        method="patient bootstrap, stratified by class (ALL and HEM patients resampled "
+               "separately), percentile interval",
+        unit="patient" if all(patients) else "patient (cells without one: each its own)",
+        resamples=resamples, seed=seed, level=level,
+        patients_all=int(len(groups[0])), patients_hem=int(len(groups[1])),
+        weighted_f1=found["weighted_f1"], sensitivity_all=found["sensitivity_all"],
+        specificity_all=found["specificity_all"], roc_auc=found["roc_auc"])
 
 
 @dataclass
@@ -272,15 +405,27 @@ def per_patient(patients: Sequence[str | None], y_true: Sequence[int | None],
     return rows
 
 
-def patient_vote_metrics(rows: Sequence[PatientRow]) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class PatientVote:
+    """The majority vote per patient scored against the patients' truth."""
+
+    patients: int
+    accuracy: float
+    weighted_f1: float
+    confusion: Confusion
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def patient_vote_metrics(rows: Sequence[PatientRow]) -> PatientVote | None:
     known = [r for r in rows if r.true_label is not None and r.patient != "unknown"]
     if not known:
         return None
     yt = [LABELS.index(r.true_label) for r in known]
     yp = [LABELS.index(r.vote) for r in known]
     m = metrics(yt, yp)
-    return {"patients": len(known), "accuracy": m["accuracy"],
-            "weighted_f1": m["weighted_f1"], "confusion": m["confusion"]}
+    return PatientVote(len(known), m.accuracy, m.weighted_f1, m.confusion)
 
 
 class ErrorRow(TypedDict):
@@ -300,17 +445,17 @@ class Report(TypedDict):
     errors: int
     error_rows: list[ErrorRow]  # at most 1000
     unlabelled: int
-    metrics: dict[str, Any] | None  # see :func:`metrics`; None without a labelled image
+    metrics: Metrics | None  # see :func:`metrics`; None without a labelled image
     #: see :func:`calibration_metrics`, at the spec's temperature; ``uncalibrated`` holds
     #: the same at temperature 1 when the temperature is not 1 and logits are known
-    calibration: dict[str, Any] | None
-    intervals: dict[str, Any] | None  # see :func:`bootstrap_intervals`
+    calibration: CalibrationMetrics | None
+    intervals: Intervals | None  # see :func:`bootstrap_intervals`
     patients: list[dict[str, Any]]  # :class:`PatientRow` fields
-    patient_vote: dict[str, Any] | None  # see :func:`patient_vote_metrics`
+    patient_vote: PatientVote | None  # see :func:`patient_vote_metrics`
     warnings: list[str]  # e.g. evaluated on the patients the model was calibrated on
     #: see :func:`leukoedge.drift.summary`; set by :func:`build_report` when the model has
     #: drift statistics
-    drift: NotRequired[dict[str, Any] | None]
+    drift: NotRequired[DriftSummary | None]
     #: the patient's view (leukoedge.patient): one summary per patient (its COLUMNS), every
     #: cell and error row included; the figures over patients with a truth
     #: (:func:`leukoedge.patient.patient_metrics`); the rule and drift flag used
@@ -408,14 +553,14 @@ def report_of(scores: Scores, spec: ModelSpec, *, model: str, provider: str, fil
     else:  # nothing labelled: the table and the vote still say what the model thinks
         rows = per_patient(scores.patients, [None] * len(scores.paths),
                            [int(v) for v in pred_all], scores.probs.tolist())
-    cal: dict[str, Any] | None = None
-    intervals: dict[str, Any] | None = None
+    cal: CalibrationMetrics | None = None
+    intervals: Intervals | None = None
     if lab:
         z = scores.logits[lab] if scores.has_logits else None
         cal = calibration_metrics(y_true, prob, None if z is None else z / spec.temperature)
         if z is not None and spec.temperature != 1.0:
             raw = spec.with_updates(temperature=1.0).probability(z)
-            cal["uncalibrated"] = calibration_metrics(y_true, raw, z)
+            cal = replace(cal, uncalibrated=calibration_metrics(y_true, raw, z))
         if resamples > 0:
             intervals = bootstrap_intervals(y_true, y_pred, prob, patients, resamples, seed)
     part = _patient_view(scores, spec, pred_all, view, drift, error_patients)
@@ -503,8 +648,17 @@ def build_report(preds: Sequence[Prediction], model: Model, resamples: int = RES
     return rep
 
 
+def report_json(rep: Report) -> dict[str, Any]:
+    """The report as the JSON object ``--report``/``--json`` write (NaN/inf as null)."""
+    out: dict[str, Any] = clean(dict(rep))
+    return out
+
+
 def clean(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf become None."""
+    """JSON-safe copy: NaN/inf become None; a result type becomes its ``to_json()``."""
+    to_json = getattr(obj, "to_json", None)
+    if callable(to_json) and not isinstance(obj, type):
+        return clean(to_json())
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
@@ -512,3 +666,124 @@ def clean(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [clean(v) for v in obj]
     return obj
+
+
+# -- a predictions file in, a report out (evaluate --from-predictions, report) ------------------
+
+@dataclass(frozen=True)
+class Message:
+    """A line for the person running the command: a note, or a warning."""
+
+    text: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class ScoringContext:
+    """What scores a predictions file: the model's name as reported, its spec, the patient
+    view, and what the caller should say about how they were chosen."""
+
+    name: str
+    spec: ModelSpec
+    view: PatientView
+    messages: tuple[Message, ...] = ()
+
+
+def scoring_context(predictions: Path, model: Path | None, threshold: float | None,
+                    min_cells: int | None) -> ScoringContext:
+    """The spec that scores a predictions file and its patient view: ``model``'s (read and
+    checked against its graph, never run); else the model recorded in the file's
+    ``.meta.json`` (classify writes it: threshold, temperature, drift flag, patient rule);
+    else temperature 1, threshold 0.5, the default rule and no drift flag ("cannot
+    flag")."""
+    from .drift import CANNOT_FLAG
+    from .drift import from_spec as drift_of
+    from .patient import DEFAULT_RULE, PatientView
+    from .patient import from_spec as rule_of
+    from .provenance import file_sha256, meta_path, read_meta
+    from .spec import ModelSpec
+
+    meta = read_meta(predictions)
+    if model is not None:
+        from .session import SessionConfig, load_model
+
+        spec = load_model(model, SessionConfig(provider="cpu", threads=1)).spec
+        if threshold is not None:
+            spec = spec.with_updates(threshold=threshold)
+        said: tuple[Message, ...] = ()
+        if meta is not None and meta.model_sha256 != file_sha256(model):
+            said = (Message(f"{predictions} was written by {meta.model} (sha256 "
+                            f"{meta.model_sha256[:12]}...), not by --model {model}", True),)
+        stats = drift_of(spec)
+        view = PatientView(rule_of(spec).with_min_cells(min_cells),
+                           None if stats is None else stats.patient_flag,
+                           "" if stats else "the model has no drift statistics")
+        return ScoringContext(str(model), spec, view, said)
+    if meta is None:
+        spec = ModelSpec(architecture="unknown", input_size=8)
+        if threshold is not None:
+            spec = spec.with_updates(threshold=threshold)
+        return ScoringContext(
+            "(none)", spec, PatientView(DEFAULT_RULE.with_min_cells(min_cells), None,
+                                        CANNOT_FLAG),
+            (Message(f"no --model and no {meta_path(predictions).name}: scoring the rows' "
+                     "logits at temperature 1, threshold 0.5; drift scores shown, not "
+                     "flagged"),))
+    said = (Message(f"scoring with the model recorded in {meta_path(predictions).name}: "
+                    f"{meta.model} (threshold {meta.threshold:g}, temperature "
+                    f"{meta.temperature:g})"),)
+    spec = ModelSpec(architecture="unknown", input_size=8, threshold=meta.threshold,
+                     temperature=meta.temperature)
+    if threshold is not None:
+        spec = spec.with_updates(threshold=threshold)
+    view = PatientView(meta.rule.with_min_cells(min_cells), meta.drift_flag,
+                       "" if meta.drift_flag is not None
+                       else "the model has no drift statistics")
+    return ScoringContext(f"{meta.model} (sha256 {meta.model_sha256[:12]}, from "
+                          f"{meta_path(predictions).name})", spec, view, said)
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """The report of a predictions file, with the rows and the spec that scored them (the
+    HTML page draws from all three) and the lines to show (:class:`Message`)."""
+
+    report: Report
+    rows: PredictionSet
+    spec: ModelSpec
+    messages: tuple[Message, ...]
+
+
+def report_from_predictions(path: Path, *, model: Path | None = None,
+                            labels: Path | None = None, threshold: float | None = None,
+                            folds: Sequence[str] | None = None, resamples: int = RESAMPLES,
+                            seed: int = SEED, min_cells: int | None = None,
+                            need_labels: bool = False) -> FileReport:
+    """The evaluation report of a predictions file's rows, scored with the spec of the
+    model that made them (``model``, or the file's ``.meta.json``;
+    :func:`scoring_context`), with the drift summary when the rows carry drift scores.
+    ``need_labels`` (``evaluate``): refuse a file without a labelled row, and say when
+    the rows' ``prob_all`` is used without the model's temperature; ``report`` draws a
+    page without labels."""
+    from .errors import DataError
+    from .predictions import read_predictions
+
+    ps = read_predictions(path, labels, None if folds is None else list(folds))
+    if need_labels and not any(t is not None for t in ps.truth):
+        raise DataError(f"{path}: no row has a label",
+                        "give --labels FILE, or rows whose paths lie in all/ and hem/")
+    ctx = scoring_context(path, model, threshold, min_cells)
+    said = list(ctx.messages)
+    spec, view = ctx.spec, ctx.view
+    if need_labels and not ps.has_logits and spec.temperature != 1.0:
+        said.append(Message("the rows carry no logits: their prob_all is used as written, "
+                            "without this model's temperature"))
+    rep = report_of(ps.scores(spec), spec, model=ctx.name, provider="(predictions file)",
+                    files=ps.files, error_rows=ps.errors, resamples=resamples, seed=seed,
+                    from_file=True, view=view, drift=ps.drift,
+                    error_patients=ps.error_patients)
+    if any(d is not None for d in ps.drift):
+        from .drift import summary
+
+        rep["drift"] = summary(ps.patients, ps.drift, view.drift_flag, view.rule.min_cells)
+    return FileReport(rep, ps, spec, tuple(said))

@@ -30,12 +30,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ImageError, MissingExtraError
-from .evaluate import Report, Scores
+from .evaluate import CalibrationMetrics, FileReport, Interval, Metrics, Report, Scores
 from .predictions import PredictionSet
 from .spec import ModelSpec
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from .drift import DriftSummary
 
 REPORT_EXTRA_HINT = "pip install 'leukoedge[report]'"
 THUMB = 96
@@ -132,22 +134,22 @@ def roc_figure(y: np.ndarray, score: np.ndarray, auc: float | None,
     return _png(fig)
 
 
-def reliability_figure(cal: dict[str, Any], temperature: float) -> str:
+def reliability_figure(cal: CalibrationMetrics, temperature: float) -> str:
     fig = _figure(4.4, 4.0)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect")
     curves = []
-    if cal.get("uncalibrated"):
-        curves.append((cal["uncalibrated"], "temperature 1 (before)", "#7f8c8d", "s"))
+    if cal.uncalibrated is not None:
+        curves.append((cal.uncalibrated, "temperature 1 (before)", "#7f8c8d", "s"))
         curves.append((cal, f"temperature {temperature:.3f} (after)", ALL_COLOUR, "o"))
     else:
         curves.append((cal, f"temperature {temperature:.3f}", ALL_COLOUR, "o"))
     for c, label, colour, marker in curves:
-        rel = c["reliability"]
-        xs = [m for m, n in zip(rel["mean_prob"], rel["count"]) if n]
-        ys = [f for f, n in zip(rel["frac_all"], rel["count"]) if n]
-        ax.plot(xs, ys, marker=marker, color=colour, label=f"{label}, ECE {c['ece']:.3f}")
-    ax.set_xlabel(f"mean P(ALL) in the bin ({cal['bins']} equal-width bins)")
+        rel = c.reliability
+        xs = [m for m, n in zip(rel.mean_prob, rel.count) if n and m is not None]
+        ys = [f for f, n in zip(rel.frac_all, rel.count) if n and f is not None]
+        ax.plot(xs, ys, marker=marker, color=colour, label=f"{label}, ECE {c.ece:.3f}")
+    ax.set_xlabel(f"mean P(ALL) in the bin ({cal.bins} equal-width bins)")
     ax.set_ylabel("fraction of cells that are ALL")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -252,14 +254,26 @@ align-items:center;justify-content:center}
 """
 
 
-def _card(label: str, path: str, value: float | None, iv: dict[str, Any] | None,
+def _card(label: str, path: str, value: float | None, iv: Interval | None,
           ivpath: str) -> str:
     ci = ""
-    if iv:
-        ci = (f'<div class="ci">95% CI {_num(ivpath + ".low", iv["low"], 3)}'
-              f' – {_num(ivpath + ".high", iv["high"], 3)}</div>')
+    if iv is not None:
+        ci = (f'<div class="ci">95% CI {_num(ivpath + ".low", iv.low, 3)}'
+              f' – {_num(ivpath + ".high", iv.high, 3)}</div>')
     return (f'<div class="card"><div class="k">{_esc(label)}</div>'
             f'<div class="v">{_num(path, value, 3)}</div>{ci}</div>')
+
+
+def write_report(path: Path, got: FileReport, *, title: str = "leukoedge report",
+                 images_root: Path | None = None, per_montage: int = MONTAGE) -> int:
+    """Render the page of a predictions file's report and write it atomically; returns its
+    length in characters."""
+    from .output import atomic_write_text
+
+    page = render(got.rows, got.spec, got.report, title=title, images_root=images_root,
+                  per_montage=per_montage)
+    atomic_write_text(path, page)
+    return len(page)
 
 
 def render(ps: PredictionSet, spec: ModelSpec, rep: Report, *, title: str = "leukoedge report",
@@ -273,11 +287,11 @@ def render(ps: PredictionSet, spec: ModelSpec, rep: Report, *, title: str = "leu
               for w in rep["warnings"]]
     parts.append(_headline(rep, pred))
     parts.append(_pictures(ps, spec, rep, scores.probs))
-    if rep["metrics"]:
+    if rep["metrics"] is not None:
         parts.append(_confusion(rep["metrics"]))
     parts.append(_patients(rep))
     drift = rep.get("drift")
-    if drift:
+    if drift is not None:
         parts.append(_drift(drift))
     parts.append(_cells(ps, spec, scores, pred, images_root, per_montage))
     parts.append('<p class="dim">leukoedge report · self-contained: nothing on this page '
@@ -300,29 +314,32 @@ def _header(ps: PredictionSet, rep: Report, title: str) -> str:
 
 def _headline(rep: Report, pred: np.ndarray) -> str:
     """The cards of the headline figures (with their intervals) and how they were got."""
-    mt, cal, iv = rep["metrics"], rep["calibration"], rep["intervals"] or {}
+    mt, cal, iv = rep["metrics"], rep["calibration"], rep["intervals"]
     cards = []
-    if mt:
-        for k, label in (("weighted_f1", "weighted F1"), ("sensitivity_all", "sensitivity"),
-                         ("specificity_all", "specificity"), ("roc_auc", "ROC AUC")):
-            cards.append(_card(label, f"metrics.{k}", mt[k], iv.get(k), f"intervals.{k}"))
-        cards.append(_card("accuracy", "metrics.accuracy", mt["accuracy"], None, ""))
-    if cal:
-        cards.append(_card("ECE (15 bins)", "calibration.ece", cal["ece"], None, ""))
-        cards.append(_card("Brier score", "calibration.brier", cal["brier"], None, ""))
-        cards.append(_card("log-loss", "calibration.log_loss", cal["log_loss"], None, ""))
+    if mt is not None:
+        for k, label, value in (("weighted_f1", "weighted F1", mt.weighted_f1),
+                                ("sensitivity_all", "sensitivity", mt.sensitivity_all),
+                                ("specificity_all", "specificity", mt.specificity_all),
+                                ("roc_auc", "ROC AUC", mt.roc_auc)):
+            cards.append(_card(label, f"metrics.{k}", value,
+                               None if iv is None else iv.of(k), f"intervals.{k}"))
+        cards.append(_card("accuracy", "metrics.accuracy", mt.accuracy, None, ""))
+    if cal is not None:
+        cards.append(_card("ECE (15 bins)", "calibration.ece", cal.ece, None, ""))
+        cards.append(_card("Brier score", "calibration.brier", cal.brier, None, ""))
+        cards.append(_card("log-loss", "calibration.log_loss", cal.log_loss, None, ""))
     n_all = int(pred.sum())
     cards.append(f'<div class="card"><div class="k">cells called ALL / HEM</div>'
                  f'<div class="v"><span class="all">{n_all}</span> / <span class="hem">'
                  f"{len(pred) - n_all}</span></div></div>")
     parts = [f'<section id="headline"><h2>Figures</h2><div class="cards">{"".join(cards)}'
              "</div>"]
-    if iv:
-        parts.append(f'<p class="dim" id="interval-method">95% intervals: {_esc(iv["method"])}; '
-                     f'{_num("intervals.resamples", iv["resamples"])} resamples, seed '
-                     f'{_num("intervals.seed", iv["seed"])}, '
-                     f'{iv["patients_all"]} ALL and {iv["patients_hem"]} HEM patients.</p>')
-    if not mt:
+    if iv is not None:
+        parts.append(f'<p class="dim" id="interval-method">95% intervals: {_esc(iv.method)}; '
+                     f'{_num("intervals.resamples", iv.resamples)} resamples, seed '
+                     f'{_num("intervals.seed", iv.seed)}, '
+                     f'{iv.patients_all} ALL and {iv.patients_hem} HEM patients.</p>')
+    if mt is None:
         parts.append('<p class="dim">No labels: only what needs none is shown (give '
                      "--labels, or rows whose paths lie in all/ and hem/).</p>")
     parts.append("</section>")
@@ -334,13 +351,13 @@ def _pictures(ps: PredictionSet, spec: ModelSpec, rep: Report, probs: np.ndarray
     mt, cal, truth = rep["metrics"], rep["calibration"], ps.truth
     figs = [("fig-histogram", histogram_figure(probs, truth, spec.threshold),
              "P(ALL) per class, with the decision threshold.")]
-    if mt and mt["roc_auc"] is not None:
+    if mt is not None and mt.roc_auc is not None:
         labelled = [i for i, t in enumerate(truth) if t is not None]
         y = np.array([truth[i] for i in labelled], dtype=np.int64)
-        figs.append(("fig-roc", roc_figure(y, probs[labelled], mt["roc_auc"],
-                                           mt["sensitivity_all"], mt["specificity_all"]),
+        figs.append(("fig-roc", roc_figure(y, probs[labelled], mt.roc_auc,
+                                           mt.sensitivity_all, mt.specificity_all),
                      "ROC curve; the dot is the model's threshold."))
-    if cal:
+    if cal is not None:
         figs.append(("fig-reliability", reliability_figure(cal, rep["temperature"]),
                      "Reliability: per bin of P(ALL), the fraction of cells that are ALL. "
                      "On the diagonal, P(ALL) can be read as a frequency."))
@@ -349,8 +366,8 @@ def _pictures(ps: PredictionSet, spec: ModelSpec, rep: Report, probs: np.ndarray
     return f'<section id="figures"><h2>Pictures</h2><div class="figs">{body}</div></section>'
 
 
-def _confusion(mt: dict[str, Any]) -> str:
-    m = mt["confusion"]["matrix"]
+def _confusion(mt: Metrics) -> str:
+    m = mt.confusion.matrix
     rows = "".join(
         f"<tr><th>{name}</th><td>{_num(f'metrics.confusion.matrix.{r}.0', m[r][0])}</td>"
         f"<td>{_num(f'metrics.confusion.matrix.{r}.1', m[r][1])}</td></tr>"
@@ -402,20 +419,20 @@ def _patients(rep: Report) -> str:
             '"Patients").</p></section>')
 
 
-def _drift(drift: dict[str, Any]) -> str:
+def _drift(drift: DriftSummary) -> str:
     """Per patient, how far the cells lie from the training cells."""
     drow = "".join(
-        f'<tr data-patient="{_esc(r["patient"])}"><td>{_esc(r["patient"])}</td>'
-        f"<td>{_num(f'drift.patients.{j}.cells', r['cells'])}</td>"
-        f"<td>{_num(f'drift.patients.{j}.median', r['median'], 2)}</td>"
-        f"<td>{_num(f'drift.patients.{j}.share_above', r['share_above'], 2)}</td>"
-        f"<td>{'flagged' if r['flagged'] else 'no (' + _esc(r['note']) + ')' if r.get('note') else 'no'}</td></tr>"
-        for j, r in enumerate(drift["patients"]))
+        f'<tr data-patient="{_esc(r.patient)}"><td>{_esc(r.patient)}</td>'
+        f"<td>{_num(f'drift.patients.{j}.cells', r.cells)}</td>"
+        f"<td>{_num(f'drift.patients.{j}.median', r.median, 2)}</td>"
+        f"<td>{_num(f'drift.patients.{j}.share_above', r.share_above, 2)}</td>"
+        f"<td>{'flagged' if r.flagged else 'no (' + _esc(r.note) + ')' if r.note else 'no'}</td></tr>"
+        for j, r in enumerate(drift.patients))
     flag = ("no patient is flagged: the model that made these rows is unknown" if
-            drift["flag"] is None else "a patient is flagged when its median is above "
-            f"{_num('drift.flag', drift['flag'], 3)}")
+            drift.flag is None else "a patient is flagged when its median is above "
+            f"{_num('drift.flag', drift.flag, 3)}")
     return ('<section id="drift"><h2>Drift: do these cells look like the training cells?</h2>'
-            f"<p>{_esc(drift['line'])}</p><p class=\"dim\">Score 1.0 = the 95th percentile "
+            f"<p>{_esc(drift.line)}</p><p class=\"dim\">Score 1.0 = the 95th percentile "
             f"of the training cells' own scores; {flag} (docs/usage.md).</p>"
             "<table><tr><th>patient</th><th>cells</th><th>median score</th>"
             f"<th>share above 1.0</th><th>flagged</th></tr>{drow}</table></section>")

@@ -108,11 +108,11 @@ def test_sensitivity_rule_is_the_largest_threshold_that_reaches_it(seed: int,
     thr = choose_threshold(SPEC, z, y, temp, Rule("sensitivity", target))
     spec = SPEC.with_updates(temperature=temp, threshold=thr)
     m = metrics(y.tolist(), _labels(spec, z).tolist())
-    assert m["sensitivity_all"] >= target
+    assert m.sensitivity_all >= target
     # any larger threshold falls short: one above the lowest ALL cell still called ALL
     boundary = z[(y == 1) & (z >= spec.logit_threshold)].min()
     worse = (z > boundary).astype(np.int64)
-    assert metrics(y.tolist(), worse.tolist())["sensitivity_all"] < target
+    assert metrics(y.tolist(), worse.tolist()).sensitivity_all < target
     assert_midway(z, spec.logit_threshold)
 
 
@@ -123,10 +123,10 @@ def test_specificity_rule_is_the_smallest_threshold_that_reaches_it(seed: int,
     z, y = synthetic(seed, ties=seed % 2 == 0)
     thr = choose_threshold(SPEC, z, y, 0.8, Rule("specificity", target))
     spec = SPEC.with_updates(temperature=0.8, threshold=thr)
-    assert metrics(y.tolist(), _labels(spec, z).tolist())["specificity_all"] >= target
+    assert metrics(y.tolist(), _labels(spec, z).tolist()).specificity_all >= target
     boundary = z[(y == 0) & (z < spec.logit_threshold)].max()  # one lower: one HEM too many
     worse = (z >= boundary).astype(np.int64)
-    assert metrics(y.tolist(), worse.tolist())["specificity_all"] < target
+    assert metrics(y.tolist(), worse.tolist()).specificity_all < target
     assert_midway(z, spec.logit_threshold)
 
 
@@ -135,8 +135,8 @@ def test_f1_rule_finds_the_best_weighted_f1(seed: int) -> None:
     z, y = synthetic(seed, n=150, ties=seed % 2 == 0)
     thr = choose_threshold(SPEC, z, y, 1.3, Rule())
     spec = SPEC.with_updates(temperature=1.3, threshold=thr)
-    got = metrics(y.tolist(), _labels(spec, z).tolist())["weighted_f1"]
-    best = max(metrics(y.tolist(), (z >= c).astype(int).tolist())["weighted_f1"]
+    got = metrics(y.tolist(), _labels(spec, z).tolist()).weighted_f1
+    best = max(metrics(y.tolist(), (z >= c).astype(int).tolist()).weighted_f1
                for c in [*np.unique(z), math.inf])
     assert got == pytest.approx(best, abs=1e-12)
 
@@ -168,7 +168,7 @@ def test_temperature_and_threshold_round_trip_through_the_spec(tiny_model: Path,
     assert back.schema_version == 2
     assert ModelSpec.from_json(back.to_json()) == back
     # what the threshold was chosen for holds when read back from the file
-    assert metrics(y.tolist(), _labels(back, z).tolist())["sensitivity_all"] >= 0.9
+    assert metrics(y.tolist(), _labels(back, z).tolist()).sensitivity_all >= 0.9
 
 
 def test_an_older_spec_loads_with_temperature_1() -> None:
@@ -235,7 +235,7 @@ def test_calibrate_from_predictions_then_evaluate_and_warn(tiny_model: Path,
     assert rep["metrics"]["sensitivity_all"] == pytest.approx(
         ((z >= spec.logit_threshold) & (y == 1)).sum() / (y == 1).sum())
     assert rep["calibration"]["uncalibrated"]["ece"] == pytest.approx(
-        calibration_metrics(y, sigmoid(z))["ece"])
+        calibration_metrics(y, sigmoid(z)).ece)
     r = invoke("evaluate", "--from-predictions", OOF, "--folds", "1", "--model", out,
                "--json", "--resamples", "0")
     assert r.exit_code == 0
@@ -301,13 +301,13 @@ def test_calibration_metrics_match_their_definitions(seed: int) -> None:
     z, y = synthetic(seed, n=500)
     p = sigmoid(z / 1.5)
     m = calibration_metrics(y, p, z / 1.5)
-    assert m["brier"] == pytest.approx(brier_score_loss(y, p))
-    assert m["log_loss"] == pytest.approx(log_loss(y, p))
+    assert m.brier == pytest.approx(brier_score_loss(y, p))
+    assert m.log_loss == pytest.approx(log_loss(y, p))
     idx = np.minimum((p * 15).astype(int), 14)
     ece = sum(abs(y[idx == b].mean() - p[idx == b].mean()) * (idx == b).sum()
               for b in range(15) if (idx == b).any()) / len(y)
-    assert m["ece"] == pytest.approx(ece)
-    assert sum(m["reliability"]["count"]) == len(y)
+    assert m.ece == pytest.approx(ece)
+    assert sum(m.reliability.count) == len(y)
 
 
 def test_weighted_auc_equals_auc_of_the_repeated_cells() -> None:
@@ -332,9 +332,11 @@ def test_bootstrap_resamples_patients_within_each_class() -> None:
     pats = ["UID_1"] * 3 + ["UID_H1"] * 3
     iv = bootstrap_intervals(y, pred, s, pats, resamples=200, seed=1)
     for k in ("weighted_f1", "sensitivity_all", "specificity_all", "roc_auc"):
-        assert iv[k]["low"] == pytest.approx(iv[k]["estimate"])
-        assert iv[k]["high"] == pytest.approx(iv[k]["estimate"])
-    assert iv["patients_all"] == 1 and iv["patients_hem"] == 1
+        one = iv.of(k)
+        assert one is not None
+        assert one.low == pytest.approx(one.estimate)
+        assert one.high == pytest.approx(one.estimate)
+    assert iv.patients_all == 1 and iv.patients_hem == 1
 
 
 def test_bootstrap_is_seeded_and_patient_level() -> None:
@@ -346,8 +348,9 @@ def test_bootstrap_is_seeded_and_patient_level() -> None:
     assert a != bootstrap_intervals(y, pred, ps.logits, ps.patients, 300, seed=1)
     cells = bootstrap_intervals(y, pred, ps.logits, [None] * len(y), 300, seed=0)
     # 15 patients hold 1,890 cells: patients vary far more than cells do
-    assert a["sensitivity_all"]["width"] > 2 * cells["sensitivity_all"]["width"]
-    assert a["patients_all"] + a["patients_hem"] == len(set(ps.patients))
+    assert a.sensitivity_all is not None and cells.sensitivity_all is not None
+    assert a.sensitivity_all.width > 2 * cells.sensitivity_all.width
+    assert a.patients_all + a.patients_hem == len(set(ps.patients))
 
 
 

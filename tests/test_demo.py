@@ -29,7 +29,7 @@ def test_demo_runs_every_step_and_keeps_everything(tmp_path: Path) -> None:
     assert len(rows) == 16 and all(r["label"] in ("all", "hem") for r in rows)
     rep = json.loads((wd / "heldout-report.json").read_text())
     assert rep["metrics"]["n"] == 16 and rep["errors"] == 0
-    assert res.facts["parity_images"] == 12 and res.facts["parity_max_abs_diff"] < 1e-3
+    assert res.facts.parity_images == 12 and res.facts.parity_max_abs_diff < 1e-3
     assert set(res.steps) == {"synthesise", "train", "export + parity",
                               "classify + evaluate"}
     # an existing demo folder is never reused

@@ -217,8 +217,8 @@ def test_report_shows_drift_per_patient_when_rows_carry_it(shared_cells: Path,
                    stats.patient_flag)
     assert want is not None
     text = page.read_text()
-    assert 'id="drift"' in text and want["line"].split(":")[0] in text
+    assert 'id="drift"' in text and want.line.split(":")[0] in text
     found = dict(re.findall(r'data-metric="(drift\.[^"]+)" data-value="([^"]*)"', text))
-    assert len(found) == 1 + 3 * len(want["patients"])
+    assert len(found) == 1 + 3 * len(want.patients)
     for path, value in found.items():
-        assert same(value, at({"drift": want}, path)), (path, value)
+        assert same(value, at({"drift": want.to_json()}, path)), (path, value)

@@ -240,8 +240,8 @@ def print_calibration(cal: Calibration, out_file: Path) -> None:
         ("patients", str(len(cal.patients))),
         ("temperature", f"{cal.temperature:.4f}"),
         ("NLL before / after", f"{_f(cal.nll_at_1)} / {_f(cal.nll)}"),
-        ("ECE before / after", f"{_f(cal.before['ece'])} / {_f(cal.after['ece'])}"),
-        ("Brier before / after", f"{_f(cal.before['brier'])} / {_f(cal.after['brier'])}"),
+        ("ECE before / after", f"{_f(cal.before.ece)} / {_f(cal.after.ece)}"),
+        ("Brier before / after", f"{_f(cal.before.brier)} / {_f(cal.after.brier)}"),
         ("threshold rule", cal.rule.describe()),
         ("threshold P(ALL)", f"{cal.threshold:.6f} (logit {cal.logit_threshold:.4f})")])
     for k in ("sensitivity_all", "specificity_all", "weighted_f1"):

@@ -1,9 +1,9 @@
-"""What several commands share: opening the model, the progress bar, ``--folds``, the
-spec that scores a predictions file, warnings and the drift table."""
+"""What several commands share: opening the model, the progress bar, ``--folds``,
+warnings and a library call's messages, the drift and patient tables."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,10 +16,10 @@ if TYPE_CHECKING:  # session imports numpy: loaded when a command runs, not for 
     from rich.progress import Task
     from rich.text import Text
 
+    from ..drift import DriftSummary
+    from ..evaluate import Message
     from ..patient import PatientSummary, PatientView
-
     from ..session import Model
-    from ..spec import ModelSpec
 
 
 def open_model(model: Path | None, provider: str, threads: int | None,
@@ -101,25 +101,7 @@ def warn(message: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
-def spec_for_predictions(model: Path | None, threshold: float | None) -> tuple[str, ModelSpec]:
-    """The spec that scores a predictions file: the model's (read and checked against its
-    graph, never run), or without --model temperature 1 and threshold 0.5."""
-    from ..session import SessionConfig, load_model
-    from ..spec import ModelSpec
-
-    if model is None:
-        note("no --model: scoring the rows' logits at temperature 1, threshold 0.5")
-        spec = ModelSpec(architecture="unknown", input_size=8)
-        name = "(none)"
-    else:
-        spec = load_model(model, SessionConfig(provider="cpu", threads=1)).spec
-        name = str(model)
-    if threshold is not None:
-        spec = spec.with_updates(threshold=threshold)
-    return name, spec
-
-
-def print_drift(summary: dict[str, Any] | None) -> None:
+def print_drift(summary: DriftSummary | None) -> None:
     """The per-patient drift table and its one line (flagged patients: on stderr)."""
     if summary is None:
         return
@@ -129,12 +111,12 @@ def print_drift(summary: dict[str, Any] | None) -> None:
               title_justify="left")
     for c in ("patient", "cells", "median drift", "cells > 1.0", "drifted"):
         t.add_column(c, justify="left" if c == "patient" else "right")
-    for r in summary["patients"]:
-        t.add_row(escape(r["patient"]), str(r["cells"]), f"{r['median']:.2f}",
-                  f"{r['share_above']:.0%}", "[red]yes[/red]" if r["flagged"]
-                  else f"no ({r['note']})" if r.get("note") else "no")
+    for r in summary.patients:
+        t.add_row(escape(r.patient), str(r.cells), f"{r.median:.2f}",
+                  f"{r.share_above:.0%}", "[red]yes[/red]" if r.flagged
+                  else f"no ({r.note})" if r.note else "no")
     out.print(t)
-    (err if summary["flagged"] else out).print(escape(summary["line"]))
+    (err if summary.flagged else out).print(escape(summary.line))
 
 
 def view_of_model(m: Model, min_cells: int | None) -> PatientView:
@@ -145,48 +127,10 @@ def view_of_model(m: Model, min_cells: int | None) -> PatientView:
     return model_view(m.spec, None if m.drift is None else m.drift.patient_flag, min_cells)
 
 
-def predictions_context(predictions: Path, model: Path | None, threshold: float | None,
-                        min_cells: int | None) -> tuple[str, ModelSpec, PatientView]:
-    """The spec that scores a predictions file and its patient view: ``--model``'s; else
-    the model recorded in the file's ``.meta.json`` (classify writes it: threshold,
-    temperature, drift flag, patient rule); else temperature 1, threshold 0.5, the default
-    rule and no drift flag ("cannot flag")."""
-    from ..drift import CANNOT_FLAG, from_spec
-    from ..patient import DEFAULT_RULE, PatientView
-    from ..provenance import file_sha256, meta_path, read_meta
-    from ..spec import ModelSpec
-    from ..patient import from_spec as rule_of
-
-    meta = read_meta(predictions)
-    if model is not None:
-        name, spec = spec_for_predictions(model, threshold)
-        if meta is not None and meta.model_sha256 != file_sha256(model):
-            warn(f"{predictions} was written by {meta.model} (sha256 "
-                 f"{meta.model_sha256[:12]}...), not by --model {model}")
-        stats = from_spec(spec)
-        flag = None if stats is None else stats.patient_flag
-        view = PatientView(rule_of(spec).with_min_cells(min_cells), flag,
-                           "" if stats else "the model has no drift statistics")
-        return name, spec, view
-    if meta is None:
-        note(f"no --model and no {meta_path(predictions).name}: scoring the rows' logits at "
-             "temperature 1, threshold 0.5; drift scores shown, not flagged")
-        spec = ModelSpec(architecture="unknown", input_size=8)
-        if threshold is not None:
-            spec = spec.with_updates(threshold=threshold)
-        return "(none)", spec, PatientView(DEFAULT_RULE.with_min_cells(min_cells), None,
-                                           CANNOT_FLAG)
-    note(f"scoring with the model recorded in {meta_path(predictions).name}: {meta.model} "
-         f"(threshold {meta.threshold:g}, temperature {meta.temperature:g})")
-    spec = ModelSpec(architecture="unknown", input_size=8, threshold=meta.threshold,
-                     temperature=meta.temperature)
-    if threshold is not None:
-        spec = spec.with_updates(threshold=threshold)
-    view = PatientView(meta.rule.with_min_cells(min_cells), meta.drift_flag,
-                       "" if meta.drift_flag is not None
-                       else "the model has no drift statistics")
-    return f"{meta.model} (sha256 {meta.model_sha256[:12]}, from {meta_path(predictions).name})", \
-        spec, view
+def say(messages: Iterable[Message]) -> None:
+    """A library call's notes and warnings, in order, on stderr."""
+    for m in messages:
+        (warn if m.warning else note)(m.text)
 
 
 def print_patients(rows: list[PatientSummary], view: PatientView,

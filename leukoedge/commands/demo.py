@@ -116,20 +116,22 @@ def _part2(wd: Path, epochs: int, seed: int) -> None:
                    say=lambda s: err.print(f"[bold cyan]{escape(s)}[/bold cyan]"))
     total = time.perf_counter() - t0
     f = res.facts
-    m = f["heldout"]["metrics"]
+    m = f.heldout["metrics"]
     t = facts_table("leukoedge demo: the pipeline on synthetic cells")
     t.add_row("validation weighted F1 (synthetic, by patient)",
-              f"{f['val_weighted_f1']:.3f} (best epoch {f['best_epoch']})")
-    t.add_row("held-out synthetic patients",
-              f"{m['n']} cells: accuracy {m['accuracy']:.3f}, weighted F1 "
-              f"{m['weighted_f1']:.3f}, ROC AUC {m['roc_auc']:.3f}")
-    pv = f["heldout"]["patient_vote"]
-    if pv:
-        t.add_row("patient-level vote", f"{pv['patients']} patients, accuracy "
-                  f"{pv['accuracy']:.3f}")
-    t.add_row("parity ONNX vs PyTorch", f"max |diff| {f['parity_max_abs_diff']:.2g} on "
-              f"{f['parity_images']} real cells: pass")
-    t.add_row("provider", f["provider"])
+              f"{f.val_weighted_f1:.3f} (best epoch {f.best_epoch})")
+    if m is not None:
+        auc = "-" if m.roc_auc is None else f"{m.roc_auc:.3f}"
+        t.add_row("held-out synthetic patients",
+                  f"{m.n} cells: accuracy {m.accuracy:.3f}, weighted F1 "
+                  f"{m.weighted_f1:.3f}, ROC AUC {auc}")
+    pv = f.heldout["patient_vote"]
+    if pv is not None:
+        t.add_row("patient-level vote", f"{pv.patients} patients, accuracy "
+                  f"{pv.accuracy:.3f}")
+    t.add_row("parity ONNX vs PyTorch", f"max |diff| {f.parity_max_abs_diff:.2g} on "
+              f"{f.parity_images} real cells: pass")
+    t.add_row("provider", f.provider)
     t.add_row("time", ", ".join(f"{k} {v:.0f} s" for k, v in res.steps.items())
               + f"; total {total:.0f} s")
     t.add_row("everything is in", escape(str(res.workdir)))

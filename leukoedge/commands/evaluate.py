@@ -15,10 +15,10 @@ from ..output import ResultWriter, atomic_write_text, check_output_location
 from .common import (
     open_model,
     parse_folds,
-    predictions_context,
     print_drift,
     print_patients,
     progress_bar,
+    say,
     view_of_model,
     warn,
 )
@@ -39,7 +39,7 @@ from .options import (
 if TYPE_CHECKING:
     from ..classify import Prediction
     from ..data import Item
-    from ..evaluate import Report
+    from ..evaluate import Metrics, Report
     from ..session import Model
 
 
@@ -84,9 +84,14 @@ def evaluate(
     if from_predictions is not None:
         if paths:
             raise UsageError("give images or --from-predictions, not both")
-        rep = evaluate_predictions(from_predictions, model, labels, threshold, folds,
-                                   resamples, seed, min_cells)
-        return _finish(rep, report, overwrite, as_json)
+        from ..evaluate import report_from_predictions
+
+        got = report_from_predictions(from_predictions, model=model, labels=labels,
+                                      threshold=threshold, folds=parse_folds(folds),
+                                      resamples=resamples, seed=seed, min_cells=min_cells,
+                                      need_labels=True)
+        say(got.messages)
+        return _finish(got.report, report, overwrite, as_json)
     if not paths:
         raise UsageError("no images given", "leukoedge evaluate IMAGES..., or "
                          "leukoedge evaluate --from-predictions FILE")
@@ -146,47 +151,20 @@ def _predict(m: Model, items: list[Item], predictions: Path | None, overwrite: b
 
 
 def _finish(rep: Report, report: Path | None, overwrite: bool, as_json: bool) -> int:
-    from ..evaluate import clean
+    from ..evaluate import report_json
 
     _refuse_existing_report(report, overwrite)
     for w in rep["warnings"]:
         warn(w)
     if report is not None:
-        atomic_write_text(report, json.dumps(clean(rep), indent=2) + "\n")
+        atomic_write_text(report, json.dumps(report_json(rep), indent=2) + "\n")
     if as_json:
-        out.print_json(json.dumps(clean(rep)))
+        out.print_json(json.dumps(report_json(rep)))
     else:
         print_report(rep)
         if report is not None:
             note(f"report written to {report}")
     return EXIT_SOME_FAILED if rep["errors"] else EXIT_OK
-
-
-def evaluate_predictions(path: Path, model: Path | None, labels: Path | None,
-                         threshold: float | None, folds: str | None, resamples: int,
-                         seed: int, min_cells: int | None = None) -> Report:
-    """The report of a predictions file's rows, scored with the spec of the model that
-    made them (``--model``, or the file's ``.meta.json``)."""
-    from ..evaluate import report_of
-    from ..predictions import read_predictions
-
-    ps = read_predictions(path, labels, parse_folds(folds))
-    if not any(t is not None for t in ps.truth):
-        raise DataError(f"{path}: no row has a label",
-                        "give --labels FILE, or rows whose paths lie in all/ and hem/")
-    name, spec, view = predictions_context(path, model, threshold, min_cells)
-    if not ps.has_logits and spec.temperature != 1.0:
-        note("the rows carry no logits: their prob_all is used as written, without this "
-             "model's temperature")
-    rep = report_of(ps.scores(spec), spec, model=name, provider="(predictions file)",
-                    files=ps.files, error_rows=ps.errors, resamples=resamples, seed=seed,
-                    from_file=True, view=view, drift=ps.drift,
-                    error_patients=ps.error_patients)
-    if any(d is not None for d in ps.drift):
-        from ..drift import summary
-
-        rep["drift"] = summary(ps.patients, ps.drift, view.drift_flag, view.rule.min_cells)
-    return rep
 
 
 def _f(x: object) -> str:
@@ -197,7 +175,7 @@ def print_report(rep: Report) -> None:
     """The report as tables: the figures, per class, confusion, per patient, drift."""
     _print_head(rep)
     mt = rep["metrics"]
-    if mt:
+    if mt is not None:
         _print_classes(mt)
     if rep["patient_calls"]:
         _print_patient_view(rep)
@@ -229,49 +207,56 @@ def _print_patient_view(rep: Report) -> None:
 
 def _print_head(rep: Report) -> None:
     """The figures with their intervals, and the calibration."""
+    from ..evaluate import INTERVAL_METRICS
+
     mt = rep["metrics"]
     head = facts_table("leukoedge evaluate", [
         ("model", escape(rep["model"])),
         ("files / errors / unlabelled", f"{rep['files']} / {rep['errors']} / "
                                         f"{rep['unlabelled']}")])
-    if mt:
-        head.add_row("images scored", str(mt["n"]))
-        for k in ("weighted_f1", "accuracy", "balanced_accuracy", "sensitivity_all",
-                  "specificity_all", "roc_auc", "majority_rate"):
-            iv = (rep["intervals"] or {}).get(k)
-            ci = f"  (95% CI {iv['low']:.4f}-{iv['high']:.4f})" if iv else ""
-            head.add_row(k.replace("_", " "), _f(mt[k]) + ci)
+    ivs = rep["intervals"]
+    if mt is not None:
+        head.add_row("images scored", str(mt.n))
+        for k, v in (("weighted_f1", mt.weighted_f1), ("accuracy", mt.accuracy),
+                     ("balanced_accuracy", mt.balanced_accuracy),
+                     ("sensitivity_all", mt.sensitivity_all),
+                     ("specificity_all", mt.specificity_all), ("roc_auc", mt.roc_auc),
+                     ("majority_rate", mt.majority_rate)):
+            iv = ivs.of(k) if ivs is not None and k in INTERVAL_METRICS else None
+            ci = f"  (95% CI {iv.low:.4f}-{iv.high:.4f})" if iv is not None else ""
+            head.add_row(k.replace("_", " "), _f(v) + ci)
     cal = rep["calibration"]
-    if cal:
+    if cal is not None:
         head.add_row("temperature", f"{rep['temperature']:.4f}")
-        before = cal.get("uncalibrated")
-        for k in ("ece", "brier", "log_loss"):
-            was = f"  (temperature 1: {before[k]:.4f})" if before else ""
+        before = cal.uncalibrated
+        for k, now, then in (("ece", cal.ece, None if before is None else before.ece),
+                             ("brier", cal.brier, None if before is None else before.brier),
+                             ("log_loss", cal.log_loss,
+                              None if before is None else before.log_loss)):
+            was = f"  (temperature 1: {then:.4f})" if then is not None else ""
             head.add_row(k.replace("_", " ") if k != "ece" else "ECE (15 bins)",
-                         f"{cal[k]:.4f}{was}")
-    iv = rep["intervals"]
-    if iv:
-        head.add_row("intervals", f"patient bootstrap stratified by class: {iv['resamples']} "
-                     f"resamples, seed {iv['seed']}, {iv['patients_all']} ALL + "
-                     f"{iv['patients_hem']} HEM patients")
+                         f"{now:.4f}{was}")
+    if ivs is not None:
+        head.add_row("intervals", f"patient bootstrap stratified by class: {ivs.resamples} "
+                     f"resamples, seed {ivs.seed}, {ivs.patients_all} ALL + "
+                     f"{ivs.patients_hem} HEM patients")
     out.print(head)
 
 
-def _print_classes(mt: dict[str, Any]) -> None:
+def _print_classes(mt: Metrics) -> None:
     """Per class figures and the confusion matrix."""
     from rich.table import Table
 
     pc = Table(title="per class", title_justify="left")
     for c in ("class", "precision", "recall", "F1", "support"):
         pc.add_column(c, justify="right" if c != "class" else "left")
-    for name, v in mt["per_class"].items():
-        pc.add_row(name.upper(), _f(v["precision"]), _f(v["recall"]), _f(v["f1"]),
-                   str(v["support"]))
+    for name, v in mt.per_class.items():
+        pc.add_row(name.upper(), _f(v.precision), _f(v.recall), _f(v.f1), str(v.support))
     out.print(pc)
     cm = Table(title="confusion (rows: true, columns: predicted)", title_justify="left")
     cm.add_column("")
     cm.add_column("HEM", justify="right")
     cm.add_column("ALL", justify="right")
-    for name, row in zip(("HEM", "ALL"), mt["confusion"]["matrix"]):
+    for name, row in zip(("HEM", "ALL"), mt.confusion.matrix):
         cm.add_row(name, str(row[0]), str(row[1]))
     out.print(cm)

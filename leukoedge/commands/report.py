@@ -9,7 +9,7 @@ import typer
 
 from ..console import note
 from ..errors import EXIT_OK, OutputExistsError
-from .common import parse_folds, predictions_context, warn
+from .common import parse_folds, say, warn
 from .options import FoldsOpt, LabelsOpt, MinCellsOpt, ThresholdOpt
 
 
@@ -44,28 +44,20 @@ def report(
 ) -> int:
     """Write an HTML report of a predictions file: figures with intervals, histograms, ROC,
     reliability, confusion, per patient, thumbnails (needs the report extra)."""
-    from ..evaluate import report_of
-    from ..output import atomic_write_text
-    from ..predictions import read_predictions
-    from ..report import render, require_matplotlib
+    from ..evaluate import report_from_predictions
+    from ..report import require_matplotlib, write_report
 
     require_matplotlib()
     if out_file.exists() and not overwrite:
         raise OutputExistsError(f"{out_file} already exists",
                                 "add --overwrite or choose another --out")
-    ps = read_predictions(predictions, labels, parse_folds(folds))
-    name, spec, view = predictions_context(predictions, model, threshold, min_cells)
-    rep = report_of(ps.scores(spec), spec, model=name, provider="(predictions file)",
-                    files=ps.files, error_rows=ps.errors, resamples=resamples, seed=seed,
-                    from_file=True, view=view, drift=ps.drift,
-                    error_patients=ps.error_patients)
-    if any(d is not None for d in ps.drift):
-        from ..drift import summary
-
-        rep["drift"] = summary(ps.patients, ps.drift, view.drift_flag, view.rule.min_cells)
-    for w in rep["warnings"]:
+    got = report_from_predictions(predictions, model=model, labels=labels,
+                                  threshold=threshold, folds=parse_folds(folds),
+                                  resamples=resamples, seed=seed, min_cells=min_cells)
+    say(got.messages)
+    for w in got.report["warnings"]:
         warn(w)
-    page = render(ps, spec, rep, title=title, images_root=images_root, per_montage=cells)
-    atomic_write_text(out_file, page)
-    note(f"report written to {out_file} ({len(page) / 1e6:.1f} MB)")
+    size = write_report(out_file, got, title=title, images_root=images_root,
+                        per_montage=cells)
+    note(f"report written to {out_file} ({size / 1e6:.1f} MB)")
     return EXIT_OK
