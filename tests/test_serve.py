@@ -412,6 +412,32 @@ def test_batcher_from_many_threads(tiny_model: Path) -> None:
     assert wrong == []
 
 
+def test_create_app_itself_refuses_a_public_bind_without_a_token(tiny_model: Path,
+                                                                  tmp_path: Path) -> None:
+    """The rule lives in serve.security and create_app applies it: code that builds the
+    app directly cannot skip it (as `leukoedge serve --host 0.0.0.0` cannot)."""
+    from leukoedge.errors import UsageError
+    from leukoedge.serve.security import read_token
+
+    m = load_model(tiny_model)
+    for host in ("0.0.0.0", "::", "192.0.2.7"):
+        with pytest.raises(UsageError, match="needs a bearer token"):
+            create_app(m, Settings(hosts=None, bind=host))
+    for host in ("127.0.0.1", "localhost", "::1"):
+        create_app(m, Settings(hosts=None, bind=host))  # loopback: no token needed
+    create_app(m, Settings(hosts=None, bind="0.0.0.0", token="s3cret-token-of-some-length"))
+    f = tmp_path / "token.txt"
+    f.write_text("  s3cret-token-of-some-length\n")
+    f.chmod(0o600)
+    got = read_token(f)
+    assert got.token == "s3cret-token-of-some-length" and got.notes == ()
+    f.chmod(0o644)
+    assert "chmod 600" in read_token(f).notes[0]
+    f.write_text("short")
+    with pytest.raises(UsageError, match="at least 16"):
+        read_token(f)
+
+
 def test_serve_needs_a_token_off_loopback_and_checks_its_model(tiny_model: Path,
                                                                tmp_path: Path) -> None:
     run = CliRunner().invoke

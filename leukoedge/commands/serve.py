@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -10,41 +9,10 @@ from typing import Annotated
 import typer
 
 from ..console import escape, note
-from ..errors import EXIT_OK, UsageError, first_line
+from ..errors import EXIT_OK
 from .common import open_model
 from .options import MinCellsOpt, ModelOpt, ProviderOpt, ThreadsOpt, WorkersOpt
 from .options import PrecisionOpt  # noqa: I001
-
-#: shortest bearer token accepted (characters)
-MIN_TOKEN = 16
-
-
-def read_token(path: Path) -> str:
-    """The bearer token in ``path`` (surrounding whitespace dropped); UsageError if the file
-    cannot be read or the token is too short."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"--token-file {escape(str(path))}: cannot read it "
-                         f"({exc.strerror or first_line(exc)})", "name a readable file") from exc
-    try:
-        token = raw.decode("ascii").strip()
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"--token-file {path}: the token must be ASCII text",
-                         "e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))' "
-                         "> token.txt") from exc
-    if len(token) < MIN_TOKEN or any(c.isspace() for c in token):
-        raise UsageError(f"--token-file {path}: the token must be one word of at least "
-                         f"{MIN_TOKEN} characters",
-                         "e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))' "
-                         "> token.txt")
-    try:
-        if os.stat(path).st_mode & 0o077:
-            note(f"{path} can be read by other users; chmod 600 it")
-    except OSError:
-        pass
-    return token
-
 
 def serve(
     model: ModelOpt = None,
@@ -77,14 +45,16 @@ def serve(
     """Serve the model over HTTP: POST /v1/classify (multipart images), GET /v1/model,
     /healthz, /metrics, /openapi.json. Stops cleanly (exit 0) on SIGTERM or Ctrl-C."""
     from ..serve import require_extra
-    from ..serve.security import allowed_hosts, is_loopback
+    from ..serve.security import allowed_hosts, is_loopback, read_token, require_token
 
     require_extra()
-    token = read_token(token_file) if token_file is not None else None
-    if token is None and not is_loopback(host):
-        raise UsageError(f"--host {host} is reachable from other machines and needs a "
-                         "bearer token", "pass --token-file FILE (and put a TLS reverse "
-                         "proxy in front), or serve on 127.0.0.1")
+    token = None
+    if token_file is not None:
+        got = read_token(token_file)
+        for n in got.notes:
+            note(n)
+        token = got.token
+    require_token(host, token)  # before the model loads; create_app checks it again
     from ..serve.app import Limits, Settings, create_app
     from ..serve.server import bind, run
 
@@ -95,7 +65,8 @@ def serve(
         max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers,
         limits=Limits(max_request_bytes=max_request_mb * 1024 * 1024, max_images=max_images,
                       max_concurrent=max_concurrent),
-        hosts=allowed_hosts(host, bound_port), token=token, min_cells=min_cells)
+        hosts=allowed_hosts(host, bound_port), token=token, min_cells=min_cells,
+        bind=host)
     m.warm_up(max_batch)
     app = create_app(m, settings)
     shown = f"[{host}]" if ":" in host else host

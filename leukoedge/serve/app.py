@@ -43,7 +43,7 @@ from .batcher import Batcher, Scored
 from .metrics import Metrics
 from .multipart import Part, parse
 from .page import PAGE_PATHS, add_page
-from .security import OPEN_PATHS, Guard
+from .security import OPEN_PATHS, Guard, require_token
 
 MiB = 1024 * 1024
 
@@ -73,6 +73,8 @@ class Settings:
     hosts: frozenset[str] | None = None  # accepted Host headers; None: any
     token: str | None = None  # bearer token; None: none asked for
     min_cells: int | None = None  # --min-cells: overrides the model's patient rule
+    #: the address the server listens on: anything but loopback needs ``token``
+    bind: str = "127.0.0.1"
 
 
 class Service:
@@ -212,13 +214,15 @@ _CLASSIFY_BODY = {
 }
 
 
-def create_app(model: Model, settings: Settings | None = None) -> Any:
+def create_app(model: Model, settings: Settings | None = None) -> Guard:
     """The ASGI application serving ``model`` (wrapped in the Host/token guard).
 
     The service (batcher thread, decoding pool) starts and stops with the app's lifespan,
-    so run it under a server or ``with TestClient(app)``.
+    so run it under a server or ``with TestClient(app)``. A ``settings.bind`` that is not
+    loopback without a token is refused (UsageError: :func:`security.require_token`).
     """
     cfg = settings or Settings()
+    require_token(cfg.bind, cfg.token)
     service = Service(model, cfg)
 
     @asynccontextmanager

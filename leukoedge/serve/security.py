@@ -9,6 +9,9 @@
 - **Token**: ``Authorization: Bearer <token>``, compared with :func:`hmac.compare_digest`
   (constant time). Required on every path but ``/healthz`` (and the paths the app names
   in ``open_paths``: the page's static files, which hold no data) when a token is set.
+- **The rule**: a bind that is not loopback needs a token (:func:`require_token`);
+  ``create_app`` applies it itself, so no caller can skip it. :func:`read_token` reads the
+  ``--token-file``.
 """
 
 from __future__ import annotations
@@ -16,8 +19,14 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from ..console import escape
+from ..errors import UsageError, first_line
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,6 +35,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+#: shortest bearer token accepted (characters)
+MIN_TOKEN = 16
+_TOKEN_HINT = "e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > token.txt"
 #: paths answered without a token (a load balancer's liveness probe)
 OPEN_PATHS = frozenset({"/healthz"})
 
@@ -37,6 +49,47 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def require_token(host: str, token: str | None) -> None:
+    """UsageError when ``host`` is reachable from other machines and no token is set."""
+    if token is None and not is_loopback(host):
+        raise UsageError(f"--host {host} is reachable from other machines and needs a "
+                         "bearer token", "pass --token-file FILE (and put a TLS reverse "
+                         "proxy in front), or serve on 127.0.0.1")
+
+
+@dataclass(frozen=True)
+class TokenFile:
+    """A bearer token read from a file, and what to tell the person about the file."""
+
+    token: str
+    notes: tuple[str, ...] = ()
+
+
+def read_token(path: Path) -> TokenFile:
+    """The bearer token in ``path`` (surrounding whitespace dropped); UsageError if the file
+    cannot be read or the token is too short; a note when others can read the file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--token-file {escape(str(path))}: cannot read it "
+                         f"({exc.strerror or first_line(exc)})", "name a readable file") from exc
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--token-file {path}: the token must be ASCII text",
+                         _TOKEN_HINT) from exc
+    if len(token) < MIN_TOKEN or any(c.isspace() for c in token):
+        raise UsageError(f"--token-file {path}: the token must be one word of at least "
+                         f"{MIN_TOKEN} characters", _TOKEN_HINT)
+    notes: tuple[str, ...] = ()
+    try:
+        if os.stat(path).st_mode & 0o077:
+            notes = (f"{path} can be read by other users; chmod 600 it",)
+    except OSError:
+        pass
+    return TokenFile(token, notes)
 
 
 def is_wildcard(host: str) -> bool:
