@@ -29,9 +29,10 @@ threshold is then nudged by single floating-point steps until the spec's own
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +41,10 @@ from .errors import DataError, ModelError, UsageError, first_line
 from .evaluate import CalibrationMetrics, calibration_metrics, metrics
 from .output import atomic_write_bytes, escape_path
 from .spec import SPEC_KEY, ModelSpec
+
+if TYPE_CHECKING:
+    from .data import Item
+    from .session import Model
 
 RULES = ("f1", "sensitivity", "specificity")
 MIN_CELLS_PER_CLASS = 2
@@ -294,3 +299,132 @@ def write_model(src: Path, dst: Path, spec: ModelSpec) -> None:
     proto.metadata_props.extend(keep)
     proto.metadata_props.add(key=SPEC_KEY, value=spec.to_json())
     atomic_write_bytes(dst, proto.SerializeToString())
+
+
+# -- the cells to calibrate on, and the patient rule (calibrate's library side) -------------
+
+@dataclass(frozen=True)
+class Cells:
+    """The labelled cells to calibrate on: logits, truth (1 = ALL), their patients, the
+    data's fingerprint and a description for the spec; ``left_out``: images that could not
+    be read."""
+
+    logits: np.ndarray
+    truth: np.ndarray
+    patients: list[str]
+    fingerprint: str
+    source: str
+    left_out: int = 0
+
+
+def cells_from_predictions(path: Path, labels: Path | None = None,
+                           folds: str | None = None) -> Cells:
+    """The labelled rows of a predictions file (``folds``: ``--folds`` as given), which
+    must all carry a logit."""
+    from .predictions import parse_folds, read_predictions
+
+    ps = read_predictions(path, labels, parse_folds(folds))
+    if not ps.has_logits:
+        raise DataError(f"{path}: the rows carry no logit for every cell",
+                        "classify with this release (it writes the logit column)")
+    keep = [i for i, t in enumerate(ps.truth) if t is not None]
+    return Cells(
+        logits=np.asarray([ps.logits[i] for i in keep]),
+        truth=np.asarray([ps.truth[i] for i in keep], dtype=np.int64),
+        patients=sorted({p for i in keep if (p := ps.patients[i])}),
+        fingerprint=ps.fingerprint(),
+        source=f"predictions {path.name}" + (f" folds {folds}" if folds else ""))
+
+
+def labelled_images(data: Sequence[Path], labels: Path | None = None) -> list[Item]:
+    """The labelled images under ``data`` (DataError when there is none)."""
+    from .data import collect
+
+    items = [it for it in collect(list(data), labels) if it.label is not None]
+    if not items:
+        raise DataError("no labelled image to calibrate on",
+                        "put them under all/ and hem/ folders, or pass --labels")
+    return items
+
+
+def cells_from_images(model: Model, items: Sequence[Item], data: Sequence[Path],
+                      batch_size: int = 32, workers: int | None = None,
+                      progress: Callable[[int], None] | None = None) -> Cells:
+    """The model's logits of ``items`` (:func:`labelled_images` of ``data``); ``progress``
+    hears how many images each batch finished."""
+    from .classify import predict_stream
+    from .data import fingerprint
+
+    preds = list(predict_stream(model, items, batch_size, workers,
+                                on_batch=lambda b: progress(len(b)) if progress else None))
+    ok = [p for p in preds if p.row.error is None and p.row.logit is not None]
+    return Cells(
+        logits=np.asarray([p.row.logit for p in ok], dtype=np.float64),
+        truth=np.asarray([p.item.label for p in ok], dtype=np.int64),
+        patients=sorted({p.item.patient for p in ok if p.item.patient}),
+        fingerprint=fingerprint(p.item for p in ok),
+        source="images " + ", ".join(str(d) for d in data)[:200],
+        left_out=len(preds) - len(ok))
+
+
+def training_patients_warning(patients: Sequence[str], trained_on: Iterable[object],
+                              from_predictions: bool) -> str | None:
+    """Calibrating on the model's own training patients makes the temperature too low:
+    the line that says so, or None."""
+    trained = sorted(set(patients) & set(trained_on))
+    if not trained:
+        return None
+    shown = f"{', '.join(trained[:8])}{', ...' if len(trained) > 8 else ''}"
+    why = ("if these logits are this model's (not out-of-fold), they are over-confident "
+           "and the temperature will be too low" if from_predictions else
+           "their logits are over-confident, so the temperature will be too low")
+    return (f"calibrating on {len(trained)} patients the model was trained on ({shown}): "
+            f"{why}")
+
+
+def with_patient_rule(spec: ModelSpec, path: Path) -> ModelSpec:
+    """``spec`` with the rule of ``path`` (the JSON scripts/patient_rule.py writes, or a
+    bare rule object) under ``extensions["leukoedge.patient"]``."""
+    import json
+
+    from .errors import SpecError
+    from .patient import EXTENSION_KEY, parse
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"--patient-rule {path}: not readable JSON") from exc
+    if isinstance(raw, dict) and isinstance(raw.get("rule"), dict):
+        raw = raw["rule"]  # scripts/patient_rule.py's output
+    try:
+        rule = parse(raw)
+    except SpecError as exc:
+        raise DataError(f"--patient-rule {path}: {exc.message}") from exc
+    return spec.with_updates(extensions={**spec.extensions, EXTENSION_KEY: rule.to_json()})
+
+
+@dataclass(frozen=True)
+class Written:
+    """A calibrated model written and read back: the spec written, and what was fitted
+    (None when only a patient rule was put in)."""
+
+    spec: ModelSpec
+    fitted: Calibration | None
+
+
+def write_calibrated(model_path: Path, spec: ModelSpec, out: Path, cells: Cells | None,
+                     rule: Rule = Rule(), patient_rule: Path | None = None) -> Written:
+    """Fit on ``cells`` (None: only ``patient_rule`` goes in), write the model with the new
+    spec to ``out`` and read it back (verified against its graph)."""
+    from .session import SessionConfig, load_model
+
+    fitted = None
+    new = spec
+    if cells is not None:
+        fitted = calibrate(spec, cells.logits, cells.truth, cells.patients, rule)
+        new = calibrated_spec(spec, fitted, cells.fingerprint, cells.source)
+    if patient_rule is not None:
+        new = with_patient_rule(new, patient_rule)
+    write_model(model_path, out, new)
+    load_model(out, SessionConfig(provider="cpu", threads=1))  # reads back, verified
+    return Written(new, fitted)

@@ -172,6 +172,16 @@ def read_label_table(path: Path) -> dict[str, int]:
     return out
 
 
+def parse_folds(folds: str | None) -> list[str] | None:
+    """``--folds 0,1,2`` -> ``["0", "1", "2"]``; None when not given."""
+    if folds is None:
+        return None
+    parts = [f.strip() for f in folds.split(",") if f.strip()]
+    if not parts:
+        raise UsageError("--folds names no fold", "e.g. --folds 0,1,2")
+    return parts
+
+
 def read_predictions(path: Path, labels_file: Path | None = None,
                      folds: Sequence[str] | None = None) -> PredictionSet:
     """Read a predictions file (see the module's docstring); ``folds`` keeps only the rows

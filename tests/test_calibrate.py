@@ -366,3 +366,16 @@ def test_classify_rows_calibrate_like_the_images(tiny_model: Path, real_cells: P
     assert sb.temperature == pytest.approx(sa.temperature, rel=1e-5)  # rows: 6 decimals
     assert sb.calibration["patients"] == sa.calibration["patients"]
     assert sb.calibration["cells"] == sa.calibration["cells"] == 43
+
+
+def test_the_cells_to_calibrate_on_come_from_the_library() -> None:
+    from leukoedge.calibrate import cells_from_predictions, training_patients_warning
+
+    cells = cells_from_predictions(OOF, folds="3,4")
+    ps = read_predictions(OOF, folds=["3", "4"])
+    assert len(cells.logits) == len(cells.truth) == sum(t is not None for t in ps.truth)
+    assert cells.source.endswith("folds 3,4") and cells.left_out == 0
+    assert cells.patients == sorted({p for p in ps.patients if p})
+    said = training_patients_warning(cells.patients, cells.patients[:1], True)
+    assert said is not None and said.startswith("calibrating on 1 patients")
+    assert training_patients_warning(cells.patients, [], False) is None

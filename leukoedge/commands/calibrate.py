@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..console import escape, facts_table, out
-from ..errors import EXIT_OK, DataError, OutputExistsError, UsageError
-from .common import parse_folds, warn
+from ..errors import EXIT_OK, OutputExistsError, UsageError
+from .common import warn
 from .options import (
     BatchOpt,
     FoldsOpt,
@@ -24,11 +22,8 @@ from .options import (
 )
 
 if TYPE_CHECKING:
-    import numpy as np
-
-    from ..calibrate import Calibration, Rule
+    from ..calibrate import Calibration, Cells, Rule
     from ..session import Model
-    from ..spec import ModelSpec
 
 FromPredictionsOpt = Annotated[Path | None, typer.Option(
     "--from-predictions", help="Fit on this predictions file's logits (classify's rows, or "
@@ -73,7 +68,7 @@ def calibrate(
 ) -> int:
     """Fit a temperature (NLL) and pick a threshold on labelled cells; write the model
     with them in its spec. Default threshold rule: best weighted F1."""
-    from ..calibrate import calibrate, calibrated_spec, write_model
+    from ..calibrate import cells_from_predictions, training_patients_warning, write_calibrated
     from ..session import SessionConfig, load_model
 
     rule = _rule(target_sensitivity, target_specificity)
@@ -86,65 +81,46 @@ def calibrate(
     if folds is not None and from_predictions is None:
         raise UsageError("--folds selects rows of a predictions file",
                          "use it with --from-predictions")
-    if out_file.exists() and not overwrite:
-        raise OutputExistsError(f"{out_file} already exists",
-                                "add --overwrite or choose another --out")
+    refuse_existing(out_file, overwrite)
     m = load_model(model, SessionConfig(provider=provider, threads=threads,
                                         precision=precision))
     if from_predictions is not None:
-        cells = _from_predictions(from_predictions, labels, folds)
+        cells = cells_from_predictions(from_predictions, labels, folds)
     else:
         assert data is not None
         cells = _from_images(m, data, labels, batch_size, workers)
-    _warn_training_patients(cells.patients, m.spec.training.get("patients") or (),
-                            from_predictions is not None)
-    cal = calibrate(m.spec, cells.logits, cells.truth, cells.patients, rule)
-    new = calibrated_spec(m.spec, cal, cells.fingerprint, cells.source)
-    if patient_rule is not None:
-        new = _with_patient_rule(new, patient_rule)
-    write_model(model, out_file, new)
-    load_model(out_file, SessionConfig(provider="cpu", threads=1))  # reads back, verified
+    said = training_patients_warning(cells.patients, m.spec.training.get("patients") or (),
+                                     from_predictions is not None)
+    if said:
+        warn(said)
+    got = write_calibrated(model, m.spec, out_file, cells, rule, patient_rule)
+    assert got.fitted is not None
     if as_json:
-        out.print_json(json.dumps({"model": str(out_file), **cal.as_dict(),
-                                   "spec_calibration": new.calibration}))
+        out.print_json(json.dumps({"model": str(out_file), **got.fitted.as_dict(),
+                                   "spec_calibration": got.spec.calibration}))
     else:
-        print_calibration(cal, out_file)
+        print_calibration(got.fitted, out_file)
     return EXIT_OK
 
 
-def _with_patient_rule(spec: ModelSpec, path: Path) -> ModelSpec:
-    """``spec`` with the rule of ``path`` under ``extensions["leukoedge.patient"]``."""
-    from ..errors import SpecError
-    from ..patient import EXTENSION_KEY, parse
-
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"--patient-rule {path}: not readable JSON") from exc
-    if isinstance(raw, dict) and isinstance(raw.get("rule"), dict):
-        raw = raw["rule"]  # scripts/patient_rule.py's output
-    try:
-        rule = parse(raw)
-    except SpecError as exc:
-        raise DataError(f"--patient-rule {path}: {exc.message}") from exc
-    return spec.with_updates(extensions={**spec.extensions, EXTENSION_KEY: rule.to_json()})
+def refuse_existing(out_file: Path, overwrite: bool) -> None:
+    if out_file.exists() and not overwrite:
+        raise OutputExistsError(f"{out_file} already exists",
+                                "add --overwrite or choose another --out")
 
 
 def _patient_rule_only(model: Path, rule_file: Path, out_file: Path, overwrite: bool) -> int:
     """``calibrate MODEL --patient-rule RULE.json --out NEW.onnx``: the same model with the
     rule in its spec, nothing else changed."""
-    from ..calibrate import write_model
+    from ..calibrate import write_calibrated
     from ..patient import from_spec
     from ..session import SessionConfig, load_model
 
-    if out_file.exists() and not overwrite:
-        raise OutputExistsError(f"{out_file} already exists",
-                                "add --overwrite or choose another --out")
+    refuse_existing(out_file, overwrite)
     m = load_model(model, SessionConfig(provider="cpu", threads=1))
-    write_model(model, out_file, _with_patient_rule(m.spec, rule_file))
-    back = load_model(out_file, SessionConfig(provider="cpu", threads=1))  # verified
+    got = write_calibrated(model, m.spec, out_file, None, patient_rule=rule_file)
     out.print(f"patient rule written into {escape(str(out_file))}: "
-              f"{escape(from_spec(back.spec).describe())}")
+              f"{escape(from_spec(got.spec).describe())}")
     return EXIT_OK
 
 
@@ -161,73 +137,18 @@ def _rule(target_sensitivity: float | None, target_specificity: float | None) ->
     return Rule()
 
 
-@dataclass
-class _Cells:
-    """The labelled cells to calibrate on: logits, truth (1 = ALL), their patients, the
-    data's fingerprint and a description for the spec."""
-
-    logits: np.ndarray
-    truth: np.ndarray
-    patients: list[str]
-    fingerprint: str
-    source: str
-
-
-def _from_predictions(path: Path, labels: Path | None, folds: str | None) -> _Cells:
-    import numpy as np
-
-    from ..predictions import read_predictions
-
-    ps = read_predictions(path, labels, parse_folds(folds))
-    if not ps.has_logits:
-        raise DataError(f"{path}: the rows carry no logit for every cell",
-                        "classify with this release (it writes the logit column)")
-    keep = [i for i, t in enumerate(ps.truth) if t is not None]
-    return _Cells(
-        logits=np.asarray([ps.logits[i] for i in keep]),
-        truth=np.asarray([ps.truth[i] for i in keep], dtype=np.int64),
-        patients=sorted({p for i in keep if (p := ps.patients[i])}),
-        fingerprint=ps.fingerprint(),
-        source=f"predictions {path.name}" + (f" folds {folds}" if folds else ""))
-
-
 def _from_images(m: Model, data: list[Path], labels: Path | None, batch_size: int,
-                 workers: int | None) -> _Cells:
-    import numpy as np
-
-    from ..classify import predict_stream
-    from ..data import collect, fingerprint
+                 workers: int | None) -> Cells:
+    """The labelled images through the model, with a progress bar."""
+    from ..calibrate import cells_from_images, labelled_images
     from .common import progress_bar
 
-    items = [it for it in collect(data, labels) if it.label is not None]
-    if not items:
-        raise DataError("no labelled image to calibrate on",
-                        "put them under all/ and hem/ folders, or pass --labels")
+    items = labelled_images(data, labels)
     with progress_bar(len(items), "calibrate") as advance:
-        preds = list(predict_stream(m, items, batch_size, workers,
-                                    on_batch=lambda b: advance(len(b))))
-    ok = [p for p in preds if p.row.error is None and p.row.logit is not None]
-    if len(ok) < len(preds):
-        warn(f"{len(preds) - len(ok)} images could not be read and are left out")
-    return _Cells(
-        logits=np.asarray([p.row.logit for p in ok], dtype=np.float64),
-        truth=np.asarray([p.item.label for p in ok], dtype=np.int64),
-        patients=sorted({p.item.patient for p in ok if p.item.patient}),
-        fingerprint=fingerprint(p.item for p in ok),
-        source="images " + ", ".join(str(d) for d in data)[:200])
-
-
-def _warn_training_patients(patients: list[str], trained_on: Iterable[object],
-                            from_predictions: bool) -> None:
-    """Calibrating on the model's own training patients makes the temperature too low."""
-    trained = sorted(set(patients) & set(trained_on))
-    if trained:
-        shown = f"{', '.join(trained[:8])}{', ...' if len(trained) > 8 else ''}"
-        why = ("if these logits are this model's (not out-of-fold), they are over-confident "
-               "and the temperature will be too low" if from_predictions else
-               "their logits are over-confident, so the temperature will be too low")
-        warn(f"calibrating on {len(trained)} patients the model was trained on ({shown}): "
-             f"{why}")
+        cells = cells_from_images(m, items, data, batch_size, workers, progress=advance)
+    if cells.left_out:
+        warn(f"{cells.left_out} images could not be read and are left out")
+    return cells
 
 
 def _f(x: float) -> str:

@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..console import err, escape, note, out
-from ..errors import UsageError
 from ..spec import EXPORTED
 
 if TYPE_CHECKING:  # session imports numpy: loaded when a command runs, not for --help
@@ -87,13 +86,11 @@ def progress_bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
 
 
 def parse_folds(folds: str | None) -> list[str] | None:
-    """``--folds 0,1,2`` -> ``["0", "1", "2"]``; None when not given."""
-    if folds is None:
-        return None
-    parts = [f.strip() for f in folds.split(",") if f.strip()]
-    if not parts:
-        raise UsageError("--folds names no fold", "e.g. --folds 0,1,2")
-    return parts
+    """``--folds 0,1,2`` -> ``["0", "1", "2"]`` (:func:`leukoedge.predictions.parse_folds`,
+    imported here when used: it brings numpy)."""
+    from ..predictions import parse_folds as parse
+
+    return parse(folds)
 
 
 def warn(message: str) -> None:
