@@ -9,9 +9,8 @@ order, one per file; a file that cannot be read becomes a row with an ``error``.
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -27,6 +26,7 @@ from .session import Model, cores
 from .spec import ModelSpec
 
 if TYPE_CHECKING:
+    from .drift import DriftSummary
     from .heatmap import OverlayWriter
 
 
@@ -107,7 +107,7 @@ def scored_row(path: str, patient: str | None, logit: float, prob: float,
 class RowSink(Protocol):
     """Where a run's rows go (:class:`~leukoedge.output.ResultWriter`,
     :class:`~leukoedge.engines.parts.PartWriter`): ``done`` holds the paths already
-    written (a resumed run skips them)."""
+    written (:func:`leukoedge.engines.pending` skips them)."""
 
     done: set[str]
 
@@ -281,43 +281,19 @@ def tally(stats: RunStats, rows: Iterable[Row], positive: str) -> None:
                            row.prob_all, row.drift)
 
 
-def classify_files(
-    model: Model,
-    items: Iterable[Item],
-    writer: RowSink,
-    batch_size: int = 32,
-    workers: int | None = None,
-    progress: Callable[[int], None] | None = None,
-    overlays: OverlayWriter | None = None,
-) -> RunStats:
-    """Classify ``items`` and write each batch's rows through ``writer`` as it finishes.
+def drift_of_run(stats: RunStats, previous: Iterable[Mapping[str, object]],
+                 flag: float, min_cells: int) -> DriftSummary | None:
+    """The drift summary of a run: this run's scored cells and those of the rows a resumed
+    file already held (``previous``, as read back: a missing or unreadable score is
+    skipped)."""
+    from .drift import summary
 
-    Items whose path is in ``writer.done`` (a resumed run) are skipped. ``overlays``:
-    heatmap overlays are written too (:func:`predict_stream`).
-    """
-    stats = RunStats()
-    done = writer.done
-
-    def todo() -> Iterator[Item]:
-        for it in items:
-            if escape_path(it.path) in done:
-                stats.skipped += 1
-                continue
-            yield it
-
-    def on_batch(preds: list[Prediction]) -> None:
-        rows = [p.row for p in preds]
-        writer.write(rows)
-        tally(stats, rows, model.spec.positive)
-        if progress is not None:
-            progress(len(preds))
-
-    t0 = time.perf_counter()
-    try:
-        for _ in predict_stream(model, todo(), batch_size, workers, on_batch=on_batch,
-                                overlays=overlays):
-            pass
-    finally:
-        stats.seconds = time.perf_counter() - t0
-    return stats
-
+    pairs = list(stats.drift)
+    for r in previous:
+        try:
+            score = float(str(r.get("drift") or ""))
+        except ValueError:
+            continue
+        patient = r.get("patient")
+        pairs.append((str(patient) if patient else None, score))
+    return summary([p for p, _ in pairs], [s for _, s in pairs], flag, min_cells)

@@ -41,9 +41,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .errors import DataError, OutputExistsError, UsageError
+
+if TYPE_CHECKING:
+    from .engines.parts import PartWriter
 
 #: The prediction row, in CSV column order. Columns added after the first release come
 #: last, so a reader that indexes the old columns keeps working.
@@ -342,6 +345,17 @@ class ResultWriter:
                 raise
 
 
+def open_rows(out_file: Path, fmt: str | None, resume: bool = False,
+              overwrite: bool = False) -> ResultWriter | PartWriter:
+    """The writer of a run's rows: CSV/JSON Lines into one file (:class:`ResultWriter`), or
+    Parquet part files into a folder (``fmt`` parquet: the scale extra)."""
+    if fmt == "parquet":
+        from .engines.parts import PartWriter
+
+        return PartWriter(out_file, resume=resume, overwrite=overwrite)
+    return ResultWriter(out_file, fmt, resume=resume, overwrite=overwrite)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a whole file so that readers see the old or the new one, never half.
 
@@ -349,6 +363,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     :class:`DataError`; no temporary file is left behind.
     """
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, data: object) -> None:
+    """``data`` as indented JSON, written atomically (a results file: bench --json-out)."""
+    import json
+
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def atomic_write_bytes(path: Path, data: bytes, hint: str | None = None) -> None:

@@ -112,3 +112,23 @@ def read_meta(predictions: Path) -> PredictionsMeta | None:
     return PredictionsMeta(raw["model"], str(sha), float(raw["threshold"]),
                            float(raw["temperature"]), None if flag is None else float(flag),
                            rule)
+
+
+def record_model(out_file: Path, m: Model, resumed: bool) -> str | None:
+    """``<out>.meta.json``: which model wrote the rows (docs/usage.md). A resumed file that
+    has none keeps none (its first rows came from a model nobody recorded: the line to say
+    so is returned); one written by another model is refused (UsageError)."""
+    from .errors import UsageError
+
+    meta = of_model(m)
+    if resumed:
+        old = read_meta(out_file)
+        if old is None:
+            return (f"{out_file} has no {meta_path(out_file).name}: its model stays "
+                    "unrecorded (report and evaluate will need --model)")
+        if old.model_sha256 != meta.model_sha256:
+            raise UsageError(f"{out_file} was written by {old.model} (sha256 "
+                             f"{old.model_sha256[:12]}...), not by {m.path.name}",
+                             "resume with the same --model, or write a new --out")
+    write_meta(out_file, meta)
+    return None

@@ -56,7 +56,7 @@ def inference(le: str, model: Path, seconds: float) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
         run([le, "bench", str(model), "--provider", "cpu", "--batch-sizes", "32",
-             "--seconds", str(seconds), "--json", str(out)])
+             "--seconds", str(seconds), "--json-out", str(out)])
         d = json.loads(out.read_text())
     return float(d["inference"]["32"])
 

@@ -40,7 +40,7 @@ def bench(model: Path, cells: Path, sizes: str, seconds: float, files: int,
         js = Path(fh.name)
     r = sh(LE + ["bench", str(model), "--provider", "cpu", "--batch-sizes", sizes,
                  "--seconds", str(seconds), "--files", str(files), "--data", str(cells),
-                 "--json", str(js)] + extra)
+                 "--json-out", str(js)] + extra)
     if r.returncode != 0:
         raise SystemExit(f"bench failed: {r.stderr[-2000:]}")
     d = json.loads(js.read_text())

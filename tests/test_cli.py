@@ -314,3 +314,31 @@ def test_parity_turns_cuda_tf32_off(tmp_path: Path) -> None:
                                        trt_cache=tmp_path / "trt"), "tensorrt")
     assert [p[0] for p in trt[:2]] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
     assert trt[1][1]["use_tf32"] == "0"
+
+
+def test_json_is_a_flag_everywhere_and_bench_writes_json_out(real_cells: Path,
+                                                              tiny_model: Path,
+                                                              tmp_path: Path) -> None:
+    """--overwrite and --json are declared once (options.py); bench's results file is
+    --json-out PATH, and the old spelling --json PATH still works with a one-line note."""
+    import typer.main
+
+    from leukoedge.cli import assemble
+
+    group = typer.main.get_command(assemble())
+    for name, cmd in group.commands.items():  # type: ignore[attr-defined]
+        for p in cmd.params:
+            if "--json" in p.opts and not p.hidden:
+                assert p.is_flag, name
+    base = ["bench", tiny_model, "--batch-sizes", "2", "--seconds", "0.02", "--files", "4",
+            "--data", real_cells]
+    r = invoke(*base, "--json-out", tmp_path / "new.json")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "new.json").read_text())["files"] > 0
+    assert "deprecated" not in r.output
+    r = invoke(*base, "--json", tmp_path / "old.json")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "old.json").is_file()
+    assert "bench --json PATH is deprecated: use --json-out PATH" in " ".join(r.output.split())
+    r = invoke(*base, "--json", tmp_path / "a.json", "--json-out", tmp_path / "b.json")
+    assert r.exit_code == 2 and "Traceback" not in r.output

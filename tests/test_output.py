@@ -193,3 +193,25 @@ def test_atomic_path_names_what_failed_and_gives_the_hint(tmp_path):
         atomic_write_bytes(blocker / "p.parquet", b"", "do Y")
     assert e.value.message.startswith(f"cannot write {blocker / 'p.parquet'}: ")
     assert e.value.hint == "do Y"
+
+
+def test_pending_is_the_one_done_rows_decision_and_engines_run_what_they_get(
+        tmp_path: Path) -> None:
+    """A resumed run's done rows are decided once (engines.pending, by escaped path),
+    before the engine is chosen; the local engine honours the Engine contract."""
+    from leukoedge.data import Item
+    from leukoedge.engines import Engine, pending
+    from leukoedge.engines.local import LocalEngine
+
+    odd = tmp_path / "b\udcff.png"  # an undecodable byte: stored escaped in the file
+    items = [Item(tmp_path / "a.png", None, None), Item(odd, None, None),
+             Item(tmp_path / "c.png", None, None)]
+    with ResultWriter(tmp_path / "out.csv") as w:
+        w.write([Row(escape_path(tmp_path / "a.png"), None, 0.5, "all", None),
+                 Row(escape_path(odd), None, 0.5, "all", None)])
+    with ResultWriter(tmp_path / "out.csv", resume=True) as w:
+        work = pending(items, w.done)
+    assert [it.path for it in work.todo] == [tmp_path / "c.png"] and work.skipped == 2
+    assert pending(items, set()).todo == items
+    engine: Engine = LocalEngine(batch_size=4)
+    assert callable(engine.run)

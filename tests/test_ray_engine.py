@@ -16,7 +16,8 @@ import pytest
 from onnx_models import mean_brightness_model, save, slow_model
 from typer.testing import CliRunner
 
-from leukoedge.classify import classify_files
+from leukoedge.engines import pending
+from leukoedge.engines.local import classify_files
 from leukoedge.data import collect
 from leukoedge.output import ResultWriter
 from leukoedge.session import SessionConfig, load_model
@@ -104,7 +105,10 @@ def same_rows(got: list[dict[str, object]], want: list[dict[str, object]]) -> No
 def run_ray(model_path: Path, cells: Path, writer: object, **kw: object) -> object:
     m = load_model(model_path, SessionConfig(provider="cpu", threads=1))
     opts = RayOptions(actors=2, block_files=int(kw.pop("block_files", 24)))  # type: ignore[call-overload]
-    return classify_ray(m, collect([cells]), writer, batch_size=8, options=opts, **kw)  # type: ignore[arg-type]
+    work = pending(collect([cells]), writer.done)  # type: ignore[attr-defined]
+    stats = classify_ray(m, work.todo, writer, batch_size=8, options=opts, **kw)  # type: ignore[arg-type]
+    stats.skipped = work.skipped
+    return stats
 
 
 def test_ray_rows_equal_the_local_engine(ray_cluster: None, cells: Path, tiny: Path,

@@ -53,16 +53,21 @@ def bench(
         "interleaved with MODEL, and show the ratio.", show_default=False)] = None,
     threads: ThreadsOpt = None,
     workers: WorkersOpt = None,
-    as_json: Annotated[Path | None, typer.Option(
-        "--json", help="Also write the results as JSON here.", show_default=False)] = None,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json-out", help="Also write the results as JSON here.", show_default=False)]
+    = None,
+    old_json: Annotated[Path | None, typer.Option(
+        "--json", hidden=True, help="Deprecated spelling of --json-out PATH.",
+        show_default=False)] = None,
 ) -> int:
     """Inference-only, decode, end-to-end (and PyTorch eager) throughput; with
     --runtimes the runtimes side by side; with --provider openvino --precision bf16
     --cells DIR the bf16 gate."""
     from ..bench import BenchPlan, run_bench
     from ..data import collect, sample_cells_dir
-    from ..output import atomic_write_text
+    from ..output import write_json
 
+    as_json = _json_out(json_out, old_json)
     if runtimes:
         return _runtimes(model, int8, cells or data or sample_cells_dir(),
                          _batch_sizes(batch_sizes), seconds, rounds, threads, as_json)
@@ -91,8 +96,19 @@ def bench(
     res = run_bench(m, files, plan, versus=v, eager=eager, say=note)
     _table(res)
     if as_json is not None:
-        atomic_write_text(as_json, json.dumps(res.as_dict(), indent=2) + "\n")
+        write_json(as_json, res.as_dict())
     return EXIT_OK
+
+
+def _json_out(json_out: Path | None, old_json: Path | None) -> Path | None:
+    """--json-out PATH; the old spelling --json PATH still works, with a note."""
+    if old_json is None:
+        return json_out
+    if json_out is not None:
+        raise UsageError("give --json-out PATH only (--json PATH is its old spelling)")
+    note("bench --json PATH is deprecated: use --json-out PATH (--json will be a flag, as "
+         "in the other commands)")
+    return old_json
 
 
 def _gate(model: Path, cells: Path, threads: int | None) -> int:
@@ -134,7 +150,7 @@ def _runtimes(model: Path, int8: Path | None, cells: Path, sizes: list[int],
     from ..bf16_gate import MIN_CELLS, run_gate, store_path, write_record
     from ..console import note
     from ..data import collect
-    from ..output import atomic_write_text
+    from ..output import write_json
     from ..ov_session import bf16_problem, import_ov
     from ..runtimes import compare, configs
 
@@ -152,7 +168,7 @@ def _runtimes(model: Path, int8: Path | None, cells: Path, sizes: list[int],
                   rounds, threads, True, gate_ok, say=note)
     _runtimes_table(res)
     if as_json is not None:
-        atomic_write_text(as_json, json.dumps([r.to_json() for r in res], indent=2) + "\n")
+        write_json(as_json, [r.to_json() for r in res])
     return EXIT_OK
 
 

@@ -14,7 +14,9 @@ from .common import warn
 from .options import (
     BatchOpt,
     FoldsOpt,
+    JsonOpt,
     LabelsOpt,
+    OverwriteOpt,
     PrecisionOpt,
     ProviderOpt,
     ThreadsOpt,
@@ -51,10 +53,8 @@ def calibrate(
         show_default=False)] = None,
     labels: LabelsOpt = None,
     folds: FoldsOpt = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite",
-                                            help="Replace an existing --out.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print what was fitted as JSON.")]
-    = False,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
     provider: ProviderOpt = "auto",
     precision: PrecisionOpt = "f32",
     batch_size: BatchOpt = 32,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..console import err, escape, facts_table, note, out
 from ..errors import EXIT_OK, EXIT_SOME_FAILED, OutputExistsError, UsageError
-from ..output import ResultWriter, check_output_location, escape_path
+from ..output import check_output_location
 from .common import (
     open_model,
     print_drift,
@@ -23,6 +23,7 @@ from .options import (
     LabelsOpt,
     MinCellsOpt,
     ModelOpt,
+    OverwriteOpt,
     Paths,
     PrecisionOpt,
     ProviderOpt,
@@ -36,7 +37,7 @@ from .options import (
 if TYPE_CHECKING:
     from ..classify import RunStats
     from ..data import Item
-    from ..engines.parts import PartWriter
+    from ..engines import Engine
     from ..heatmap import OverlayWriter
     from ..session import Model
 
@@ -59,7 +60,9 @@ GpusPerActorOpt = Annotated[float, typer.Option(
 
 def check_engine(engine: str, address: str | None, actors: int | None, gpus: float) -> None:
     """``--engine`` and the Ray flags agree; a missing Ray is said before anything runs."""
-    if engine not in ("local", "ray"):
+    from ..engines import ENGINES
+
+    if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}", "choose local or ray")
     if engine != "ray" and (address is not None or actors is not None or gpus):
         raise UsageError("--ray-address, --actors and --gpus-per-actor need --engine ray")
@@ -69,16 +72,6 @@ def check_engine(engine: str, address: str | None, actors: int | None, gpus: flo
         import_ray()
 
 
-def open_writer(out_file: Path, fmt: str | None, resume: bool,
-                overwrite: bool) -> ResultWriter | PartWriter:
-    """CSV/JSON Lines into one file, or Parquet part files into a folder (--format parquet)."""
-    if fmt == "parquet":
-        from ..engines.parts import PartWriter
-
-        return PartWriter(out_file, resume=resume, overwrite=overwrite)
-    return ResultWriter(out_file, fmt, resume=resume, overwrite=overwrite)
-
-
 def classify(
     paths: Paths,
     model: ModelOpt = None,
@@ -86,8 +79,7 @@ def classify(
     fmt: FormatOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Finish an interrupted run: "
                                          "skip the files already in --out.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite",
-                                            help="Replace an existing --out.")] = False,
+    overwrite: OverwriteOpt = False,
     provider: ProviderOpt = "auto",
     precision: PrecisionOpt = "f32",
     batch_size: BatchOpt = 32,
@@ -110,8 +102,11 @@ def classify(
     min_cells: MinCellsOpt = None,
 ) -> int:
     """Classify every image under PATHS as ALL or HEM; rows go to --out as they come."""
-    from ..classify import classify_files
+    from ..classify import drift_of_run
     from ..data import collect
+    from ..engines import pending
+    from ..output import open_rows
+    from ..provenance import record_model
 
     check_engine(engine, ray_address, actors, gpus_per_actor)
     items = collect(paths, labels)
@@ -120,27 +115,23 @@ def classify(
     m = open_model(model, provider, threads, threshold, precision)
     view = view_of_model(m, min_cells)
     overlays = None if cam is None else open_overlays(cam, paths, items, m, resume, overwrite)
-    with open_writer(out_file, fmt, resume, overwrite) as writer:
+    with open_rows(out_file, fmt, resume, overwrite) as writer:
         if resume and writer.done:
             note(f"resuming {out_file}: {len(writer.done)} rows already there")
         if fmt != "parquet":
-            _write_meta(out_file, m, resumed=bool(resume and writer.done))
-        todo = len(items)
-        if writer.done:
-            todo -= sum(1 for it in items if escape_path(it.path) in writer.done)
-        with progress_bar(todo, "classify") as advance:
-            if engine == "ray":
-                from ..engines.ray_engine import RayOptions, classify_ray
-
-                stats = classify_ray(m, items, writer, batch_size, workers, advance,
-                                     RayOptions(ray_address, actors, gpus_per_actor),
-                                     threads, overlays)
-            else:
-                stats = classify_files(m, items, writer, batch_size, workers, advance,
-                                       overlays)
+            said = record_model(out_file, m, resumed=bool(resume and writer.done))
+            if said:
+                note(said)
+        work = pending(items, writer.done)
+        run = _engine(engine, batch_size, workers, overlays, threads,
+                      (ray_address, actors, gpus_per_actor))
+        with progress_bar(len(work.todo), "classify") as advance:
+            stats = run.run(m, work.todo, writer, advance)
+        stats.skipped = work.skipped
     _summary(stats, m, out_file, len(items))
     previous = getattr(writer, "previous_rows", [])
-    _drift(stats, previous, m, view.rule.min_cells)
+    if m.drift is not None:
+        print_drift(drift_of_run(stats, previous, m.drift.patient_flag, view.rule.min_cells))
     for r in previous:
         stats.patients.add_record(r, m.spec.positive)
     rows = stats.patients.summaries(view)
@@ -149,6 +140,19 @@ def classify(
         write_patients(patients_out, rows)
         note(f"per-patient summary written to {patients_out}")
     return EXIT_SOME_FAILED if stats.errors else EXIT_OK
+
+
+def _engine(name: str, batch_size: int, workers: int | None, overlays: OverlayWriter | None,
+            threads: int | None, ray: tuple[str | None, int | None, float]) -> Engine:
+    """The engine ``--engine`` names, with its settings (``ray``: --ray-address, --actors,
+    --gpus-per-actor, checked by :func:`check_engine`)."""
+    if name == "ray":
+        from ..engines.ray_engine import RayEngine, RayOptions
+
+        return RayEngine(batch_size, workers, RayOptions(*ray), threads, overlays, note)
+    from ..engines.local import LocalEngine
+
+    return LocalEngine(batch_size, workers, overlays)
 
 
 def _check_patients_out(path: Path | None, out_file: Path, paths: list[Path], resume: bool,
@@ -165,26 +169,6 @@ def _check_patients_out(path: Path | None, out_file: Path, paths: list[Path], re
                                 "add --overwrite, or choose another --patients-out")
 
 
-def _write_meta(out_file: Path, m: Model, resumed: bool) -> None:
-    """``<out>.meta.json``: which model wrote the rows (docs/usage.md). A resumed file that
-    has none keeps none (its first rows came from a model nobody recorded); one written by
-    another model is refused."""
-    from ..provenance import meta_path, of_model, read_meta, write_meta
-
-    meta = of_model(m)
-    if resumed:
-        old = read_meta(out_file)
-        if old is None:
-            note(f"{out_file} has no {meta_path(out_file).name}: its model stays unrecorded "
-                 "(report and evaluate will need --model)")
-            return
-        if old.model_sha256 != meta.model_sha256:
-            raise UsageError(f"{out_file} was written by {old.model} (sha256 "
-                             f"{old.model_sha256[:12]}...), not by {m.path.name}",
-                             "resume with the same --model, or write a new --out")
-    write_meta(out_file, meta)
-
-
 def open_overlays(cam: Path, paths: list[Path], items: list[Item], m: Model, resume: bool,
                   overwrite: bool) -> OverlayWriter:
     """``--cam``: where the heatmap overlays go; the model must have a heatmap output."""
@@ -198,25 +182,6 @@ def open_overlays(cam: Path, paths: list[Path], items: list[Item], m: Model, res
     if not (resume or overwrite):
         overlays.refuse_existing(it.path for it in items)
     return overlays
-
-
-def _drift(stats: RunStats, previous: list[dict[str, Any]], m: Model, min_cells: int) -> None:
-    """Per patient: median drift score and share of cells above 1.0 (this run's rows and a
-    resumed file's), and the one line naming drifted patients."""
-    if m.drift is None:
-        return
-    from ..drift import summary
-
-    pairs = list(stats.drift)
-    for r in previous:
-        try:
-            score = float(str(r.get("drift") or ""))
-        except ValueError:
-            continue
-        patient = r.get("patient")
-        pairs.append((str(patient) if patient else None, score))
-    print_drift(summary([p for p, _ in pairs], [s for _, s in pairs], m.drift.patient_flag,
-                        min_cells))
 
 
 def _summary(stats: RunStats, m: Model, out_file: Path, total: int) -> None:

@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from typing import Annotated
-
-import typer
 
 from ..console import escape, facts_table, out
 from ..errors import EXIT_CANNOT_RUN, EXIT_OK, MissingExtraError, first_line
+from .options import JsonOpt
 
 
 def doctor(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> int:
     """Versions, which execution providers really load here (and why not), plugins and
     their capabilities."""

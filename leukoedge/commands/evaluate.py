@@ -24,9 +24,11 @@ from .common import (
 )
 from .options import (
     BatchOpt,
+    JsonOpt,
     LabelsOpt,
     MinCellsOpt,
     ModelOpt,
+    OverwriteOpt,
     PrecisionOpt,
     ProviderOpt,
     ThreadsOpt,
@@ -54,9 +56,8 @@ def evaluate(
     predictions: Annotated[Path | None, typer.Option(
         "--predictions", help="Also write the per-image rows here (.csv/.jsonl).",
         show_default=False)] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite",
-                                            help="Replace existing output files.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    overwrite: OverwriteOpt = False,
+    as_json: JsonOpt = False,
     provider: ProviderOpt = "auto",
     precision: PrecisionOpt = "f32",
     batch_size: BatchOpt = 32,

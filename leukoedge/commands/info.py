@@ -10,6 +10,7 @@ import typer
 
 from ..console import escape, facts_table, out
 from ..errors import EXIT_OK, SpecError
+from .options import JsonOpt
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -27,7 +28,7 @@ def info(
     model: Annotated[Path | None, typer.Argument(
         help="An ONNX model file \\[default: the model classify would use: the newest in "
              "exported/, else the shipped one].", show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> int:
     """Show a model's spec, inputs and outputs, opset, size and data fingerprint."""
     from ..inspect_model import describe_model

@@ -40,3 +40,7 @@ MinCellsOpt = Annotated[int | None, typer.Option(
     "--min-cells", min=1, max=100_000,
     help="Fewest classified cells a patient needs for a call and a drift flag; default: "
          "the model's patient rule (docs/usage.md, 'Patients').", show_default=False)]
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace existing output files.")]
+#: ``--json`` is a flag everywhere: print the result as JSON instead of a table
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON, not a table.")]

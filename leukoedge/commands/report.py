@@ -10,7 +10,7 @@ import typer
 from ..console import note
 from ..errors import EXIT_OK, OutputExistsError
 from .common import parse_folds, say, warn
-from .options import FoldsOpt, LabelsOpt, MinCellsOpt, ThresholdOpt
+from .options import FoldsOpt, LabelsOpt, MinCellsOpt, OverwriteOpt, ThresholdOpt
 
 
 def report(
@@ -38,8 +38,7 @@ def report(
         help="Patient-bootstrap resamples for the 95% intervals (0: none).")] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
     threshold: ThresholdOpt = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite",
-                                            help="Replace an existing --out.")] = False,
+    overwrite: OverwriteOpt = False,
     min_cells: MinCellsOpt = None,
 ) -> int:
     """Write an HTML report of a predictions file: figures with intervals, histograms, ROC,

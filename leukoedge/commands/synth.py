@@ -9,6 +9,7 @@ import typer
 
 from ..console import note, out
 from ..errors import EXIT_OK, OutputExistsError, UsageError
+from .options import OverwriteOpt
 
 
 def synth(
@@ -21,8 +22,7 @@ def synth(
                                       help="Image side in pixels.")] = 450,
     all_fraction: Annotated[float, typer.Option("--all-fraction", min=0.0, max=1.0,
                                                 help="Share of ALL cells.")] = 2 / 3,
-    overwrite: Annotated[bool, typer.Option("--overwrite",
-                                            help="Write into a non-empty folder.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> int:
     """Write synthetic cells (fold_i/all|hem/UID_*.bmp) and their traits.csv."""
     from ..synth import SynthConfig, generate

@@ -26,7 +26,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
@@ -35,10 +35,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..classify import RowSink, RunStats, tally
-from ..console import note
 from ..data import Item
 from ..errors import LeukoedgeError, MissingExtraError, first_line
-from ..output import Row, escape_path
+from ..output import Row
 from ..session import Model, cores
 from ..spec import ModelSpec
 
@@ -177,6 +176,23 @@ def connect(ray: ModuleType, address: str | None) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class RayEngine:
+    """:class:`leukoedge.engines.Engine` on a Ray cluster (:func:`classify_ray`)."""
+
+    batch_size: int = 32
+    workers: int | None = None
+    options: RayOptions = RayOptions()
+    threads: int | None = None
+    overlays: OverlayWriter | None = None
+    note: Callable[[str], None] | None = None
+
+    def run(self, model: Model, items: Sequence[Item], writer: RowSink,
+            progress: Callable[[int], None] | None = None) -> RunStats:
+        return classify_ray(model, items, writer, self.batch_size, self.workers, progress,
+                            self.options, self.threads, self.overlays, self.note)
+
+
 def classify_ray(
     model: Model,
     items: Iterable[Item],
@@ -187,28 +203,28 @@ def classify_ray(
     options: RayOptions | None = None,
     threads: int | None = None,
     overlays: OverlayWriter | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> RunStats:
-    """:func:`leukoedge.classify.classify_files` on a Ray cluster: rows through ``writer``
-    in input order, flushed after each block; paths in ``writer.done`` are skipped."""
+    """:func:`leukoedge.engines.local.classify_files` on a Ray cluster: rows through
+    ``writer`` in input order, flushed after each block. Every item given is run (a resumed
+    run passes what :func:`leukoedge.engines.pending` left); ``note`` hears how the cluster
+    was reached."""
     options = options or RayOptions()
     ray = import_ray()
     stats = RunStats()
-    todo: list[Item] = []
-    for it in items:
-        if escape_path(it.path) in writer.done:
-            stats.skipped += 1
-        else:
-            todo.append(it)
+    todo = list(items)
     if not todo:
         return stats
     t0 = time.perf_counter()
     started = connect(ray, options.address)
     try:
         p = plan(ray.cluster_resources(), ray.nodes(), options, threads, workers)
-        note(f"ray: {'started a local cluster' if started else 'joined the cluster'} in "
-             f"{time.perf_counter() - t0:.1f} s; {p.actors} actor(s), {p.cpus_per_actor} "
-             f"CPU(s) each" + (f", {options.gpus_per_actor:g} GPU(s) each"
-                               if options.gpus_per_actor else ""))
+        if note is not None:
+            note(f"ray: {'started a local cluster' if started else 'joined the cluster'} "
+                 f"in {time.perf_counter() - t0:.1f} s; {p.actors} actor(s), "
+                 f"{p.cpus_per_actor} CPU(s) each" + (f", {options.gpus_per_actor:g} GPU(s) "
+                                                      "each" if options.gpus_per_actor
+                                                      else ""))
         _quiet(ray)
         ds = _dataset(ray, model, todo, options, p, batch_size, overlays)
         written = _write_in_order(ray, ds, len(todo), writer, stats, model.spec.positive,
