@@ -12,7 +12,7 @@ whether the cells came from running a model or from a predictions file.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from typing import NotRequired  # Python 3.11; only an annotation here (3.10 runs)
 
     from .classify import Prediction
+    from .data import Item
     from .drift import DriftSummary
     from .patient import PatientView
     from .predictions import PredictionSet
@@ -652,6 +653,35 @@ def report_json(rep: Report) -> dict[str, Any]:
     """The report as the JSON object ``--report``/``--json`` write (NaN/inf as null)."""
     out: dict[str, Any] = clean(dict(rep))
     return out
+
+
+def predict_images(model: Model, items: Sequence[Item], rows_to: Path | None = None,
+                   overwrite: bool = False, batch_size: int = 32, workers: int | None = None,
+                   progress: Callable[[int], None] | None = None) -> list[Prediction]:
+    """Every item through the model (:func:`leukoedge.classify.predict_stream`); with
+    ``rows_to`` the rows go there too as they come (``evaluate --predictions``)."""
+    from .classify import predict_stream
+    from .output import ResultWriter
+
+    writer = ResultWriter(rows_to, overwrite=overwrite) if rows_to else None
+    try:
+        def on_batch(batch: list[Prediction]) -> None:
+            if writer is not None:
+                writer.write([p.row for p in batch])
+            if progress is not None:
+                progress(len(batch))
+
+        return list(predict_stream(model, items, batch_size, workers, on_batch=on_batch))
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def write_report_json(path: Path, rep: Report) -> None:
+    """``evaluate --report``: the report as indented JSON, written atomically."""
+    from .output import write_json
+
+    write_json(path, report_json(rep))
 
 
 def clean(obj: Any) -> Any:

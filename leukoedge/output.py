@@ -47,6 +47,7 @@ from .errors import DataError, OutputExistsError, UsageError
 
 if TYPE_CHECKING:
     from .engines.parts import PartWriter
+    from .patient import PatientSummary
 
 #: The prediction row, in CSV column order. Columns added after the first release come
 #: last, so a reader that indexes the old columns keeps working.
@@ -343,6 +344,35 @@ class ResultWriter:
         except DataError:
             if exc_type is None:  # else keep the error already on its way (the first one)
                 raise
+
+
+def refuse_existing(path: Path, allowed: bool, hint: str = "add --overwrite or choose "
+                    "another --out", what: str = "") -> None:
+    """OutputExistsError when ``path`` exists and replacing it is not ``allowed`` (the one
+    "exists and no --overwrite" check)."""
+    if path.exists() and not allowed:
+        raise OutputExistsError(f"{what}{path} already exists", hint)
+
+
+def write_patients(path: Path, rows: Iterable[PatientSummary]) -> None:
+    """``--patients-out``: the per-patient summaries as CSV, or JSON Lines for
+    .jsonl/.ndjson/.json; written whole."""
+    import io
+    import json
+
+    from .patient import COLUMNS
+
+    if format_for(path, None) == "jsonl":
+        text = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rows)
+    else:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(COLUMNS)
+        for r in rows:
+            cells = r.cells_text()
+            w.writerow([cells[c] for c in COLUMNS])
+        text = buf.getvalue()
+    atomic_write_text(path, text)
 
 
 def open_rows(out_file: Path, fmt: str | None, resume: bool = False,

@@ -562,3 +562,19 @@ def newest_model(folder: Path) -> Path:
                          "'leukoedge train scratch DATA' then 'leukoedge export --to onnx'")
     return models[-1]
 
+
+def choose_model(exported: Path | None = None) -> tuple[Path, str]:
+    """No ``--model``: the newest model in ``exported/``, else the shipped model; with the
+    line that says which (ModelError when there is none anywhere, saying what to do)."""
+    from .models import default_model
+    from .spec import EXPORTED
+
+    folder = EXPORTED if exported is None else exported
+    if any(folder.glob("*.onnx")):
+        path = newest_model(folder)
+        return path, f"using the newest model in {folder}/: {path.name}"
+    shipped = default_model()
+    if shipped is None:
+        return newest_model(folder), ""  # raises: no model anywhere, says what to do
+    return shipped, (f"using the shipped model {shipped} (trained on real C-NMC cells; "
+                     "'leukoedge info' describes it)")

@@ -756,3 +756,16 @@ def generate(
 
 def _fmt(v: float) -> str:
     return str(v) if isinstance(v, int) else f"{v:.6g}"
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """``synth OUT``: a folder, empty unless ``overwrite`` (a previous synthetic set there
+    is replaced; other files are kept)."""
+    from .errors import OutputExistsError, UsageError
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir} exists and is not a folder")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{out_dir} is not empty",
+                                "choose an empty folder, or add --overwrite to replace a "
+                                "previous synthetic set there (other files are kept)")

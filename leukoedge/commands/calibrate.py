@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..console import escape, facts_table, out
-from ..errors import EXIT_OK, OutputExistsError, UsageError
+from ..errors import EXIT_OK, UsageError
+from ..output import refuse_existing
 from .common import warn
 from .options import (
     BatchOpt,
@@ -101,12 +102,6 @@ def calibrate(
     else:
         print_calibration(got.fitted, out_file)
     return EXIT_OK
-
-
-def refuse_existing(out_file: Path, overwrite: bool) -> None:
-    if out_file.exists() and not overwrite:
-        raise OutputExistsError(f"{out_file} already exists",
-                                "add --overwrite or choose another --out")
 
 
 def _patient_rule_only(model: Path, rule_file: Path, out_file: Path, overwrite: bool) -> int:

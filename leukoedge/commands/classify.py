@@ -8,15 +8,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..console import err, escape, facts_table, note, out
-from ..errors import EXIT_OK, EXIT_SOME_FAILED, OutputExistsError, UsageError
-from ..output import check_output_location
+from ..errors import EXIT_OK, EXIT_SOME_FAILED, UsageError
+from ..output import check_output_location, refuse_existing, write_patients
 from .common import (
     open_model,
     print_drift,
     print_patients,
     progress_bar,
     view_of_model,
-    write_patients,
 )
 from .options import (
     BatchOpt,
@@ -164,9 +163,8 @@ def _check_patients_out(path: Path | None, out_file: Path, paths: list[Path], re
     check_output_location(path, paths)
     if path.absolute() == out_file.absolute():
         raise UsageError("--patients-out and --out name the same file", "choose two files")
-    if path.exists() and not (resume or overwrite):
-        raise OutputExistsError(f"{path} already exists",
-                                "add --overwrite, or choose another --patients-out")
+    refuse_existing(path, resume or overwrite,
+                    "add --overwrite, or choose another --patients-out")
 
 
 def open_overlays(cam: Path, paths: list[Path], items: list[Item], m: Model, resume: bool,

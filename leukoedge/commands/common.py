@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..console import err, escape, note, out
-from ..spec import EXPORTED
 
 if TYPE_CHECKING:  # session imports numpy: loaded when a command runs, not for --help
     from rich.progress import Task
@@ -36,20 +35,12 @@ def open_model(model: Path | None, provider: str, threads: int | None,
 
 
 def choose_model() -> Path:
-    """No ``--model``: the newest model in ``exported/``, else the shipped model."""
-    from ..models import default_model
-    from ..session import newest_model
+    """No ``--model``: :func:`leukoedge.session.choose_model`, saying which it took."""
+    from ..session import choose_model as choose
 
-    if any(EXPORTED.glob("*.onnx")):
-        path = newest_model(EXPORTED)
-        note(f"using the newest model in {EXPORTED}/: {path.name}")
-        return path
-    shipped = default_model()
-    if shipped is None:
-        return newest_model(EXPORTED)  # raises: no model anywhere, says what to do
-    note(f"using the shipped model {shipped} (trained on real C-NMC cells; "
-         "'leukoedge info' describes it)")
-    return shipped
+    path, said = choose()
+    note(said)
+    return path
 
 
 @contextmanager
@@ -156,25 +147,3 @@ def print_patients(rows: list[PatientSummary], view: PatientView,
                   call, escape(r.reason))
     out.print(t)
     out.print(f"patient rule: {escape(view.rule.describe())} (docs/usage.md, \"Patients\")")
-
-
-def write_patients(path: Path, rows: list[PatientSummary]) -> None:
-    """``--patients-out``: CSV, or JSON Lines for .jsonl/.ndjson/.json; written whole."""
-    import csv
-    import io
-    import json
-
-    from ..output import atomic_write_text, format_for
-    from ..patient import COLUMNS
-
-    if format_for(path, None) == "jsonl":
-        text = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rows)
-    else:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(COLUMNS)
-        for r in rows:
-            cells = r.cells_text()
-            w.writerow([cells[c] for c in COLUMNS])
-        text = buf.getvalue()
-    atomic_write_text(path, text)

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..console import err, escape, facts_table, note, out
-from ..errors import EXIT_OK, EXIT_SOME_FAILED, DataError, OutputExistsError, UsageError
-from ..output import ResultWriter, atomic_write_text, check_output_location
+from ..errors import EXIT_OK, EXIT_SOME_FAILED, DataError, UsageError
+from ..output import check_output_location, refuse_existing
 from .common import (
     open_model,
     parse_folds,
@@ -126,39 +126,29 @@ def _check_outputs(paths: list[Path], report: Path | None, predictions: Path | N
 
 
 def _refuse_existing_report(report: Path | None, overwrite: bool) -> None:
-    if report is not None and report.exists() and not overwrite:
-        raise OutputExistsError(f"report {report} already exists",
-                                "add --overwrite or choose another --report")
+    if report is not None:
+        refuse_existing(report, overwrite, "add --overwrite or choose another --report",
+                        what="report ")
 
 
 def _predict(m: Model, items: list[Item], predictions: Path | None, overwrite: bool,
              batch_size: int, workers: int | None) -> list[Prediction]:
     """Every item through the model, with a progress bar; rows to --predictions as they
     come."""
-    from ..classify import predict_stream
+    from ..evaluate import predict_images
 
-    writer = ResultWriter(predictions, overwrite=overwrite) if predictions else None
-    try:
-        with progress_bar(len(items), "evaluate") as advance:
-            def on_batch(batch: list[Prediction]) -> None:
-                if writer is not None:
-                    writer.write([p.row for p in batch])
-                advance(len(batch))
-
-            return list(predict_stream(m, items, batch_size, workers, on_batch=on_batch))
-    finally:
-        if writer is not None:
-            writer.close()
+    with progress_bar(len(items), "evaluate") as advance:
+        return predict_images(m, items, predictions, overwrite, batch_size, workers, advance)
 
 
 def _finish(rep: Report, report: Path | None, overwrite: bool, as_json: bool) -> int:
-    from ..evaluate import report_json
+    from ..evaluate import report_json, write_report_json
 
     _refuse_existing_report(report, overwrite)
     for w in rep["warnings"]:
         warn(w)
     if report is not None:
-        atomic_write_text(report, json.dumps(report_json(rep), indent=2) + "\n")
+        write_report_json(report, rep)
     if as_json:
         out.print_json(json.dumps(report_json(rep)))
     else:

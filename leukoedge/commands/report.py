@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from ..console import note
-from ..errors import EXIT_OK, OutputExistsError
+from ..errors import EXIT_OK
+from ..output import refuse_existing
 from .common import parse_folds, say, warn
 from .options import FoldsOpt, LabelsOpt, MinCellsOpt, OverwriteOpt, ThresholdOpt
 
@@ -47,9 +48,7 @@ def report(
     from ..report import require_matplotlib, write_report
 
     require_matplotlib()
-    if out_file.exists() and not overwrite:
-        raise OutputExistsError(f"{out_file} already exists",
-                                "add --overwrite or choose another --out")
+    refuse_existing(out_file, overwrite)
     got = report_from_predictions(predictions, model=model, labels=labels,
                                   threshold=threshold, folds=parse_folds(folds),
                                   resamples=resamples, seed=seed, min_cells=min_cells)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..console import note, out
-from ..errors import EXIT_OK, OutputExistsError, UsageError
+from ..errors import EXIT_OK, UsageError
 from .options import OverwriteOpt
 
 
@@ -25,14 +25,9 @@ def synth(
     overwrite: OverwriteOpt = False,
 ) -> int:
     """Write synthetic cells (fold_i/all|hem/UID_*.bmp) and their traits.csv."""
-    from ..synth import SynthConfig, generate
+    from ..synth import SynthConfig, check_out_dir, generate
 
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"{out_dir} exists and is not a folder")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{out_dir} is not empty",
-                                "choose an empty folder, or add --overwrite to replace a "
-                                "previous synthetic set there (other files are kept)")
+    check_out_dir(out_dir, overwrite)
     try:
         cfg = SynthConfig(patients=patients, cells_per_patient=cells_per_patient, seed=seed,
                           size=size, all_fraction=all_fraction)
