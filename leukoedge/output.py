@@ -52,6 +52,10 @@ if TYPE_CHECKING:
 #: The prediction row, in CSV column order. Columns added after the first release come
 #: last, so a reader that indexes the old columns keeps working.
 COLUMNS = ("path", "patient", "prob_all", "label", "error", "logit", "heatmap", "drift")
+#: Decimals of the numeric columns in the CSV text (:meth:`Row.cells`).
+DECIMALS = {"prob_all": 6, "logit": 6, "drift": 4}
+#: Text columns made spreadsheet-safe in the CSV text (:func:`csv_safe`).
+TEXT_COLUMNS = ("path", "patient", "error", "heatmap")
 #: The row of releases before ``logit`` and ``heatmap``.
 V1_COLUMNS = COLUMNS[:5]
 #: The row of releases before ``drift``.
@@ -154,12 +158,16 @@ class Row:
         spreadsheet-safe (:func:`csv_safe`)."""
         return {
             "path": csv_safe(self.path), "patient": csv_safe(self.patient or ""),
-            "prob_all": "" if self.prob_all is None else f"{self.prob_all:.6f}",
+            "prob_all": _fixed(self.prob_all, DECIMALS["prob_all"]),
             "label": self.label or "", "error": csv_safe(self.error or ""),
-            "logit": "" if self.logit is None else f"{self.logit:.6f}",
+            "logit": _fixed(self.logit, DECIMALS["logit"]),
             "heatmap": csv_safe(self.heatmap or ""),
-            "drift": "" if self.drift is None else f"{self.drift:.4f}",
+            "drift": _fixed(self.drift, DECIMALS["drift"]),
         }
+
+
+def _fixed(x: float | None, decimals: int) -> str:
+    return "" if x is None else f"{x:.{decimals}f}"
 
 
 def check_output_location(out: Path, inputs: Iterable[str | os.PathLike[str]]) -> None:

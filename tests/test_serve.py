@@ -470,3 +470,17 @@ def test_serve_needs_a_token_off_loopback_and_checks_its_model(tiny_model: Path,
         port = busy.getsockname()[1]
         r = run(assemble(), ["serve", "--model", str(tiny_model), "--port", str(port)])
         assert r.exit_code == 2 and "cannot listen" in r.output and "Traceback" not in r.output
+
+
+def test_the_page_takes_the_row_columns_from_the_server(client: TestClient) -> None:
+    """/v1/model names the rows' columns and CSV format (leukoedge.output); app.js holds
+    no copy of them, so a new column (drift was one) reaches the page's CSV by itself."""
+    from leukoedge.output import COLUMNS, DECIMALS, TEXT_COLUMNS
+
+    rows = client.get("/v1/model").json()["rows"]
+    assert rows == {"columns": list(COLUMNS), "decimals": DECIMALS,
+                    "text_columns": list(TEXT_COLUMNS)}
+    js = (Path(__file__).resolve().parents[1] / "leukoedge" / "serve" / "static" /
+          "app.js").read_text(encoding="utf-8")
+    assert '"prob_all", "label"' not in js and "prob_all: 6" not in js
+    assert "state.rows.columns" in js

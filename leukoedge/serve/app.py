@@ -36,7 +36,7 @@ from ..classify import default_workers, error_text, scored_row
 from ..data import patient_of
 from ..errors import ImageError, LeukoedgeError, RequestError
 from ..heatmap import data_url
-from ..output import Row, escape_path
+from ..output import COLUMNS, DECIMALS, TEXT_COLUMNS, Row, escape_path
 from ..preprocess import preprocess_for
 from ..session import Model
 from .batcher import Batcher, Scored
@@ -378,6 +378,9 @@ class Handlers:
             "provider": model.provider,
             "spec": model.spec.to_dict(),
             "heatmaps": model.has_cam,  # whether /v1/classify?heatmaps=1 is answered
+            # the rows' columns and CSV format (the page's download: classify's CSV)
+            "rows": {"columns": list(COLUMNS), "decimals": DECIMALS,
+                     "text_columns": list(TEXT_COLUMNS)},
             "batching": {"max_batch": cfg.max_batch, "max_wait_ms": cfg.max_wait_ms},
             "limits": asdict(self.limits),
             "version": __version__,

@@ -14,9 +14,6 @@
   const RENDER_EVERY_MS = 250;    // redraw at most this often while results arrive
   const IMAGE_EXT = new Set(["bmp", "dib", "png", "jpg", "jpeg", "jpe", "tif", "tiff", "gif",
     "webp", "ppm", "pgm", "pbm", "pnm", "tga"]);
-  const DEFAULT_COLUMNS = ["path", "patient", "prob_all", "label", "error", "logit", "heatmap"];
-  // decimals of the numeric columns in classify's CSV (leukoedge.output.Row.cells)
-  const DECIMALS = { prob_all: 6, logit: 6, drift: 4 };
 
   const $ = (id) => document.getElementById(id);
   const state = {
@@ -26,6 +23,9 @@
     queue: [],        // items waiting to be sent
     active: 0,        // workers running
     page: 0,
+    // the rows' columns and CSV format, from the server (GET /v1/model: rows); until it
+    // answers, the columns of the first answer's keys
+    rows: { columns: null, decimals: {}, text_columns: [] },
     columns: null,    // CSV columns, from the first answer's keys
     token: sessionStorage.getItem("leukoedge-token") || "",
     thumbs: new Map(),  // item index -> blob: URL of its thumbnail (or "" when none)
@@ -86,6 +86,7 @@
     const spec = info.spec || {};
     if (Array.isArray(spec.labels)) state.labels = spec.labels;
     state.heatmaps = info.heatmaps === true;
+    if (info.rows && Array.isArray(info.rows.columns)) state.rows = info.rows;
     render();
     $("model").textContent = "Model: " + info.model + " (" + (spec.architecture || "?") + ", " +
       (spec.input_size || "?") + " px, threshold " + (spec.threshold ?? "?") + ") on " +
@@ -296,8 +297,10 @@
   }
 
   function errorRow(item, message) {
-    return { name: item.file.name, patient: null, prob_all: null, label: null, error: message,
-      logit: null, heatmap: null };
+    const row = { name: item.file.name };
+    for (const c of state.rows.columns || state.columns || []) if (c !== "path") row[c] = null;
+    row.error = message;
+    return row;
   }
 
   function failBatch(batch, message) {
@@ -612,7 +615,6 @@
   // ---- CSV, in classify's columns and number format ----
   // text columns whose first character a spreadsheet would read as a formula get it as
   // \xNN, as classify's CSV does (leukoedge.output.csv_safe); numbers are never touched
-  const TEXT_COLUMNS = new Set(["path", "patient", "error", "heatmap"]);
   function csvSafe(s) {
     return /^[=+\-@\t\r]/.test(s) ? "\\x" + s.charCodeAt(0).toString(16).padStart(2, "0") + s.slice(1) : s;
   }
@@ -620,15 +622,17 @@
   function csvField(column, v) {
     let s;
     if (v === null || v === undefined) s = "";
-    else if (typeof v === "number") s = column in DECIMALS ? fmt(v, DECIMALS[column]) : String(v);
-    else s = String(v);
+    else if (typeof v === "number") {
+      const decimals = state.rows.decimals[column];
+      s = decimals === undefined ? String(v) : fmt(v, decimals);
+    } else s = String(v);
     if (column === "heatmap" && s.startsWith("data:")) s = "";  // a picture, not a file name
-    if (TEXT_COLUMNS.has(column)) s = csvSafe(s);
+    if (state.rows.text_columns.includes(column)) s = csvSafe(s);
     return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
   }
 
   function csvText() {
-    const cols = state.columns || DEFAULT_COLUMNS;
+    const cols = state.rows.columns || state.columns || ["path"];
     const lines = [cols.join(",")];
     for (const it of state.items) {
       if (!it.row) continue;
