@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .classify import Prediction
     from .data import Item
     from .drift import DriftSummary
-    from .patient import PatientView
+    from .patient import PatientMetrics, PatientView
     from .predictions import PredictionSet
     from .session import Model
     from .spec import ModelSpec
@@ -461,7 +461,7 @@ class Report(TypedDict):
     #: cell and error row included; the figures over patients with a truth
     #: (:func:`leukoedge.patient.patient_metrics`); the rule and drift flag used
     patient_calls: list[dict[str, Any]]
-    patient_metrics: dict[str, Any] | None
+    patient_metrics: PatientMetrics | None
     patient_rule: dict[str, Any]
 
 
@@ -589,7 +589,7 @@ def report_of(scores: Scores, spec: ModelSpec, *, model: str, provider: str, fil
 
 class _PatientPart(TypedDict):
     patient_calls: list[dict[str, Any]]
-    patient_metrics: dict[str, Any] | None
+    patient_metrics: PatientMetrics | None
     patient_rule: dict[str, Any]
 
 

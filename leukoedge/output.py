@@ -54,8 +54,6 @@ if TYPE_CHECKING:
 COLUMNS = ("path", "patient", "prob_all", "label", "error", "logit", "heatmap", "drift")
 #: Decimals of the numeric columns in the CSV text (:meth:`Row.cells`).
 DECIMALS = {"prob_all": 6, "logit": 6, "drift": 4}
-#: Text columns made spreadsheet-safe in the CSV text (:func:`csv_safe`).
-TEXT_COLUMNS = ("path", "patient", "error", "heatmap")
 #: The row of releases before ``logit`` and ``heatmap``.
 V1_COLUMNS = COLUMNS[:5]
 #: The row of releases before ``drift``.

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from statistics import NormalDist
 from typing import Any
 
@@ -338,8 +338,26 @@ def summarize_records(records: Iterable[Mapping[str, Any]], view: PatientView,
     return tally.summaries(view)
 
 
+@dataclass(frozen=True)
+class PatientMetrics:
+    """Patient-level figures over the patients with a truth (:func:`patient_metrics`)."""
+
+    patients: int
+    called: int
+    right: int
+    accuracy_called: float | None
+    sensitivity: float | None
+    specificity: float | None
+    no_call_share: float
+    patients_all: int
+    patients_hem: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def patient_metrics(rows: Sequence[PatientSummary], truth: Mapping[str, int]
-                    ) -> dict[str, Any] | None:
+                    ) -> PatientMetrics | None:
     """Patient-level figures over the patients whose truth is known (``truth``: 1 = ALL):
     calls made, accuracy among called patients, sensitivity (ALL patients called ALL, of
     all ALL patients: no call counts as not found), specificity (likewise for HEM) and the
@@ -353,14 +371,13 @@ def patient_metrics(rows: Sequence[PatientSummary], truth: Mapping[str, int]
     n_hem = len(known) - n_all
     tp = sum(1 for r in known if truth[r.patient] == 1 and r.call == "ALL")
     tn = sum(1 for r in known if truth[r.patient] == 0 and r.call == "HEM")
-    return {
-        "patients": len(known), "called": len(called), "right": right,
-        "accuracy_called": right / len(called) if called else None,
-        "sensitivity": tp / n_all if n_all else None,
-        "specificity": tn / n_hem if n_hem else None,
-        "no_call_share": (len(known) - len(called)) / len(known),
-        "patients_all": n_all, "patients_hem": n_hem,
-    }
+    return PatientMetrics(
+        patients=len(known), called=len(called), right=right,
+        accuracy_called=right / len(called) if called else None,
+        sensitivity=tp / n_all if n_all else None,
+        specificity=tn / n_hem if n_hem else None,
+        no_call_share=(len(known) - len(called)) / len(known),
+        patients_all=n_all, patients_hem=n_hem)
 
 
 def patient_truth(patients: Sequence[str | None], truth: Sequence[int | None]

@@ -400,13 +400,13 @@ def _patients(rep: Report) -> str:
             f"<td>{_esc(r['reason'])}</td></tr>")
     pm = rep["patient_metrics"]
     figs = ""
-    if pm:
-        figs = (f"<p>Over the {_num('patient_metrics.patients', pm['patients'])} patients with "
-                f"a truth: {_num('patient_metrics.called', pm['called'])} called, accuracy "
-                f"among called {_num('patient_metrics.accuracy_called', pm['accuracy_called'], 3)}"
-                f", sensitivity {_num('patient_metrics.sensitivity', pm['sensitivity'], 3)}, "
-                f"specificity {_num('patient_metrics.specificity', pm['specificity'], 3)}, no "
-                f"call {_num('patient_metrics.no_call_share', pm['no_call_share'], 3)} (a "
+    if pm is not None:
+        figs = (f"<p>Over the {_num('patient_metrics.patients', pm.patients)} patients with "
+                f"a truth: {_num('patient_metrics.called', pm.called)} called, accuracy "
+                f"among called {_num('patient_metrics.accuracy_called', pm.accuracy_called, 3)}"
+                f", sensitivity {_num('patient_metrics.sensitivity', pm.sensitivity, 3)}, "
+                f"specificity {_num('patient_metrics.specificity', pm.specificity, 3)}, no "
+                f"call {_num('patient_metrics.no_call_share', pm.no_call_share, 3)} (a "
                 "patient with no call counts as not found).</p>")
     from .patient import parse
 

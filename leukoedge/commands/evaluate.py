@@ -189,11 +189,11 @@ def _print_patient_view(rep: Report) -> None:
              if r["true_label"] is not None}
     print_patients(rows, view, truth or None)
     pm = rep["patient_metrics"]
-    if pm:
-        out.print(f"patients: {pm['patients']} with a truth, {pm['called']} called; "
-                  f"accuracy among called {_f(pm['accuracy_called'])}, sensitivity "
-                  f"{_f(pm['sensitivity'])}, specificity {_f(pm['specificity'])}, no call "
-                  f"{_f(pm['no_call_share'])}")
+    if pm is not None:
+        out.print(f"patients: {pm.patients} with a truth, {pm.called} called; "
+                  f"accuracy among called {_f(pm.accuracy_called)}, sensitivity "
+                  f"{_f(pm.sensitivity)}, specificity {_f(pm.specificity)}, no call "
+                  f"{_f(pm.no_call_share)}")
 
 
 def _print_head(rep: Report) -> None:
