@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from .errors import ModelError, SpecError, first_line
 from .session import read_spec_from_metadata
@@ -78,7 +78,16 @@ def describe_model(path: Path) -> dict[str, Any]:
 PARAMETERS_KEY = "leukoedge.parameters"
 
 
-def parameters(proto: Any, meta: dict[str, str]) -> dict[str, Any]:
+class Parameters(TypedDict):
+    """What :func:`parameters` counts (merged into :func:`describe_model`'s object)."""
+
+    parameters: int
+    parameters_source: str
+    stored_values: int
+    copies: int
+
+
+def parameters(proto: Any, meta: dict[str, str]) -> Parameters:
     """The network's parameters and what else the file stores.
 
     ``stored_values``: every number in the file's initialisers. A heatmap output keeps its

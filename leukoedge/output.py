@@ -37,7 +37,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +101,7 @@ def csv_plain(text: str) -> str:
     return text
 
 
-def csv_plain_row(row: dict[str, Any]) -> dict[str, Any]:
+def csv_plain_row(row: Mapping[str, str | None]) -> dict[str, str | None]:
     """A CSV row read back: :func:`csv_plain` on its text columns."""
     return {k: csv_plain(v) if k in TEXT_COLUMNS and isinstance(v, str) else v
             for k, v in row.items()}
