@@ -106,7 +106,7 @@ def scored_row(path: str, patient: str | None, logit: float, prob: float,
 
 class RowSink(Protocol):
     """Where a run's rows go (:class:`~leukoedge.output.ResultWriter`,
-    :class:`~leukoedge.engines.parts.PartWriter`): ``done`` holds the paths already
+    :class:`~leukoedge.output.parts.PartWriter`): ``done`` holds the paths already
     written (:func:`leukoedge.engines.pending` skips them)."""
 
     done: set[str]

@@ -27,7 +27,7 @@ if not os.environ.get("CI"):
 
 import ray  # noqa: E402
 
-from leukoedge.engines.parts import PartWriter, parts_in  # noqa: E402
+from leukoedge.output.parts import PartWriter, parts_in  # noqa: E402
 from leukoedge.engines.ray_engine import RayOptions, _InOrder, classify_ray  # noqa: E402
 
 

@@ -1,4 +1,7 @@
 """Result files: rows appended and flushed as they come, resumable, never clobbered.
+Every writer of a run's rows lives in this package: CSV and JSON Lines here
+(:class:`ResultWriter`), Parquet part files in :mod:`.parts` (pyarrow, the scale extra,
+imported only there); :func:`open_rows` chooses.
 
 Formats: CSV (default) or JSON Lines (``.jsonl``/``.ndjson``), one :class:`Row` per image
 with the columns :data:`COLUMNS`: the one prediction-row format of leukoedge. A run that is
@@ -43,11 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .errors import DataError, OutputExistsError, UsageError
+from ..errors import DataError, OutputExistsError, UsageError
 
 if TYPE_CHECKING:
-    from .engines.parts import PartWriter
-    from .patient import PatientSummary
+    from ..patient import PatientSummary
+    from .parts import PartWriter
 
 #: The prediction row, in CSV column order. Columns added after the first release come
 #: last, so a reader that indexes the old columns keeps working.
@@ -366,7 +369,7 @@ def write_patients(path: Path, rows: Iterable[PatientSummary]) -> None:
     import io
     import json
 
-    from .patient import COLUMNS
+    from ..patient import COLUMNS
 
     if format_for(path, None) == "jsonl":
         text = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rows)
@@ -386,7 +389,7 @@ def open_rows(out_file: Path, fmt: str | None, resume: bool = False,
     """The writer of a run's rows: CSV/JSON Lines into one file (:class:`ResultWriter`), or
     Parquet part files into a folder (``fmt`` parquet: the scale extra)."""
     if fmt == "parquet":
-        from .engines.parts import PartWriter
+        from .parts import PartWriter
 
         return PartWriter(out_file, resume=resume, overwrite=overwrite)
     return ResultWriter(out_file, fmt, resume=resume, overwrite=overwrite)

@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import DataError, MissingExtraError, OutputExistsError, UsageError
-from ..output import COLUMNS, Row, atomic_write_bytes, escape_path
+from . import COLUMNS, Row, atomic_write_bytes, escape_path
 
 PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 DEFAULT_PART_ROWS = 100_000
