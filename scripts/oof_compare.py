@@ -73,19 +73,26 @@ def main() -> None:
     for p in sorted(set(patient.tolist())):
         cells = np.flatnonzero(patient == p)
         by_class[bool(y[cells].mean() > 0.5)].append(cells)
-    diffs = []
+    diffs: dict[str, list[float]] = {k: [] for k in HEADLINE}
     for _ in range(args.resamples):
         idx = np.concatenate([g[i] for g in by_class.values() if g
                               for i in rng.integers(0, len(g), len(g))])
-        diffs.append(headline(y[idx], zb[idx])["weighted_f1"]
-                     - headline(y[idx], za[idx])["weighted_f1"])
-    if diffs:
-        lo, hi = np.percentile(diffs, [2.5, 97.5])
+        hb, ha = headline(y[idx], zb[idx]), headline(y[idx], za[idx])
+        for k in HEADLINE:
+            diffs[k].append(hb[k] - ha[k])
+    if args.resamples:
+        print(f"\ndifferences B - A, 95% intervals over patients ({args.resamples} resamples, "
+              f"seed {args.seed}, patients resampled within their class):")
+        for k in HEADLINE:
+            d = np.array(diffs[k])
+            lo, hi = np.nanpercentile(d, [2.5, 97.5])
+            print(f"  {k}: {fb[k] - fa[k]:+.3f} [{lo:+.3f}, {hi:+.3f}]; share of resamples "
+                  f"with B > A: {np.mean(d > 0):.2f}")
+        d = np.array(diffs["weighted_f1"])
+        lo, hi = np.percentile(d, [2.5, 97.5])
         print(f"\nweighted F1 difference B - A: {fb['weighted_f1'] - fa['weighted_f1']:+.3f}, "
-              f"95% interval over patients [{lo:+.3f}, {hi:+.3f}] ({len(diffs)} resamples, "
-              f"seed {args.seed}); share of resamples with B > A: "
-              f"{np.mean(np.array(diffs) > 0):.2f}")
-
+              f"95% interval over patients [{lo:+.3f}, {hi:+.3f}] ({len(d)} resamples, "
+              f"seed {args.seed}); share of resamples with B > A: {np.mean(d > 0):.2f}")
 
 if __name__ == "__main__":
     main()
