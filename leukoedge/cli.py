@@ -33,7 +33,8 @@ app = typer.Typer(
 
 def guarded(fn: Callable[..., int | None]) -> Callable[..., None]:
     """Wrap a command: its return value is the exit code; a LeukoedgeError becomes one
-    line on stderr and its exit code; Ctrl-C becomes 130. Plugins use this too."""
+    line on stderr and its exit code; Ctrl-C becomes 130. Plugin commands get it from
+    :func:`leukoedge.plugins.load_plugins`."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
@@ -53,6 +54,7 @@ def guarded(fn: Callable[..., int | None]) -> Callable[..., None]:
         if code:
             raise typer.Exit(code)
 
+    wrapper.leukoedge_guarded = True  # type: ignore[attr-defined]
     return wrapper
 
 

@@ -79,16 +79,35 @@ def _load(ep: Any) -> tuple[PluginInfo, Any]:
     return info, obj
 
 
+def _guard_commands(group: Any, commands_before: int = 0, groups_before: int = 0) -> None:
+    """Wrap the commands (and sub-groups' commands) a plugin added to ``group`` after the
+    first ``commands_before`` / ``groups_before`` in the CLI's error guard (once each)."""
+    from .cli import guarded
+
+    for cmd in group.registered_commands[commands_before:]:
+        if cmd.callback is not None and not getattr(cmd.callback, "leukoedge_guarded", False):
+            cmd.callback = guarded(cmd.callback)
+    for sub in group.registered_groups[groups_before:]:
+        if sub.typer_instance is not None:
+            _guard_commands(sub.typer_instance)
+
+
 def load_plugins(app: Any) -> list[PluginInfo]:
-    """Call every plugin's ``register_commands(app)``; a broken plugin is reported, not fatal."""
+    """Call every plugin's ``register_commands(app)`` and wrap what it added in the CLI's
+    error guard (:func:`leukoedge.cli.guarded`: an error is one line and its exit code, never
+    a traceback), so a plugin need not; a broken plugin is reported, not fatal."""
     infos = []
     for ep in entry_points():
         info, obj = _load(ep)
         if info.loaded:
             commands, _ = _hooks(obj)
+            before = (len(getattr(app, "registered_commands", [])),
+                      len(getattr(app, "registered_groups", [])))
             try:
                 if commands is not None:
                     commands(app)
+                    if hasattr(app, "registered_commands"):
+                        _guard_commands(app, *before)
             except ImportError as exc:
                 info.loaded, info.error = False, f"cannot import {ep.value}: {first_line(exc)}"
             except AttributeError as exc:

@@ -3,16 +3,17 @@
     nice -n 10 python scripts/bench_ray.py --files 20000 --rounds 2 \
         --json /tmp/bench_ray20k.json
 
-Copies the real C-NMC cells of --cells (default: this project's ../shared/data/cnmc-sample, 43
-BMPs) into --folder (default: under the temp folder) until it holds --files files (copies, not links: every file is its own file), then
-runs the two engines alternately, --rounds times each, as the user would: one process per
-run, timed from its start to its exit (start-up and shutdown included). Reported per run:
-wall time, files/s, the time to the first row on disk (for Ray: starting the local
-cluster, the actor and its model, and the first block), Ray's own cluster start-up (its
-note), the time from the last row on disk to the exit (for Ray: stopping the local
-cluster), and the load average before and after (the machine is shared with a training
-job). Both engines write CSV; the rows of the last two runs are compared (same files in
-the same order; label differences and the largest P(ALL) difference).
+Copies the real C-NMC cells of --cells (default: this project's ../shared/data/cnmc-
+sample, 43 BMPs) into --folder (default: under the temp folder) until it holds --files
+files (copies, not links: every file is its own file), then runs the two engines
+alternately, --rounds times each, as the user would: one process per run, timed from its
+start to its exit (start-up and shutdown included). Reported per run: wall time, files/s,
+the time to the first row on disk (for Ray: starting the local cluster, the actor and its
+model, and the first block), Ray's own cluster start-up (its note), the time from the last
+row on disk to the exit (for Ray: stopping the local cluster), and the load average before
+and after (the machine is shared with a training job). Both engines write CSV; the rows of
+the last two runs are compared (same files in the same order; label differences and the
+largest P(ALL) difference).
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--cells", type=Path, default=CELLS, help="folder of real cells (BMP)")
-    ap.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "leukoedge-bench-ray" / "cells")
+    ap.add_argument("--folder", type=Path,
+                    default=Path(tempfile.gettempdir()) / "leukoedge-bench-ray" / "cells")
     ap.add_argument("--model", type=Path, default=MODEL)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from leukoedge_train import checkpoint as ckpt_io
 from leukoedge_train.cv import read_folds
-from leukoedge_train.data import load_images
+from leukoedge_train.dataset import load_images
 from leukoedge_train.drift_fit import PROJECT_ABOVE, PROJECTION_DIM
 from leukoedge_train.models import WithFeatures
 from scipy import stats as sstats

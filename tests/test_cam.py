@@ -28,7 +28,7 @@ from leukoedge_train import (
     parity,  # noqa: E402
 )
 from leukoedge_train import export as exp  # noqa: E402
-from leukoedge_train.data import load_images  # noqa: E402
+from leukoedge_train.dataset import load_images  # noqa: E402
 from leukoedge_train.models import arch_info, create_model  # noqa: E402
 
 from leukoedge.data import collect  # noqa: E402

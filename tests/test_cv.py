@@ -25,7 +25,7 @@ from conftest import real_data  # noqa: E402
 from leukoedge_train import cv  # noqa: E402
 from leukoedge_train.models import create_model, greyworld  # noqa: E402
 from leukoedge_train.recipes import RECIPES, apply_recipe  # noqa: E402
-from leukoedge_train.train import TrainConfig  # noqa: E402
+from leukoedge_train.config import TrainConfig  # noqa: E402
 from train_data import write_dataset  # noqa: E402
 
 pytestmark = pytest.mark.train
@@ -195,7 +195,7 @@ def test_patient_weights_even_out_patients_within_each_class() -> None:
 
 def test_patient_weights_change_the_loss() -> None:
     """The weighted loss is the plain one when every weight is 1, and moves when not."""
-    from leukoedge_train.train import build_optimisation, training_loss
+    from leukoedge_train.schedule import build_optimisation, training_loss
 
     y = torch.tensor([1.0, 1.0, 0.0, 0.0])
     cfg = TrainConfig(arch="scratch", data=Path("x")).resolved()

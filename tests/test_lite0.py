@@ -166,7 +166,7 @@ def test_bn_check_tells_right_network_from_broken(shared_cells: Path) -> None:
     residuals left out, and random weights, fail."""
     from leukoedge.data import collect
     from leukoedge_train import lite0, pretrained
-    from leukoedge_train.data import load_images
+    from leukoedge_train.dataset import load_images
     from leukoedge_train.models import create_model, load_backbone_weights
 
     items = collect([shared_cells])[:32]

@@ -105,7 +105,7 @@ def test_no_runtime_module_imports_torch_or_the_plugin() -> None:
     "import numpy, torch.nn",
     "from torch import nn",
     "from torch.nn import functional as F",
-    "from leukoedge_train.bench import torch_throughput",
+    "from leukoedge_train.torch_bench import torch_throughput",
     "def f():\n    from leukoedge_train import export\n    return export",
     "class A:\n    def m(self):\n        import torchvision",
     "if TYPE_CHECKING:\n    import torch",

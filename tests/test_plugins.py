@@ -13,7 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from leukoedge import plugins
-from leukoedge.errors import MissingExtraError
+from leukoedge.errors import DataError, MissingExtraError
 
 
 def fake_dist(root: Path, name: str, entry: str, modules: dict[str, str]) -> None:
@@ -98,6 +98,58 @@ def test_commands_come_from_the_same_entry_point(capplug: plugins.Registry) -> N
     assert r.exit_code == 0 and "hello from capplug" in r.output
 
 
+OLD_STYLE = """
+import typer
+from leukoedge.errors import DataError
+
+def register(app):
+    @app.command(name="greet")
+    def greet(fail: bool = False) -> int:
+        if fail:
+            raise DataError("no cells here", "give a folder of cells")
+        print("greetings")
+        return 0
+
+    sub = typer.Typer()
+
+    @sub.command(name="deep")
+    def deep() -> int:
+        raise DataError("deep trouble")
+
+    app.add_typer(sub, name="grp")
+"""
+
+
+def test_plugin_commands_are_guarded_by_the_loader(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin (here an older one: a plain ``register(app)``) that does not wrap its
+    commands in the error guard still gives one line and the error's exit code, never a
+    traceback: load_plugins wraps what it added, in sub-groups too."""
+    fake_dist(tmp_path, "oldplug", "oldplug = oldplug_mod:register", {"oldplug_mod": OLD_STYLE})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "oldplug_mod", raising=False)
+    app = typer.Typer()
+
+    @app.command(name="noop")
+    def noop() -> None:  # a second command so typer keeps subcommand names
+        pass
+
+    infos = {i.name: i for i in plugins.load_plugins(app)}
+    assert infos["oldplug"].loaded and infos["oldplug"].distribution == "oldplug"
+    runner = CliRunner()
+    ok = runner.invoke(app, ["greet"])
+    assert ok.exit_code == 0 and "greetings" in ok.output
+    for args in (["greet", "--fail"], ["grp", "deep"]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 3, (args, r.output)  # DataError's exit code
+        assert not isinstance(r.exception, DataError) and "Traceback" not in r.output
+        assert "error:" in r.output
+    # a command wrapped already is not wrapped twice
+    greet = next(c.callback for c in app.registered_commands if c.name == "greet")
+    plugins._guard_commands(app)
+    assert next(c.callback for c in app.registered_commands if c.name == "greet") is greet
+
+
 def test_a_broken_plugin_is_named_when_its_capability_is_missing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_dist(tmp_path, "badplug", "badplug = badplug_mod_does_not_exist", {})
@@ -122,6 +174,23 @@ def test_the_training_plugin_provides_what_the_runtime_uses_without_importing_to
                        timeout=120, env=dict(os.environ))
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False", "True"]
+
+
+TORCH_FREE = ("commands", "commands.train", "commands.export", "commands.cv", "cv", "defaults",
+              "recipes", "labels", "registry", "source_paths", "plugin")
+
+
+def test_the_training_plugins_commands_and_cv_folds_modules_import_without_torch() -> None:
+    """``leukoedge --help`` and ``cv folds`` run without torch: the command modules and
+    what ``cv folds`` uses import none."""
+    code = ("import importlib, sys\n"
+            f"for m in {TORCH_FREE!r}:\n"
+            "    importlib.import_module('leukoedge_train.' + m)\n"
+            "print('torch' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False"]
 
 
 @pytest.mark.train
@@ -166,61 +235,3 @@ def test_the_former_entry_point_value_still_gives_both_hooks(
         app = typer.Typer()
         add(app)
         assert {"train", "export", "parity"} <= {c.name for c in app.registered_commands}
-
-
-# -- unreadable files are left out and counted, never fatal (the one batch decoder) ----------
-
-def _cells_with_a_bad_one(src: Path, dst: Path, n: int = 3) -> list[Path]:
-    """``n`` real cells copied to ``dst`` and one file that is not an image, first."""
-    dst.mkdir()
-    bad = dst / "aaa_broken.bmp"
-    bad.write_bytes(b"BM this is not a bitmap")
-    good = sorted(src.rglob("*.bmp"))[:n]
-    copies = []
-    for f in good:
-        copies.append(dst / f.name)
-        copies[-1].write_bytes(f.read_bytes())
-    return [bad, *copies]
-
-
-@pytest.mark.train
-def test_the_plugin_bench_skips_an_unreadable_file_and_says_so(
-        tmp_path: Path, shared_cells: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("torch")
-    import numpy as np
-    from leukoedge_train.bench import _batch
-
-    from leukoedge.preprocess import preprocess_for
-    from leukoedge.spec import ModelSpec
-
-    spec = ModelSpec(architecture="scratch", input_size=32)
-    files = _cells_with_a_bad_one(shared_cells, tmp_path / "cells", n=2)
-    x = _batch(spec, files, 5)
-    err = " ".join(capsys.readouterr().err.split())
-    assert "1 of 3 files for PyTorch eager unreadable" in err and "aaa_broken.bmp" in err
-    want = [preprocess_for(f, spec) for f in files[1:]]
-    assert x.shape == (5, 32, 32, 3)
-    for i in range(5):  # the two readable cells, cycled
-        assert np.array_equal(x[i], want[i % 2])
-    _batch(spec, files[1:], 5)
-    assert "unreadable" not in capsys.readouterr().err  # nothing to say: silent
-
-
-@pytest.mark.train
-def test_precision_report_images_skip_an_unreadable_file_and_say_so(
-        tmp_path: Path, shared_cells: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("torch")
-    pytest.importorskip("onnxruntime")
-    from leukoedge_train import precision
-
-    from leukoedge.spec import ModelSpec
-
-    spec = ModelSpec(architecture="scratch", input_size=32)
-    folder = tmp_path / "cells"
-    files = _cells_with_a_bad_one(shared_cells, folder, n=3)
-    x, items, source = precision.report_images(spec, folder, tmp_path, minimum=3)
-    assert x.shape == (3, 32, 32, 3)
-    assert sorted(it.path.name for it in items) == sorted(f.name for f in files[1:])
-    assert source == f"3 real from {folder}"
-    err = " ".join(capsys.readouterr().err.split())
-    assert "1 of 4 report images" in err and "unreadable" in err and "aaa_broken" in err

@@ -148,7 +148,8 @@ def test_resume_continues_with_same_history(scratch_run: ScratchRun) -> None:
 def test_resumed_run_equals_the_uninterrupted_one(work: Path) -> None:
     """A run stopped after epoch 2 of 3 and resumed ends with the same weights, to the
     bit, the same optimiser state and the same history as 3 epochs in one go."""
-    from leukoedge_train.train import TrainConfig, train
+    from leukoedge_train.config import TrainConfig
+    from leukoedge_train.train import train
 
     data = write_dataset(work / "resume", patients=4, cells=8, size=40, seed=2)
 
@@ -722,7 +723,7 @@ def test_scratch_shape_and_freezing() -> None:
 
 
 def test_augment_keeps_dtype_and_black_background() -> None:
-    from leukoedge_train.data import augment
+    from leukoedge_train.dataset import augment
 
     x = torch.zeros((8, 16, 16, 3), dtype=torch.uint8)
     x[:, 4:12, 4:12] = 120
@@ -734,7 +735,7 @@ def test_augment_keeps_dtype_and_black_background() -> None:
 
 
 def test_split_options(synth: Path) -> None:
-    from leukoedge_train.data import make_split
+    from leukoedge_train.dataset import make_split
 
     from leukoedge.errors import UsageError
 
@@ -749,7 +750,7 @@ def test_split_options(synth: Path) -> None:
 
 
 def test_lr_schedule_warmup_then_cosine() -> None:
-    from leukoedge_train.train import lr_at
+    from leukoedge_train.schedule import lr_at
 
     lrs = [lr_at(s, 100, 1.0, 10, "cosine") for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
@@ -765,14 +766,14 @@ def test_defaults_table_is_what_training_and_help_use() -> None:
     train command's help texts quote it, docs/training.md agrees with it."""
     import typing
 
-    from leukoedge_train import commands
+    from leukoedge_train.commands.train import train as train_command
+    from leukoedge_train.config import TrainConfig
     from leukoedge_train.defaults import DEFAULTS
     from leukoedge_train.models import arch_info
-    from leukoedge_train.train import TrainConfig
 
-    assert list(DEFAULTS) == ["scratch", "resnet50"]
+    assert list(DEFAULTS) == ["scratch", "resnet50", "lite0"]
     for arch, row in DEFAULTS.items():
-        assert row.input_size == arch_info(arch).input_size, arch
+        assert row.input_size == arch_info(arch).default_input_size, arch
         c = TrainConfig(arch, Path("cells")).resolved()
         for name, value in row.settings().items():
             assert getattr(c, name) == value, (arch, name)
@@ -786,17 +787,17 @@ def test_defaults_table_is_what_training_and_help_use() -> None:
     s = TrainConfig("scratch", Path("cells"), lr=0.01).resolved()
     assert (s.head_epochs, s.unfreeze, s.finetune_lr, s.weights) == (0, "all", 0.01, "none")
 
-    hints = typing.get_type_hints(commands.train, include_extras=True)
+    hints = typing.get_type_hints(train_command, include_extras=True)
 
     def help_of(name: str) -> str:
         return str(hints[name].__metadata__[0].help)
 
-    assert "[default: scratch 30, resnet50 12]" in help_of("epochs")
-    assert "[default: scratch 128, resnet50 224]" in help_of("input_size")
+    assert "[default: scratch 30, resnet50 12, lite0 6]" in help_of("epochs")
+    assert "[default: scratch 128, resnet50 224, lite0 128]" in help_of("input_size")
     assert "[default: 32]" in help_of("batch_size") and "[default: 1e-3]" in help_of("lr")
     assert "[default: 1e-4]" in help_of("weight_decay")
     assert "[default: lr/10]" in help_of("finetune_lr")
-    assert "[default: 2 pretrained" in help_of("head_epochs")
+    assert "[default: resnet50 2 pretrained, lite0 0;" in help_of("head_epochs")
     assert "[default: imagenet]" in help_of("weights") and "[default: on]" in help_of("amp")
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
@@ -809,7 +810,8 @@ def test_defaults_table_is_what_training_and_help_use() -> None:
 
 
 def test_steps_and_progress_of_the_loop() -> None:
-    from leukoedge_train.train import Progress, steps_in_epoch
+    from leukoedge_train.schedule import steps_in_epoch
+    from leukoedge_train.train import Progress
 
     # a last batch of one is dropped (batch norm), any larger one is a step
     assert [steps_in_epoch(n, 8) for n in (1, 8, 9, 10, 16, 17)] == [1, 1, 1, 2, 2, 2]
@@ -838,34 +840,6 @@ def test_unreadable_checkpoint_is_one_line(tmp_path: Path,
     monkeypatch.setattr(ckpt_io.torch, "load", empty_message)
     with pytest.raises(ModelError, match=r"checkpoint \(EOFError\)$"):
         ckpt_io.load(bad)  # an empty library message still says something
-
-
-def test_fake_plugin_is_discovered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from typer.testing import CliRunner
-
-    dist = tmp_path / "fakeplug-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplug\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(
-        "[leukoedge.plugins]\nhello = fakeplug_mod:register\n")
-    (tmp_path / "fakeplug_mod.py").write_text(
-        "def register(app):\n"
-        "    @app.command(name='hello')\n"
-        "    def hello() -> None:\n"
-        "        print('hello from fakeplug')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    app = typer.Typer()
-
-    @app.command(name="noop")
-    def noop() -> None:  # a second command so typer keeps subcommand names
-        pass
-
-    infos = plugins_mod.load_plugins(app)
-    hello = [i for i in infos if i.name == "hello"]
-    assert hello and hello[0].loaded and hello[0].distribution == "fakeplug"
-    assert "hello" in {c.name for c in app.registered_commands}
-    result = CliRunner().invoke(app, ["hello"])
-    assert result.exit_code == 0 and "hello from fakeplug" in result.output
 
 
 def test_missing_plugin_names_the_extra(monkeypatch: pytest.MonkeyPatch,

@@ -65,3 +65,16 @@ def write_dataset(root: Path, patients: int = 8, cells: int = 16, size: int = 64
                     else f"UID_H{pid}_{i + 1}_1_hem.bmp")
             Image.fromarray(img).save(folder / name)
     return root
+
+
+def cells_with_a_bad_one(src: Path, dst: Path, n: int = 3) -> list[Path]:
+    """``n`` real cells copied to ``dst`` and one file that is not an image, first."""
+    dst.mkdir()
+    bad = dst / "aaa_broken.bmp"
+    bad.write_bytes(b"BM this is not a bitmap")
+    good = sorted(src.rglob("*.bmp"))[:n]
+    copies = []
+    for f in good:
+        copies.append(dst / f.name)
+        copies[-1].write_bytes(f.read_bytes())
+    return [bad, *copies]

@@ -9,7 +9,8 @@ from pathlib import Path
 from leukoedge.capabilities import ExportSummary, TrainSummary
 
 from .export import export_onnx
-from .train import TrainConfig, train
+from .config import TrainConfig
+from .train import train
 
 
 def trainer(data: Path, out: Path, *, arch: str, input_size: int, epochs: int,

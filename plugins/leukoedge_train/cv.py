@@ -42,6 +42,8 @@ from leukoedge.evaluate import metrics
 from leukoedge.output import atomic_write_text
 from leukoedge.spec import LABELS
 
+from .labels import labelled
+
 FOLD_COLUMNS = ("patient", "label", "cells", "fold")
 OOF_COLUMNS = ("path", "patient", "label", "fold", "logit")
 HEADLINE = ("weighted_f1", "balanced_accuracy", "roc_auc", "sensitivity_all",
@@ -51,10 +53,8 @@ HEADLINE = ("weighted_f1", "balanced_accuracy", "roc_auc", "sensitivity_all",
 # -- folds ------------------------------------------------------------------------------
 
 def labelled_items(data: Sequence[Path]) -> list[Item]:
-    items = [it for it in collect(list(data)) if it.label is not None]
-    if not items:
-        raise DataError(f"{', '.join(map(str, data))}: no labelled image found",
-                        "give folders with all/ and hem/ subfolders")
+    """The labelled cells of ``data`` (:func:`.labels.labelled`), each with a patient id."""
+    items = labelled(collect(list(data)), ", ".join(map(str, data)))
     missing = [it for it in items if not it.patient]
     if missing:
         raise DataError(f"{missing[0].path}: no patient id in the file name",
@@ -156,17 +156,26 @@ class FoldResult:
     skipped: bool = False
 
 
-def run_fold(items: Sequence[Item], folds: dict[str, int], fold: int, recipe_name: str,
-             out: Path, root: Path, screen: bool = False,
-             threads: int | None = None) -> FoldResult:
-    """Train on every fold but ``fold`` and write the out-of-fold logits of ``fold``."""
-    from .data import Split
-    from .recipes import apply_recipe, get_recipe
-    from .train import TrainConfig, train
+@dataclass
+class FoldPlan:
+    """What training one fold takes: its settings, split, held-out cells and the
+    checkpoint that scores them."""
 
-    oof = out / f"oof-fold-{fold}.csv"
-    if oof.exists():
-        return FoldResult(fold, oof, 0.0, 0, skipped=True)
+    cfg: Any  # TrainConfig
+    split: Any  # dataset.Split
+    held: list[Item]
+    pick: str
+
+
+def plan_fold(items: Sequence[Item], folds: dict[str, int], fold: int, recipe_name: str,
+              run_dir: Path, root: Path, screen: bool = False,
+              threads: int | None = None) -> FoldPlan:
+    """The configuration of fold ``fold``'s run: the recipe's settings and the split
+    (an inner patient split of the training side, or the held-out fold watched)."""
+    from .config import TrainConfig
+    from .dataset import Split
+    from .recipes import apply_recipe, get_recipe
+
     recipe = get_recipe(recipe_name)
     unknown = [it.patient for it in items if it.patient not in folds]
     if unknown:
@@ -176,30 +185,41 @@ def run_fold(items: Sequence[Item], folds: dict[str, int], fold: int, recipe_nam
     rest = [it for it in items if folds[it.patient or ""] != fold]
     if not held:
         raise UsageError(f"fold {fold} is empty")
-    run_dir = out / f"fold-{fold}"
     resume = (run_dir / "last.pt").exists()
     cfg = TrainConfig(arch=recipe.arch, data=root, out=run_dir, resume=resume,
                       threads=threads)
     cfg = apply_recipe(cfg, recipe_name, screen)
     if recipe.selection == "inner":
-        tr, va = split_by_patient(rest, cfg.val_fraction or 0.2, cfg.seed or 0)
+        tr, va = split_by_patient(rest, cfg.setting("val_fraction"), cfg.setting("seed"))
         split = Split(tr, va, f"patient (inner split of the training side of fold {fold})")
-        pick = "best.pt"
-    else:
-        split = Split(rest, held, f"cv fold {fold} (watched only: final weights scored)")
-        cfg = replace(cfg, patience=0)
-        pick = "last.pt"
+        return FoldPlan(cfg, split, held, "best.pt")
+    split = Split(rest, held, f"cv fold {fold} (watched only: final weights scored)")
+    return FoldPlan(replace(cfg, patience=0), split, held, "last.pt")
+
+
+def run_fold(items: Sequence[Item], folds: dict[str, int], fold: int, recipe_name: str,
+             out: Path, root: Path, screen: bool = False,
+             threads: int | None = None) -> FoldResult:
+    """Train on every fold but ``fold`` (:func:`plan_fold`) and write the out-of-fold
+    logits of ``fold``."""
+    from .train import train
+
+    oof = out / f"oof-fold-{fold}.csv"
+    if oof.exists():
+        return FoldResult(fold, oof, 0.0, 0, skipped=True)
+    run_dir = out / f"fold-{fold}"
+    plan = plan_fold(items, folds, fold, recipe_name, run_dir, root, screen, threads)
     t0 = time.perf_counter()
-    result = train(cfg, split=split)
-    logits = predict(run_dir / pick, held)
-    write_oof(oof, held, fold, logits, root)
+    result = train(plan.cfg, split=plan.split)
+    logits = predict(run_dir / plan.pick, plan.held)
+    write_oof(oof, plan.held, fold, logits, root)
     return FoldResult(fold, oof, time.perf_counter() - t0, result.epochs_done)
 
 
 def predict(ckpt_path: Path, items: Sequence[Item]) -> np.ndarray:
     """Logits of ``items`` by the checkpoint's model (eval mode, CPU, fp32)."""
     from . import checkpoint as ckpt_io
-    from .data import load_images
+    from .dataset import load_images
     from .parity import torch_logits
 
     ckpt = ckpt_io.load(ckpt_path)
@@ -210,6 +230,24 @@ def predict(ckpt_path: Path, items: Sequence[Item]) -> np.ndarray:
         raise DataError(f"{loaded.skipped[0][0].path}: {loaded.skipped[0][1]}",
                         "remove the unreadable file and run the fold again")
     return torch_logits(model, loaded.pixels, 64)
+
+
+def begin_run(out: Path, recipe: Any, screen: bool, folds_file: Path, data: Sequence[Path],
+              folds: Any) -> None:
+    """``out/cv.json``, a run's record (recipe, screen, folds file and data as given,
+    :func:`recorded_path`); a folder that holds another recipe's run is refused."""
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / "cv.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if old.get("recipe") != recipe.name or old.get("screen") != screen:
+            raise UsageError(f"{out} holds a run of recipe {old.get('recipe')} "
+                             f"(screen={old.get('screen')})", "choose another --out")
+        return
+    meta = {"recipe": recipe.name, "recipe_spec": recipe.to_json_dict(), "screen": screen,
+            "folds_file": recorded_path(folds_file),
+            "data": [recorded_path(d) for d in data], "folds": folds}
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
 
 
 def recorded_path(path: Path, cwd: Path | None = None) -> str:
@@ -399,15 +437,13 @@ def write_report(out: Path) -> dict[str, Any]:
 WATCH_EVERY = 20
 
 
-def fit_final(items: Sequence[Item], recipe_name: str, out: Path, root: Path,
-              cv_report: Path | None = None, command: str = "",
-              threads: int | None = None) -> Path:
-    """Train ``recipe_name`` on every patient of ``items``; its ``last.pt`` carries the
-    provenance (patients, recipe, cross-validated figures) in ``ModelSpec.training``."""
-    from . import checkpoint as ckpt_io
-    from .data import Split
+def plan_final(items: Sequence[Item], recipe_name: str, out: Path, root: Path,
+               threads: int | None = None) -> tuple[Any, Any]:
+    """The final fit's settings (the recipe's, fixed epochs) and its split (every patient
+    trains; every :data:`WATCH_EVERY`-th training cell is watched)."""
+    from .config import TrainConfig
+    from .dataset import Split
     from .recipes import apply_recipe, get_recipe
-    from .train import TrainConfig, train
 
     recipe = get_recipe(recipe_name)
     if recipe.selection != "last":
@@ -419,7 +455,20 @@ def fit_final(items: Sequence[Item], recipe_name: str, out: Path, root: Path,
                   f"{WATCH_EVERY}th training cell is watched, not an estimate)")
     cfg = TrainConfig(arch=recipe.arch, data=root, out=out,
                       resume=(out / "last.pt").exists(), threads=threads)
-    cfg = replace(apply_recipe(cfg, recipe_name), patience=0)
+    return replace(apply_recipe(cfg, recipe_name), patience=0), split
+
+
+def fit_final(items: Sequence[Item], recipe_name: str, out: Path, root: Path,
+              cv_report: Path | None = None, command: str = "",
+              threads: int | None = None) -> Path:
+    """Train ``recipe_name`` on every patient of ``items``; its ``last.pt`` carries the
+    provenance (patients, recipe, cross-validated figures) in ``ModelSpec.training``."""
+    from . import checkpoint as ckpt_io
+    from .recipes import get_recipe
+    from .train import train
+
+    recipe = get_recipe(recipe_name)
+    cfg, split = plan_final(items, recipe_name, out, root, threads)
     train(cfg, split=split)
     weights = ckpt_io.spec_of(ckpt_io.load(out / "last.pt")).training.get("weights")
     if not weights:  # a run begun before the spec carried its weights: its config.json says

@@ -24,7 +24,7 @@ from leukoedge.preprocess import cell_colour
 from leukoedge.session import SessionConfig, load_model
 from leukoedge.spec import ModelSpec
 
-from .data import load_images
+from .dataset import load_images
 
 #: what the shipped score combines, and how (docs/accuracy.md, "Drift": measured)
 COMPONENTS = ("colour", "features")

@@ -22,6 +22,8 @@ from torch import nn
 from leukoedge.errors import TrainingError, UsageError, first_line
 
 from . import lite0, pretrained
+from .defaults import DEFAULTS
+from .registry import pick
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -190,11 +192,24 @@ class ArchInfo:
 
     name: str
     build: Callable[..., nn.Module]
-    input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"
     description: str = ""
+    #: only for an architecture the defaults table (:mod:`.defaults`) lacks; the table's
+    #: architectures take their input size from it (one source)
+    input_size: int | None = None
+
+    @property
+    def default_input_size(self) -> int:
+        """The input size a model gets when none is asked for: the defaults table's."""
+        row = DEFAULTS.get(self.name)
+        if row is not None:
+            return row.input_size
+        if self.input_size is None:
+            raise UsageError(f"architecture {self.name!r} has no default input size",
+                             "give --input-size")
+        return self.input_size
 
 
 SCRATCH_HEADS = ("flatten", "gap")
@@ -224,11 +239,11 @@ def register(info: ArchInfo) -> None:
     _REGISTRY[info.name] = info
 
 
-register(ArchInfo("scratch", _build_scratch, 128, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0),
+register(ArchInfo("scratch", _build_scratch, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0),
                   description="the seed's 4-block CNN with batch norm"))
-register(ArchInfo("resnet50", _build_resnet50, 224, IMAGENET_MEAN, IMAGENET_STD,
+register(ArchInfo("resnet50", _build_resnet50, IMAGENET_MEAN, IMAGENET_STD,
                   description="torchvision ResNet50, one-logit head"))
-register(ArchInfo("lite0", lite0.build, 128, lite0.MEAN, lite0.STD,
+register(ArchInfo("lite0", lite0.build, lite0.MEAN, lite0.STD,
                   description="EfficientNet-Lite0 (ImageNet weights from "
                               f"{pretrained.PACKAGE}), one-logit head"))
 
@@ -238,18 +253,14 @@ def known() -> list[str]:
 
 
 def arch_info(name: str) -> ArchInfo:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UsageError(f"unknown architecture {name!r}",
-                         f"known: {', '.join(known())}") from None
+    return pick(_REGISTRY, name, "architecture")
 
 
 def create_model(name: str, input_size: int | None = None, **kwargs: Any) -> Normalize:
     """The wrapped model (uint8 NHWC in, logit out) for architecture ``name``."""
     info = arch_info(name)
     colour_norm = kwargs.pop("colour_norm", "none")
-    net = info.build(input_size or info.input_size, **kwargs)
+    net = info.build(input_size or info.default_input_size, **kwargs)
     return Normalize(net, info.mean, info.std, colour_norm)
 
 

@@ -48,7 +48,7 @@ from leukoedge.preprocess import decode_for
 from leukoedge.session import SessionConfig, cores, load_model
 from leukoedge.spec import ModelSpec
 
-from .data import load_images
+from .dataset import load_images
 
 K = 4.0  # ONNX may stray from float64 up to K times as far as PyTorch fp32 does
 FLOOR = 1e-5  # ... and always by FLOOR * (1 + |logit|)

@@ -3,8 +3,9 @@
 Two hooks, both light (no torch import here: ``leukoedge --help`` stays fast and works
 without the train extra):
 
-- ``register_commands(app)`` adds ``train``, ``export`` and ``parity``; each command imports
-  its torch-using module when it runs.
+- ``register_commands(app)`` adds ``train``, ``export``, ``parity`` and ``cv``
+  (:mod:`.commands`); each command imports its torch-using module when it runs, and
+  ``load_plugins`` wraps them in the CLI's error guard.
 - ``register_capabilities(register)`` names what the runtime may look up
   (:mod:`leukoedge.capabilities`) as ``module:attribute`` strings, imported on first lookup.
 """
@@ -28,7 +29,7 @@ def register_commands(app: typer.Typer) -> None:
 def register_capabilities(register: RegisterCapability) -> None:
     register("trainer", "leukoedge_train.capabilities:trainer")
     register("exporter", "leukoedge_train.capabilities:exporter")
-    register("torch_bench", "leukoedge_train.bench:torch_throughput")
+    register("torch_bench", "leukoedge_train.torch_bench:torch_throughput")
 
 
 class _FormerEntryPoint:

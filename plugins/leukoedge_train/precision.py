@@ -42,7 +42,7 @@ from leukoedge.errors import ExportError, LeukoedgeError, first_line
 from leukoedge.preprocess import decode_for
 from leukoedge.spec import SPEC_KEY, ModelSpec
 
-from .data import note_skipped
+from .dataset import note_skipped
 
 if TYPE_CHECKING:
     import onnx

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 from leukoedge.errors import UsageError
 
 from .defaults import DEFAULTS
+from .registry import pick
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from .config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -105,11 +106,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
 
 
 def get_recipe(name: str) -> Recipe:
-    try:
-        return RECIPES[name]
-    except KeyError:
-        raise UsageError(f"unknown recipe {name!r}",
-                         f"known: {', '.join(sorted(RECIPES))}") from None
+    return pick(RECIPES, name, "recipe")
 
 
 def apply_recipe(cfg: TrainConfig, name: str, screen: bool = False) -> TrainConfig:

@@ -1,11 +1,11 @@
 """Strip the exporter's source-location metadata from an ONNX graph (no torch needed).
 
 ``torch.onnx.export(dynamo=True)`` records, on every node, the Python stack that made it
-(``pkg.torch.onnx.stack_trace``: ``File "/home/.../cam.py", line 80``); the legacy exporter
-writes the same into a node's ``doc_string``. Both name the exporting machine's folders,
-and a shipped model must not. Only that metadata goes: the weights, the nodes, their
-attributes and the model's own metadata (the spec) are untouched, so the outputs are the
-same.
+(``pkg.torch.onnx.stack_trace``: ``File "<checkout>/plugins/.../cam.py", line 80``); the
+legacy exporter writes the same into a node's ``doc_string``. Both name the exporting
+machine's folders, and a shipped model must not. Only that metadata goes: the weights, the
+nodes, their attributes and the model's own metadata (the spec) are untouched, so the
+outputs are the same.
 
     from leukoedge_train.source_paths import strip_source_paths
     strip_source_paths("leukoedge/models/default.onnx")     # in place; returns the count

@@ -1,12 +1,14 @@
-"""The training loop: split, cache, stages, schedule, validation, checkpoints, curves.
+"""The training loop: a run's model, data and progress, one epoch, validation, checkpoints.
 
-One entry point, :func:`train`, driven by a :class:`TrainConfig`, in named steps (timm
-style): :func:`resolve_run` (settings, run folder, the checkpoint to resume),
+Its settings are :mod:`.config`'s, its stages, schedule and optimiser :mod:`.schedule`'s,
+its run files (history, curves, config.json, skipped.csv) :mod:`.run_files`'. One entry
+point, :func:`train`, driven by a :class:`TrainConfig`, in named steps (timm style):
+:func:`resolve_run` (settings, run folder, the checkpoint to resume),
 :func:`prepare_split`, :func:`build_model`, :func:`load_data`, :func:`build_optimisation`,
 :func:`restore_progress`, then :func:`run_epochs`: per epoch :func:`train_one_epoch`,
 :func:`validate` and :func:`save_checkpoint`, and at the end :func:`summary`. Settings
-left at ``None`` come from the table in :mod:`.defaults`. The run folder gets
-``best.pt`` and ``last.pt`` (see :mod:`.checkpoint`), ``history.csv``, ``curves.png`` and
+left at ``None`` come from the table in :mod:`.defaults`. The run folder gets ``best.pt``
+and ``last.pt`` (see :mod:`.checkpoint`), ``history.csv``, ``curves.png`` and
 ``config.json`` (settings, the split with its patients, environment).
 
 Determinism: the shuffling, augmentation and dropout of epoch ``e`` are seeded from
@@ -16,15 +18,10 @@ one would on the same machine (CPU).
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,135 +34,36 @@ from leukoedge.console import err, note
 from leukoedge.data import Item, fingerprint
 from leukoedge.errors import OutputExistsError, TrainingError, UsageError
 from leukoedge.evaluate import metrics as score
-from leukoedge.output import atomic_path, atomic_write_text, escape_path
 from leukoedge.session import cores
 from leukoedge.spec import ModelSpec
 
 from . import checkpoint as ckpt_io
 from . import pretrained
 from .checkpoint import Checkpoint
-from .data import Loaded, Split, augment, labels_of, load_images, make_split
-from .defaults import defaults_for
+from .config import TrainConfig, resumed_config
+from .dataset import Loaded, Split, augment, labels_of, load_images, make_split
 from .models import (
     ArchInfo,
     Normalize,
     arch_info,
     create_model,
-    head_prefixes,
     load_backbone_weights,
     set_trainable,
-    trainable_prefixes,
+)
+from .run_files import RunFiles, Skipped, default_run_dir, utc_now
+from .schedule import (
+    Optimisation,
+    Stage,
+    build_optimisation,
+    lr_at,
+    stages_of,
+    steps_in_epoch,
+    training_loss,
 )
 
 if TYPE_CHECKING:
     import rich.progress
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc",
-                   "val_weighted_f1", "lr", "seconds")
-SCHEDULES = ("cosine", "constant")
-DEVICES = ("auto", "cpu", "cuda")
-#: Settings a resumed run may change; every other setting comes from the checkpoint.
-RESUMABLE = ("epochs", "patience", "device", "threads", "workers", "amp")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on. ``None`` means "the architecture's default"."""
-
-    arch: str
-    data: Path
-    out: Path | None = None
-    resume: bool = False
-    input_size: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    finetune_lr: float | None = None
-    weight_decay: float | None = None
-    schedule: str | None = None
-    warmup_epochs: float | None = None
-    augment: bool | None = None
-    batchnorm: bool | None = None
-    dropout: float | None = None
-    class_weights: bool | None = None
-    val: Path | None = None
-    val_fold: str | None = None
-    val_fraction: float | None = None
-    split_by_image: bool = False
-    seed: int | None = None
-    patience: int | None = None
-    device: str | None = None
-    amp: bool | None = None
-    weights: str | None = None
-    head_epochs: int | None = None
-    unfreeze: str | None = None
-    workers: int | None = None
-    threads: int | None = None
-    crop_fraction: float | None = None
-    width: float | None = None
-    head: str | None = None
-    colour_norm: str | None = None
-    stain_jitter: float | None = None
-    gamma_jitter: float | None = None
-    patient_balance: float | None = None
-
-    def resolved(self) -> TrainConfig:
-        """A copy with every ``None`` replaced by the architecture's default (the table in
-        :mod:`.defaults`)."""
-        row = defaults_for(self.arch, arch_info(self.arch).input_size)
-        c = TrainConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
-        for k, v in row.settings().items():
-            if getattr(c, k) is None:
-                setattr(c, k, v)
-        assert c.lr is not None
-        pretrained = c.weights != "none"
-        if c.head_epochs is None:
-            c.head_epochs = row.head_epochs_pretrained if pretrained else 0
-        if c.unfreeze is None:
-            c.unfreeze = row.unfreeze_pretrained if pretrained else "all"
-        if c.finetune_lr is None:
-            c.finetune_lr = c.lr / row.finetune_lr_divisor if c.head_epochs else c.lr
-        c.validate()
-        return c
-
-    def validate(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"--schedule {self.schedule!r} is unknown",
-                             f"choose {' or '.join(SCHEDULES)}")
-        if self.device not in DEVICES:
-            raise UsageError(f"--device {self.device!r} is unknown",
-                             f"choose one of {', '.join(DEVICES)}")
-        if self.arch not in ("resnet50", "lite0") and (self.head_epochs
-                                                       or self.unfreeze != "all"):
-            raise UsageError("--head-epochs and --unfreeze are for resnet50 and lite0")
-        if self.arch != "scratch" and (self.width != 1.0 or self.head != "flatten"):
-            raise UsageError("--width and --head are for scratch")
-        if not 0.05 <= (self.crop_fraction or 1.0) <= 1.0:
-            raise UsageError(f"--crop must be in 0.05..1, got {self.crop_fraction}")
-        assert self.epochs is not None and self.head_epochs is not None
-        if self.head_epochs >= self.epochs and self.unfreeze != "all" and self.head_epochs:
-            note(f"--head-epochs {self.head_epochs} >= --epochs {self.epochs}: "
-                 "only the head is trained")
-        if not 0.0 <= (self.dropout or 0.0) < 1.0:
-            raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 <= (self.patient_balance or 0.0) <= 1.0:
-            raise UsageError(f"--patient-balance must be in 0..1, got {self.patient_balance}")
-
-    def to_json_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, Path):
-                d[k] = str(v)
-        return d
-
-    @classmethod
-    def from_json_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        for k in ("data", "out", "val"):
-            if kw.get(k) is not None:
-                kw[k] = Path(kw[k])
-        return cls(**kw)
 
 
 @dataclass
@@ -190,91 +88,6 @@ def pick_device(want: str) -> torch.device:
     return torch.device("cuda")
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 1% of ``peak``."""
-    if schedule == "constant":
-        return peak
-    if warmup > 0 and step < warmup:
-        return peak * (step + 1) / warmup
-    span = max(1, total - warmup)
-    t = min(1.0, (step - warmup) / span)
-    return peak * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
-
-
-@dataclass
-class Stage:
-    name: str
-    first: int  # first epoch (1-based) of this stage
-    last: int
-    prefixes: tuple[str, ...] | None  # trainable backbone modules; None = all
-    lr: float
-
-
-def stages_of(c: TrainConfig) -> list[Stage]:
-    assert c.epochs is not None and c.head_epochs is not None and c.unfreeze is not None
-    assert c.lr is not None and c.finetune_lr is not None
-    out = []
-    if c.head_epochs:
-        out.append(Stage("head", 1, min(c.head_epochs, c.epochs), head_prefixes(c.arch), c.lr))
-    if c.epochs > c.head_epochs:
-        lr = c.finetune_lr if c.head_epochs else c.lr
-        out.append(Stage("finetune" if c.head_epochs else "train", c.head_epochs + 1, c.epochs,
-                         trainable_prefixes(c.arch, c.unfreeze), lr))
-    return out
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-
-def default_run_dir(arch: str) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return ckpt_io.RUNS / f"{arch}-{stamp}"
-
-
-def write_history(history: list[dict[str, float]], path: Path) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(HISTORY_COLUMNS)
-    for row in history:
-        w.writerow([int(row["epoch"])] + [f"{row[k]:.6g}" for k in HISTORY_COLUMNS[1:]])
-    atomic_write_text(path, buf.getvalue())
-
-
-_plot_warned = False
-
-
-def plot_curves(history: list[dict[str, float]], path: Path) -> None:
-    """Loss, and accuracy / weighted F1, per epoch, train vs validation (matplotlib Agg)."""
-    global _plot_warned
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        if not _plot_warned:
-            note("matplotlib is not installed: no curves.png (pip install matplotlib)")
-            _plot_warned = True
-        return
-    ep = [r["epoch"] for r in history]
-    fig = Figure(figsize=(10, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    a, b = fig.subplots(1, 2)
-    a.plot(ep, [r["train_loss"] for r in history], "o-", label="train")
-    a.plot(ep, [r["val_loss"] for r in history], "o-", label="validation")
-    a.set_xlabel("epoch")
-    a.set_ylabel("BCE loss")
-    a.legend()
-    b.plot(ep, [r["train_acc"] for r in history], "o-", label="train accuracy")
-    b.plot(ep, [r["val_acc"] for r in history], "o-", label="validation accuracy")
-    b.plot(ep, [r["val_weighted_f1"] for r in history], "s--", label="validation weighted F1")
-    b.set_xlabel("epoch")
-    b.set_ylim(0, 1.02)
-    b.legend(loc="lower right")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-
-
 def _progress(label: str) -> rich.progress.Progress:
     """The training bar of one epoch (on a terminal only; gone when the epoch ends)."""
     from rich.progress import (
@@ -292,8 +105,6 @@ def _progress(label: str) -> rich.progress.Progress:
 
 # -- the run: its settings, model, data and optimisation ---------------------------------
 
-#: A file left out of training: the side (train or val), the item, why.
-Skipped = tuple[str, Item, str]
 
 
 @dataclass
@@ -306,18 +117,6 @@ class Cells:
     x_val: torch.Tensor
     y_val: torch.Tensor
     w_train: torch.Tensor | None = None
-
-
-@dataclass
-class Optimisation:
-    """The loss, the optimiser and mixed precision of a run."""
-
-    criterion: nn.BCEWithLogitsLoss
-    pos_weight: float
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    use_amp: bool
-    amp_dtype: torch.dtype
 
 
 @dataclass
@@ -396,26 +195,7 @@ def resolve_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, Checkpoint | None]
     if cfg.out is None:
         raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
     state = ckpt_io.load(run_dir / "last.pt")
-    return _resumed_config(cfg, run_dir, state), run_dir, state
-
-
-def _resumed_config(cfg: TrainConfig, run_dir: Path, state: Checkpoint) -> TrainConfig:
-    """The run's own settings from its checkpoint, with the :data:`RESUMABLE` ones given
-    on the command line; a note names the other settings given, which are ignored."""
-    saved = TrainConfig.from_json_dict(state["config"])
-    given = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
-    ignored = [k for k, v in given.items() if v is not None and v is not False
-               and k not in RESUMABLE + ("arch", "data", "out", "resume")
-               and v != getattr(saved, k)]
-    if ignored:
-        note(f"--resume uses the run's own settings; ignoring {', '.join(ignored)}")
-    if cfg.arch != saved.arch:
-        raise UsageError(f"{run_dir} is a {saved.arch} run, not {cfg.arch}")
-    for k in RESUMABLE:
-        if given[k] is not None:
-            setattr(saved, k, given[k])
-    saved.data, saved.out, saved.resume = cfg.data, cfg.out, True
-    return saved.resolved()
+    return resumed_config(cfg, run_dir, state["config"]), run_dir, state
 
 
 def prepare_split(c: TrainConfig, split: Split | None, run_dir: Path,
@@ -424,7 +204,7 @@ def prepare_split(c: TrainConfig, split: Split | None, run_dir: Path,
     which a resumed run must share with its checkpoint."""
     assert c.seed is not None
     if split is None:
-        split = make_split(c.data, c.val, c.val_fold, c.val_fraction or 0.2, c.seed,
+        split = make_split(c.data, c.val, c.val_fold, c.setting("val_fraction"), c.seed,
                            c.split_by_image)
     for n in split.notes:
         note(n)
@@ -538,23 +318,6 @@ def patient_weights(items: Sequence[Item], alpha: float) -> torch.Tensor | None:
     return torch.from_numpy(w.astype(np.float32))
 
 
-def build_optimisation(c: TrainConfig, model: nn.Module, y_train: torch.Tensor,
-                       device: torch.device) -> Optimisation:
-    """Class-weighted BCE (``pos_weight`` = HEM/ALL), AdamW, and autocast + GradScaler
-    when mixed precision runs (CUDA only; bf16 where supported, else fp16)."""
-    n_pos = float(y_train.sum())
-    n_neg = float(len(y_train) - n_pos)
-    pos_weight = torch.tensor([n_neg / n_pos if c.class_weights and n_pos else 1.0],
-                              device=device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr or 1e-3,
-                                  weight_decay=c.weight_decay or 0.0)
-    use_amp = bool(c.amp) and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    return Optimisation(nn.BCEWithLogitsLoss(pos_weight=pos_weight),
-                        float(pos_weight.item()), optimizer, scaler, use_amp, amp_dtype)
-
-
 def restore_progress(state: Checkpoint | None, opt: Optimisation, run_dir: Path) -> Progress:
     """A new run's empty progress, or a resumed run's, with its optimiser state back."""
     if state is None:
@@ -571,18 +334,10 @@ def restore_progress(state: Checkpoint | None, opt: Optimisation, run_dir: Path)
     return progress
 
 
-def steps_in_epoch(images: int, batch_size: int) -> int:
-    """Optimiser steps per epoch: a last batch of one is dropped (see :func:`train_one_epoch`)."""
-    return max(1, images // batch_size + (1 if images % batch_size > 1 else 0))
-
-
-def write_run_files(run: Run, weights_source: str, skipped: list[Skipped],
-                    resumed: bool) -> None:
-    """``config.json`` (a new run's, or a resumed run's that lacks one) and
-    ``skipped.csv``."""
+def config_document(run: Run, weights_source: str, skipped: list[Skipped]) -> dict[str, Any]:
+    """What ``config.json`` records: settings, split, environment."""
     c = run.cfg
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    config_doc = {
+    return {
         "config": c.to_json_dict(), "split": run.split.describe(), "weights": weights_source,
         "pos_weight": run.opt.pos_weight, "device": str(run.device), "amp": run.opt.use_amp,
         "torch": torch.__version__, "leukoedge": __version__,
@@ -590,23 +345,9 @@ def write_run_files(run: Run, weights_source: str, skipped: list[Skipped],
         "skipped_images": len(skipped), "interpolation": run.info.interpolation,
         "mean": list(run.info.mean), "std": list(run.info.std),
     }
-    if not resumed or not (run.run_dir / "config.json").exists():
-        atomic_write_text(run.run_dir / "config.json", json.dumps(config_doc, indent=2) + "\n")
-    if skipped:
-        _write_skipped(skipped, run.run_dir / "skipped.csv")
 
 
 # -- one epoch -----------------------------------------------------------------------------
-
-def training_loss(opt: Optimisation, logits: torch.Tensor, y: torch.Tensor,
-                  w: torch.Tensor | None = None) -> torch.Tensor:
-    """The run's class-weighted BCE, each cell's term times its weight in ``w`` (if given)
-    before the mean: with ``w`` None it is ``opt.criterion`` exactly."""
-    bce = nn.functional.binary_cross_entropy_with_logits
-    if w is None:
-        return bce(logits, y, pos_weight=opt.criterion.pos_weight)
-    return (bce(logits, y, pos_weight=opt.criterion.pos_weight, reduction="none") * w).mean()
-
 
 def train_step(run: Run, xb: torch.Tensor, yb: torch.Tensor, lr: float,
                epoch: int, wb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -773,11 +514,13 @@ def train(cfg: TrainConfig, on_epoch: Callable[[dict[str, float]], None] | None 
     run = Run(c, run_dir, device, info, split, fp, model, arch_kwargs, cells, opt,
               stages_of(c), steps_in_epoch(len(cells.x_train), c.batch_size),
               weights_record(c, state, weights_source))
-    write_run_files(run, weights_source, skipped, resumed=state is not None)
-    return run_epochs(run, progress, on_epoch)
+    files = RunFiles(run_dir)
+    files.write_config(config_document(run, weights_source, skipped), resumed=state is not None)
+    files.write_skipped(skipped)
+    return run_epochs(run, progress, files, on_epoch)
 
 
-def run_epochs(run: Run, progress: Progress,
+def run_epochs(run: Run, progress: Progress, files: RunFiles,
                on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """The epochs left, each followed by its checkpoint, history, curves and note; stops
     early after ``patience`` epochs without a better validation weighted F1."""
@@ -792,8 +535,7 @@ def run_epochs(run: Run, progress: Progress,
         row, stage = run_epoch(run, epoch)
         improved = progress.record(row)
         save_checkpoint(run, progress, improved)
-        write_history(progress.history, run.run_dir / "history.csv")
-        plot_curves(progress.history, run.run_dir / "curves.png")
+        files.epoch_done(progress.history)
         note_epoch(run, stage, row, improved)
         if on_epoch is not None:
             on_epoch(row)
@@ -811,15 +553,6 @@ def _report_skipped(skipped: list[Skipped]) -> None:
         note(f"  {side}: {why}")
     if len(skipped) > shown:
         note(f"  ... and {len(skipped) - shown} more")
-
-
-def _write_skipped(skipped: list[Skipped], path: Path) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["side", "path", "reason"])
-    for side, it, why in skipped:
-        w.writerow([side, escape_path(it.path), why])
-    atomic_write_text(path, buf.getvalue())
 
 
 def _load(split: Split, size: int, interpolation: str, workers: int | None,

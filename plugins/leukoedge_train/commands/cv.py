@@ -1,8 +1,7 @@
-"""``leukoedge cv folds|run|final|report``: cross-validation by patient (see :mod:`.cv`)."""
+"""``leukoedge cv folds|run|final|report``: cross-validation by patient (see :mod:`..cv`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +26,7 @@ def folds(
     """Assign every patient to one fold (stratified by class, balanced by patients)."""
     from leukoedge.console import out as stdout
 
-    from . import cv
+    from .. import cv
 
     items = cv.labelled_items(data)
     assignment = cv.assign_folds(items, k)
@@ -59,10 +58,9 @@ def run(
 
     require_torch("cv run")
     from leukoedge.console import note
-    from leukoedge.output import atomic_write_text
 
-    from . import cv
-    from .recipes import get_recipe
+    from .. import cv
+    from ..recipes import get_recipe
 
     r = get_recipe(recipe)
     items = cv.labelled_items(data)
@@ -70,19 +68,7 @@ def run(
     k = max(assignment.values()) + 1
     wanted = list(range(k)) if only is None else _parse_only(only, k)
     root = cv.common_root(data)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"recipe": r.name, "recipe_spec": r.to_json_dict(), "screen": screen,
-            "folds_file": cv.recorded_path(folds_file),
-            "data": [cv.recorded_path(d) for d in data],
-            "folds": cv.describe_folds(items, assignment)}
-    meta_path = out / "cv.json"
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        if old.get("recipe") != r.name or old.get("screen") != screen:
-            raise UsageError(f"{out} holds a run of recipe {old.get('recipe')} "
-                             f"(screen={old.get('screen')})", "choose another --out")
-    else:
-        atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    cv.begin_run(out, r, screen, folds_file, data, cv.describe_folds(items, assignment))
     for f in wanted:
         note(f"cv {r.name}{' (screen)' if screen else ''}: fold {f} of {k}")
         res = cv.run_fold(items, assignment, f, recipe, out, root, screen, threads)
@@ -110,7 +96,7 @@ def final(
     require_torch("cv final")
     from leukoedge.console import out as stdout
 
-    from . import cv
+    from .. import cv
 
     if cv_report is not None and not cv_report.is_file():
         raise UsageError(f"--cv-report {cv_report}: file not found",
@@ -133,7 +119,7 @@ def report(
     """Pooled, per-fold and per-patient figures of the out-of-fold predictions."""
     from leukoedge.console import out as stdout
 
-    from . import cv
+    from .. import cv
 
     cv.write_report(out)
     stdout.print((out / "report.md").read_text(), markup=False)
@@ -149,12 +135,3 @@ def _parse_only(text: str, k: int) -> list[int]:
     if bad or not got:
         raise UsageError(f"--only {text!r}: folds are 0..{k - 1}")
     return got
-
-
-def register(parent: typer.Typer) -> None:
-    from leukoedge.cli import guarded
-
-    for cmd in app.registered_commands:
-        if cmd.callback is not None:
-            cmd.callback = guarded(cmd.callback)
-    parent.add_typer(app, name="cv")

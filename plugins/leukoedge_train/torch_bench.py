@@ -21,7 +21,7 @@ from leukoedge.session import cores
 from leukoedge.spec import ModelSpec
 
 from . import checkpoint as ckpt_io
-from .data import note_skipped
+from .dataset import note_skipped
 
 
 def _batch(spec: ModelSpec, files: Sequence[Path], n: int) -> np.ndarray:

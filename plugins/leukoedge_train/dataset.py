@@ -21,6 +21,8 @@ from leukoedge.data import Item, collect, fold_of, split_by_patient
 from leukoedge.errors import DataError, UsageError
 from leukoedge.preprocess import decode_batch
 
+from .labels import labelled
+
 
 @dataclass
 class Split:
@@ -55,17 +57,6 @@ class Split:
             "val_all": count(self.val, 1), "val_hem": count(self.val, 0),
             "train_patients": patients(self.train), "val_patients": patients(self.val),
         }
-
-
-def labelled(items: list[Item], where: str) -> list[Item]:
-    out = [it for it in items if it.label is not None]
-    if not out:
-        raise DataError(f"{where}: no image has a label",
-                        "put images under all/ and hem/ folders or name them *_all / *_hem")
-    classes = {it.label for it in out}
-    if len(classes) < 2:
-        raise DataError(f"{where}: only one class present; training needs ALL and HEM")
-    return out
 
 
 def make_split(data: Path, val: Path | None = None, val_fold: str | None = None,
