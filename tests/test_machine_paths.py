@@ -19,9 +19,8 @@ HOME = re.compile(rb"/home/[A-Za-z0-9_.-]+/|/Users/[A-Za-z0-9_.-]+/|(?<![A-Za-z0
 SKIP_SUFFIXES = {".bmp", ".png", ".jpg", ".jpeg", ".gif", ".ico", ".webp"}
 #: tracked files known to hold a path, each with the reason; every entry must still hold
 #: one (test_pending_files_still_hold_a_path), so an entry cannot outlive its reason.
-#: The shipped model is being replaced; strip the new one with
-#: ``python scripts/strip_source_paths.py leukoedge/models/default.onnx`` and delete this.
-PENDING = {"leukoedge/models/default.onnx": "exported before export stripped source paths"}
+#: (The shipped model was stripped in place with scripts/strip_source_paths.py.)
+PENDING: dict[str, str] = {}
 
 
 def tracked_files(root: Path) -> list[str]:
