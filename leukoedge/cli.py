@@ -20,6 +20,9 @@ import typer
 
 from .errors import EXIT_SIGINT, EXIT_USAGE, Interrupted, LeukoedgeError
 
+#: the attribute :func:`guarded` sets on its wrapper (load_plugins wraps what lacks it)
+GUARDED = "leukoedge_guarded"
+
 app = typer.Typer(
     name="leukoedge",
     help="ALL vs HEM classification of segmented B-lymphoid cells: train (plugin), export "
@@ -54,7 +57,7 @@ def guarded(fn: Callable[..., int | None]) -> Callable[..., None]:
         if code:
             raise typer.Exit(code)
 
-    wrapper.leukoedge_guarded = True  # type: ignore[attr-defined]
+    setattr(wrapper, GUARDED, True)  # noqa: B010 (a marker load_plugins looks for)
     return wrapper
 
 

@@ -82,10 +82,10 @@ def _load(ep: Any) -> tuple[PluginInfo, Any]:
 def _guard_commands(group: Any, commands_before: int = 0, groups_before: int = 0) -> None:
     """Wrap the commands (and sub-groups' commands) a plugin added to ``group`` after the
     first ``commands_before`` / ``groups_before`` in the CLI's error guard (once each)."""
-    from .cli import guarded
+    from .cli import GUARDED, guarded
 
     for cmd in group.registered_commands[commands_before:]:
-        if cmd.callback is not None and not getattr(cmd.callback, "leukoedge_guarded", False):
+        if cmd.callback is not None and not getattr(cmd.callback, GUARDED, False):
             cmd.callback = guarded(cmd.callback)
     for sub in group.registered_groups[groups_before:]:
         if sub.typer_instance is not None:
