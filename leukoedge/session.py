@@ -156,6 +156,9 @@ class SessionConfig:
     #: f32, or bf16 (``--provider openvino`` on a CPU with bf16, after a passed gate)
     precision: str = "f32"
     bf16_gate: bool = True  # False: only the gate check itself compiles an unchecked bf16
+    #: False: onnxruntime's idle intra-op threads sleep instead of spinning (``serve``: they
+    #: share the cores with the event loop and the decoding threads)
+    spin: bool = True
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDER_CHOICES and not self.provider.startswith("openvino:"):
@@ -463,6 +466,8 @@ def session_options(ort: ModuleType, cfg: SessionConfig) -> Any:
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.threads or cores()
     so.inter_op_num_threads = 1
+    if not cfg.spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = {
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,

@@ -484,3 +484,21 @@ def test_the_page_takes_the_row_columns_from_the_server(client: TestClient) -> N
           "app.js").read_text(encoding="utf-8")
     assert '"prob_all", "label"' not in js and "prob_all: 6" not in js
     assert "state.rows.columns" in js
+
+
+def test_serve_leaves_a_core_and_does_not_spin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve's inference threads default to the cores but one (the event loop and the
+    decoders need one), and its onnxruntime threads sleep instead of spinning when idle;
+    classify keeps spinning, and an explicit --threads is used as given."""
+    import onnxruntime as ort
+
+    from leukoedge import session
+    from leukoedge.commands import serve as serve_cmd
+    from leukoedge.session import SessionConfig, session_options
+
+    for present, want in ((1, 1), (2, 1), (16, 15)):
+        monkeypatch.setattr(session, "cores", lambda n=present: n)
+        assert serve_cmd.serve_threads() == want
+    key = "session.intra_op.allow_spinning"
+    assert session_options(ort, SessionConfig(spin=False)).get_session_config_entry(key) == "0"
+    assert SessionConfig().spin  # classify and the other commands: onnxruntime's default

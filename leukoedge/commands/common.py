@@ -21,12 +21,13 @@ if TYPE_CHECKING:  # session imports numpy: loaded when a command runs, not for 
 
 
 def open_model(model: Path | None, provider: str, threads: int | None,
-               threshold: float | None = None, precision: str = "f32") -> Model:
+               threshold: float | None = None, precision: str = "f32",
+               spin: bool = True) -> Model:
     from ..session import SessionConfig, load_model
 
     path = model if model is not None else choose_model()
     m = load_model(path, SessionConfig(provider=provider, threads=threads,
-                                       precision=precision))
+                                       precision=precision, spin=spin))
     for n in m.notes:
         note(n)
     if threshold is not None:

@@ -11,8 +11,23 @@ import typer
 from ..console import escape, note
 from ..errors import EXIT_OK
 from .common import open_model
-from .options import MinCellsOpt, ModelOpt, ProviderOpt, ThreadsOpt, WorkersOpt
+from .options import MinCellsOpt, ModelOpt, ProviderOpt, WorkersOpt
 from .options import PrecisionOpt  # noqa: I001
+
+ServeThreadsOpt = Annotated[int | None, typer.Option(
+    "--threads", help="Inference threads (default: the cores present but one, left "
+    "to the event loop and the decoding threads).", show_default=False)]
+
+
+def serve_threads() -> int:
+    """The default inference threads of ``serve``: the cores present but one (at least
+    one). The server's event loop (HTTP, multipart) and decoding threads need a core too;
+    with all of them given to onnxruntime, a light model's throughput fell by a quarter
+    (docs/serve.md, "Measured")."""
+    from ..session import cores
+
+    return max(1, cores() - 1)
+
 
 def serve(
     model: ModelOpt = None,
@@ -38,7 +53,7 @@ def serve(
     max_concurrent: Annotated[int, typer.Option(
         "--max-concurrent", min=1, max=100_000,
         help="Most classification requests in flight; more get 429.")] = 64,
-    threads: ThreadsOpt = None,
+    threads: ServeThreadsOpt = None,
     workers: WorkersOpt = None,
     min_cells: MinCellsOpt = None,
 ) -> int:
@@ -58,7 +73,11 @@ def serve(
     from ..serve.app import Limits, Settings, create_app
     from ..serve.server import bind, run
 
-    m = open_model(model, provider, threads, precision=precision)
+    # onnxruntime's threads do not spin while idle: they would take the cores from the
+    # event loop and the decoders between batches
+    m = open_model(model, provider,
+                   serve_threads() if threads is None else threads, precision=precision,
+                   spin=False)
     sock = bind(host, port)
     bound_port = sock.getsockname()[1]
     settings = Settings(
