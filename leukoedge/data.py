@@ -219,6 +219,15 @@ def collect(
     return items
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (model files, weights files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def fingerprint(items: Iterable[Item], root: Path | None = None) -> str:
     """sha256 of the sorted (relative path, label) list: names the training data."""
     h = hashlib.sha256()

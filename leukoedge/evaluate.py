@@ -730,7 +730,8 @@ def scoring_context(predictions: Path, model: Path | None, threshold: float | No
     from .drift import from_spec as drift_of
     from .patient import DEFAULT_RULE, PatientView
     from .patient import from_spec as rule_of
-    from .provenance import file_sha256, meta_path, read_meta
+    from .data import file_sha256
+    from .provenance import meta_path, read_meta
     from .spec import ModelSpec
 
     meta = read_meta(predictions)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, TypedDict
 
+from .data import file_sha256
 from .errors import ModelError, SpecError, first_line
 from .session import read_spec_from_metadata
 from .spec import ModelSpec
@@ -21,17 +21,25 @@ def _dims(t: Any) -> list[int | str]:
     return out
 
 
-def describe_model(path: Path) -> dict[str, Any]:
-    """Read the ONNX file (without running it) and return a JSON-able description."""
+def load_onnx(path: Path) -> Any:
+    """The ONNX file's ``ModelProto`` (weights inline; external data not loaded); one
+    :class:`ModelError` line when it is missing or not ONNX."""
     import onnx
     from google.protobuf.message import DecodeError
 
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except (DecodeError, OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{path}: not an ONNX model ({first_line(exc)})") from exc
+
+
+def describe_model(path: Path) -> dict[str, Any]:
+    """Read the ONNX file (without running it) and return a JSON-able description."""
+    import onnx
+
+    proto = load_onnx(path)
     if not proto.graph.input:
         raise ModelError(f"{path}: not an ONNX model (empty graph)")
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -48,14 +56,10 @@ def describe_model(path: Path) -> dict[str, Any]:
             return f"unknown({code})"
 
     initialisers = {i.name for i in proto.graph.initializer}
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
     return {
         "path": str(path),
         "size_bytes": path.stat().st_size,
-        "sha256": h.hexdigest(),
+        "sha256": file_sha256(path),
         "ir_version": proto.ir_version,
         "opsets": {(o.domain or "ai.onnx"): o.version for o in proto.opset_import},
         "producer": f"{proto.producer_name} {proto.producer_version}".strip(),

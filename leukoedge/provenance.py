@@ -10,7 +10,6 @@ threshold.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .data import file_sha256
 from .errors import DataError, SpecError, first_line
 from .output import atomic_write_text, escape_path
 from .patient import PatientRule, from_spec, parse
@@ -33,14 +33,6 @@ MAX_BYTES = 256 * 1024
 def meta_path(predictions: Path) -> Path:
     """``predictions.csv`` -> ``predictions.csv.meta.json``."""
     return predictions.with_name(predictions.name + SUFFIX)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

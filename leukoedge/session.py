@@ -429,7 +429,8 @@ def _load_openvino(p: Path, cfg: SessionConfig) -> Model:
 def _check_bf16_gate(ov: ModuleType, p: Path) -> None:
     """A :class:`ProviderError` unless the gate store holds a passed bf16 check for this
     file, this OpenVINO version and this CPU's bf16 instruction set."""
-    from .bf16_gate import file_sha256, gate_problem, read_store, store_path
+    from .bf16_gate import gate_problem, read_store, store_path
+    from .data import file_sha256
     from .ov_session import cpu_bf16_isa, ov_version
 
     problem = gate_problem(read_store(store_path()), p, file_sha256(p), ov_version(ov),

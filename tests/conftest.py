@@ -30,6 +30,16 @@ from browser import browser  # noqa: E402,F401  (the one headless-browser fixtur
 from onnx_models import mean_brightness_model, save  # noqa: E402
 
 REPO = HERE.parent
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    """``leukoedge ARGS`` in this process: exit code, stdout, stderr."""
+    import leukoedge.cli as cli
+
+    capsys.readouterr()
+    code = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 SHARED_DATA = REPO.parent / "shared" / "data"
 SHARED_CELLS = SHARED_DATA / "cnmc-sample"
 ATTRIBUTION = (

@@ -24,17 +24,10 @@ import torch  # noqa: E402
 import leukoedge.cli as cli  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import SHARED_CELLS  # noqa: E402
+from conftest import SHARED_CELLS, run_cli  # noqa: E402
 from train_data import write_dataset  # noqa: E402
 
 pytestmark = pytest.mark.train
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def one_line_error(err: str) -> str:

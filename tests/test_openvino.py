@@ -16,7 +16,7 @@ from click.testing import Result
 from conftest import missing, real_data
 from typer.testing import CliRunner
 
-from leukoedge import bf16_gate, ov_session
+from leukoedge import bf16_gate, data, ov_session
 from leukoedge.bf16_gate import GateRecord, gate_problem, judge
 from leukoedge.cli import assemble
 from leukoedge.errors import EXIT_CANNOT_RUN, EXIT_USAGE, ProviderError, UsageError
@@ -134,7 +134,7 @@ def test_bf16_with_a_passed_gate_for_this_file_and_cpu_loads(
     monkeypatch.setattr(ov_session, "bf16_problem", lambda ov: None)
     monkeypatch.setattr(ov_session, "cpu_bf16_isa", lambda flags=None: "amx_bf16")
     version = ov_session.ov_version(ov)
-    sha = bf16_gate.file_sha256(model)
+    sha = data.file_sha256(model)
     cfg = SessionConfig(provider="openvino", precision="bf16")
     bf16_gate.write_record(store, rec(model_sha256=sha, openvino_version=version,
                                       cpu_isa="avx512_bf16"))

@@ -25,7 +25,7 @@ import leukoedge.cli as cli  # noqa: E402
 import leukoedge.plugins as plugins_mod  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import SHARED_CELLS  # noqa: E402
+from conftest import SHARED_CELLS, run_cli  # noqa: E402
 from train_data import write_dataset  # noqa: E402
 
 pytestmark = pytest.mark.train
@@ -33,13 +33,6 @@ pytestmark = pytest.mark.train
 REAL = SHARED_CELLS  # optional extra data where a test can do without it (--data)
 #: The test needs the real cells: it fails under CI without them and skips elsewhere.
 needs_real = pytest.mark.usefixtures("shared_cells")
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = cli.main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def history(run: Path) -> list[dict[str, str]]:

@@ -470,7 +470,9 @@ def fit_final(items: Sequence[Item], recipe_name: str, out: Path, root: Path,
     recipe = get_recipe(recipe_name)
     cfg, split = plan_final(items, recipe_name, out, root, threads)
     train(cfg, split=split)
-    weights = ckpt_io.spec_of(ckpt_io.load(out / "last.pt")).training.get("weights")
+    last = out / "last.pt"
+    state = ckpt_io.load(last)
+    weights = ckpt_io.spec_of(state).training.get("weights")
     if not weights:  # a run begun before the spec carried its weights: its config.json says
         from .pretrained import record
 
@@ -492,12 +494,9 @@ def fit_final(items: Sequence[Item], recipe_name: str, out: Path, root: Path,
                       for r in rep["folds"]],
             "mean_patient_accuracy": rep["mean_patient_accuracy"],
         }
-    if weights:
-        training["weights"] = weights
+    training["weights"] = weights  # never empty: record() always says its source
     if command:
         training["command"] = command
-    last = out / "last.pt"
-    state = ckpt_io.load(last)
     spec = replace(ckpt_io.spec_of(state), training=training)
     state["spec"] = spec.to_json()
     ckpt_io.save(state, last)

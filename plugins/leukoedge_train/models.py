@@ -384,7 +384,7 @@ def _load_lite0(model: Normalize, weights: str) -> str:
                   f"{path.name}, sha256 {digest})")
     else:
         path = _user_file(weights)
-        source = f"{weights} (sha256 {pretrained.sha256_of(path)})"
+        source = f"{weights} (sha256 {pretrained.file_sha256(path)})"
     state = _unwrap_state(_load_state_file(path))
     own = model.net.state_dict()
     state = pretrained.check_keys(own, state, str(weights if weights != "imagenet" else path))

@@ -415,18 +415,10 @@ def reference(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
 
 def file_spec(onnx_path: Path) -> ModelSpec:
     """The spec inside the ONNX file (read without running it)."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    from leukoedge.errors import ModelError, first_line
+    from leukoedge.inspect_model import load_onnx
     from leukoedge.session import read_spec_from_metadata
 
-    if not onnx_path.is_file():
-        raise ModelError(f"{onnx_path}: model file not found")
-    try:
-        proto = onnx.load(str(onnx_path), load_external_data=False)
-    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelError(f"{onnx_path}: not an ONNX model ({first_line(exc)})") from exc
+    proto = load_onnx(onnx_path)
     return read_spec_from_metadata({p.key: p.value for p in proto.metadata_props},
                                    str(onnx_path))
 

