@@ -102,6 +102,11 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            "lite0 at 160 px", {"input_size": 160, "crop_fraction": 1.0, "epochs": 6,
                                "patience": 0, "weights": "imagenet", "dropout": 0.2,
                                "head_epochs": 0, "unfreeze": "all"}),
+    Recipe("lite0-random", "lite0",
+           "lite0 from random weights: the control for what ImageNet pretraining adds "
+           "(not a shipping candidate)",
+           {"input_size": 128, "crop_fraction": 1.0, "epochs": 6, "patience": 0,
+            "weights": "none", "dropout": 0.2, "head_epochs": 0, "unfreeze": "all"}),
 )}
 
 
