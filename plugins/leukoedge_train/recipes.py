@@ -46,6 +46,11 @@ _SCRATCH = DEFAULTS["scratch"]
 #: epochs); screening runs on 3 of the folds.
 SCREEN = {"input_size": 64, "epochs": 10}
 
+#: the ``lite0`` recipe; issue #27's other candidates each change one of its settings
+_LITE0: dict[str, Any] = {"input_size": 128, "crop_fraction": 1.0, "epochs": 6, "patience": 0,
+                          "weights": "imagenet", "dropout": 0.2, "head_epochs": 0,
+                          "unfreeze": "all"}
+
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("baseline", "scratch",
            f"today's train scratch defaults: {_SCRATCH.input_size} px, {_SCRATCH.epochs} "
@@ -90,23 +95,14 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     # issue #27's candidates (docs/accuracy.md, "lite0": the list was fixed before the runs)
     Recipe("lite0", "lite0",
            "EfficientNet-Lite0 from ImageNet weights, fine-tuned end to end at 128 px on the "
-           "whole image, 6 fixed epochs, dropout 0.2",
-           {"input_size": 128, "crop_fraction": 1.0, "epochs": 6, "patience": 0,
-            "weights": "imagenet", "dropout": 0.2, "head_epochs": 0, "unfreeze": "all"}),
+           "whole image, 6 fixed epochs, dropout 0.2", _LITE0),
     Recipe("lite0-2stage", "lite0",
            "lite0, but two stages: 1 epoch of the head on the frozen ImageNet network, then "
-           "5 epochs of all layers at lr/10",
-           {"input_size": 128, "crop_fraction": 1.0, "epochs": 6, "patience": 0,
-            "weights": "imagenet", "dropout": 0.2, "head_epochs": 1, "unfreeze": "all"}),
-    Recipe("lite0-160", "lite0",
-           "lite0 at 160 px", {"input_size": 160, "crop_fraction": 1.0, "epochs": 6,
-                               "patience": 0, "weights": "imagenet", "dropout": 0.2,
-                               "head_epochs": 0, "unfreeze": "all"}),
+           "5 epochs of all layers at lr/10", _LITE0 | {"head_epochs": 1}),
+    Recipe("lite0-160", "lite0", "lite0 at 160 px", _LITE0 | {"input_size": 160}),
     Recipe("lite0-random", "lite0",
            "lite0 from random weights: the control for what ImageNet pretraining adds "
-           "(not a shipping candidate)",
-           {"input_size": 128, "crop_fraction": 1.0, "epochs": 6, "patience": 0,
-            "weights": "none", "dropout": 0.2, "head_epochs": 0, "unfreeze": "all"}),
+           "(not a shipping candidate)", _LITE0 | {"weights": "none"}),
 )}
 
 
