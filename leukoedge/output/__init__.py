@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from ..errors import DataError, OutputExistsError, UsageError
 
@@ -258,7 +258,28 @@ def _read_rows(path: Path, fmt: str) -> tuple[list[dict[str, Any]], tuple[str, .
     return rows, columns
 
 
-class ResultWriter:
+_W = TypeVar("_W", bound="ClosingWriter")
+
+
+class ClosingWriter:
+    """``with`` for a writer: ``close()`` on leaving; a :class:`DataError` from closing is
+    raised only when no other error is on its way (the first one is the one kept)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _W) -> _W:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            self.close()
+        except DataError:
+            if exc_type is None:  # else keep the error already on its way (the first one)
+                raise
+
+
+class ResultWriter(ClosingWriter):
     """Appends rows and flushes after each batch; ``done`` holds paths already written.
 
     ``columns`` are the CSV columns written: :data:`COLUMNS`, or a resumed file's own.
@@ -343,16 +364,6 @@ class ResultWriter:
             self._fh.close()
         except OSError:  # the buffer could not be written: already reported
             pass
-
-    def __enter__(self) -> ResultWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        try:
-            self.close()
-        except DataError:
-            if exc_type is None:  # else keep the error already on its way (the first one)
-                raise
 
 
 def refuse_existing(path: Path, allowed: bool, hint: str = "add --overwrite or choose "

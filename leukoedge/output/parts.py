@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import DataError, MissingExtraError, OutputExistsError, UsageError
-from . import COLUMNS, Row, atomic_write_bytes, escape_path
+from . import COLUMNS, ClosingWriter, Row, atomic_write_bytes, escape_path
 
 PART_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 DEFAULT_PART_ROWS = 100_000
@@ -54,7 +54,7 @@ def parts_in(folder: Path) -> list[Path]:
     return [p for _, p in sorted(numbered, key=lambda t: t[0])]
 
 
-class PartWriter:
+class PartWriter(ClosingWriter):
     """The :class:`~leukoedge.output.ResultWriter` interface (``done``, ``previous_rows``,
     ``write``, ``close``) over a folder of Parquet parts."""
 
@@ -127,13 +127,3 @@ class PartWriter:
         if self._rows:
             rows, self._rows = self._rows, []
             self._flush(rows)
-
-    def __enter__(self) -> PartWriter:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        try:
-            self.close()
-        except DataError:
-            if exc_type is None:
-                raise
